@@ -1,0 +1,160 @@
+"""Digests of the code a workflow job executes, for code-aware reruns.
+
+Snakemake does not track the Python modules that a rule's script imports. The workflow therefore puts
+a digest of exactly that code into each rule's ``params``; when the digest changes Snakemake reruns the
+job. The digest covers the *static import closure* of a set of modules: every module of the source tree
+reached by ``import pkg.x``, ``from pkg.x import y`` or a relative import, recursively. Modules loaded
+by name at run time (``importlib.import_module``) are NOT followed; that is deliberate, so that e.g. the
+training engine does not depend on every distillation method.
+
+Each module is hashed as ``ast.dump`` of its parse tree, so comments and formatting do not change the
+digest, while any change to code (docstrings included) does.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import os
+from collections.abc import Iterable
+from functools import lru_cache
+from pathlib import Path
+
+from kdcore.errors import KDCoreError
+
+DIGEST_LENGTH = 16
+
+
+def module_path(module: str, src_root: str | os.PathLike[str]) -> Path | None:
+    """The file of ``module`` under ``src_root`` (``a/b.py`` or ``a/b/__init__.py``), or None if absent."""
+    base = Path(src_root).joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _is_package(module: str, src_root: Path) -> bool:
+    path = module_path(module, src_root)
+    return path is not None and path.name == "__init__.py"
+
+
+@lru_cache(maxsize=None)
+def _parse(text: str, filename: str) -> ast.Module:
+    """Parse Python source (cached by content)."""
+    try:
+        return ast.parse(text, filename=filename)
+    except SyntaxError as exc:
+        raise KDCoreError(f"cannot hash {filename}: syntax error at line {exc.lineno}: {exc.msg}") from exc
+
+
+def _tree(path: Path) -> ast.Module:
+    """The parse tree of the Python file ``path``."""
+    return _parse(path.read_text(encoding="utf-8"), str(path))
+
+
+def _with_parents(module: str) -> list[str]:
+    """``a.b.c`` -> ``[a, a.b, a.b.c]``: importing a submodule runs its parent packages too."""
+    parts = module.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _resolve_relative(current: str, is_package: bool, level: int, target: str | None) -> str:
+    """The absolute name that ``from <level dots><target> import ...`` names inside ``current``."""
+    package = current if is_package else current.rpartition(".")[0]
+    parts = package.split(".") if package else []
+    if level - 1 > len(parts):
+        raise KDCoreError(f"relative import beyond the top-level package in module {current}")
+    base = parts[: len(parts) - (level - 1)]
+    if target:
+        base += target.split(".")
+    return ".".join(base)
+
+
+def direct_imports(module: str, src_root: str | os.PathLike[str]) -> list[str]:
+    """Modules of the source tree that ``module`` imports statically (anywhere in its body), sorted."""
+    root = Path(src_root)
+    path = module_path(module, root)
+    if path is None:
+        raise KDCoreError(f"module {module!r} not found under {root}")
+    is_package = path.name == "__init__.py"
+    found: set[str] = set()
+
+    def add(name: str) -> None:
+        for candidate in _with_parents(name):
+            if module_path(candidate, root) is not None:
+                found.add(candidate)
+
+    for node in ast.walk(_tree(path)):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                add(alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = _resolve_relative(module, is_package, node.level, node.module)
+            else:
+                base = node.module or ""
+            if not base:
+                continue
+            add(base)
+            for alias in node.names:
+                if alias.name != "*":
+                    submodule = f"{base}.{alias.name}"
+                    if module_path(submodule, root) is not None:
+                        add(submodule)
+    found.discard(module)
+    return sorted(found)
+
+
+def module_closure(module: str, src_root: str | os.PathLike[str]) -> list[str]:
+    """Sorted names of ``module``, its parent packages and every source-tree module it imports, recursively."""
+    root = Path(src_root)
+    if module_path(module, root) is None:
+        raise KDCoreError(f"module {module!r} not found under {root}")
+    seen: set[str] = set()
+    todo = [m for m in _with_parents(module) if module_path(m, root) is not None]
+    while todo:
+        current = todo.pop()
+        if current in seen:
+            continue
+        seen.add(current)
+        todo.extend(m for m in direct_imports(current, root) if m not in seen)
+    return sorted(seen)
+
+
+def normalised_source(path: str | os.PathLike[str]) -> str:
+    """What a file contributes to a digest: ``ast.dump`` for Python files, the raw text otherwise."""
+    path = Path(path)
+    if path.suffix == ".py":
+        return ast.dump(_tree(path))
+    return path.read_bytes().decode("utf-8", errors="replace")
+
+
+def code_digest(
+    modules: Iterable[str],
+    src_root: str | os.PathLike[str],
+    extra_files: Iterable[str | os.PathLike[str]] = (),
+) -> str:
+    """Hex digest (16 chars) of the import closures of ``modules`` plus ``extra_files``.
+
+    Only module names and normalised code enter the hash, never absolute paths, so a copy of the source
+    tree elsewhere has the same digest. ``extra_files`` (e.g. the rule's script) are keyed by file name.
+    """
+    root = Path(src_root)
+    closure: set[str] = set()
+    for module in modules:
+        closure.update(module_closure(module, root))
+    digest = hashlib.sha256()
+    for name in sorted(closure):
+        path = module_path(name, root)
+        assert path is not None
+        digest.update(f"module {name}\n".encode())
+        digest.update(normalised_source(path).encode())
+        digest.update(b"\n")
+    for extra in sorted(Path(f) for f in extra_files):
+        if not extra.is_file():
+            raise KDCoreError(f"cannot hash {extra}: no such file")
+        digest.update(f"file {extra.name}\n".encode())
+        digest.update(normalised_source(extra).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()[:DIGEST_LENGTH]
