@@ -1,0 +1,128 @@
+"""Command line: ``python -m kdcore <command>``.
+
+    prepare-data      build the prepared dataset file from a data spec (YAML) or flags
+    train             train one run from a run config (YAML)
+    fidelity          measure a student's fidelity to its teacher on the test set
+    import-reference  convert the paper's results zip into our per-run metrics files
+
+Bad input is reported as one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from kdcore.errors import KDCoreError
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def cmd_prepare_data(args: argparse.Namespace) -> int:
+    from kdcore.config import load_config_file
+    from kdcore.data import prepare_dataset
+
+    spec = load_config_file(args.config) if args.config else {}
+    for key in ("source", "path"):
+        if getattr(args, key) is not None:
+            spec[key] = getattr(args, key)
+    summary = prepare_dataset(spec, args.out)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from kdcore.config import load_config_file
+    from kdcore.engine import train_run
+
+    config = load_config_file(args.config)
+    if args.device or args.threads:
+        runtime = dict(config.get("runtime") or {})
+        if args.device:
+            runtime["device"] = args.device
+        if args.threads:
+            runtime["threads"] = args.threads
+        config["runtime"] = runtime
+    metrics = train_run(config, args.out)
+    print(json.dumps(metrics["results"], indent=2))
+    return 0
+
+
+def cmd_fidelity(args: argparse.Namespace) -> int:
+    from kdcore.fidelity import evaluate_fidelity, write_fidelity
+
+    _set_threads(args.threads)
+    record = evaluate_fidelity(args.student, args.teacher, args.data, device=args.device)
+    write_fidelity(record, args.out)
+    keys = ("student_test_acc", "teacher_test_acc", "top1_agreement", "kl_t1", "kl_t4")
+    print(json.dumps({k: record[k] for k in keys}, indent=2))
+    return 0
+
+
+def cmd_import_reference(args: argparse.Namespace) -> int:
+    from kdcore.reference import import_reference
+
+    count = import_reference(args.zip, args.outdir)
+    print(f"imported {count} runs into {args.outdir}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m kdcore", description=__doc__.split("\n\n")[0])
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("prepare-data", help="build the prepared dataset file")
+    p.add_argument("--config", type=Path, help="data spec YAML (see docs/design.md)")
+    p.add_argument("--source", choices=["synthetic", "folder", "torchvision"], help="overrides the spec's source")
+    p.add_argument("--path", help="folder/.tar.gz (folder) or root dir (torchvision); overrides the spec")
+    p.add_argument("--out", type=Path, required=True, help="dataset file to write (e.g. results/data/dataset.pt)")
+    p.set_defaults(func=cmd_prepare_data)
+
+    p = sub.add_parser("train", help="train one run")
+    p.add_argument("--config", type=Path, required=True, help="run config YAML (see docs/design.md)")
+    p.add_argument("--out", type=Path, required=True, help="run directory (metrics.json, best.pt, final.pt)")
+    p.add_argument("--device", help="overrides runtime.device (auto, cpu, cuda, cuda:N)")
+    p.add_argument("--threads", type=int, help="overrides runtime.threads")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("fidelity", help="student-vs-teacher fidelity on the test set")
+    p.add_argument("--student", type=Path, required=True, help="student checkpoint (best.pt)")
+    p.add_argument("--teacher", type=Path, required=True, help="teacher checkpoint")
+    p.add_argument("--data", type=Path, required=True, help="prepared dataset file")
+    p.add_argument("--out", type=Path, required=True, help="fidelity.json to write")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_fidelity)
+
+    p = sub.add_parser("import-reference", help="convert the paper's results zip into our run files")
+    p.add_argument("zip", type=Path, help="the paper's raw_results_json.zip")
+    p.add_argument("outdir", type=Path, help="folder to write runs/<...>/metrics.json into")
+    p.set_defaults(func=cmd_import_reference)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return args.func(args)
+    except KDCoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
