@@ -1,0 +1,162 @@
+"""Device leasing: which device a workflow job trains on.
+
+Snakemake counts a ``gpu`` resource but assigns no device ids, so each job leases a device itself.
+A lease is an exclusive, non-blocking ``fcntl.flock`` on a lock file per (GPU, slot) in a lock folder
+shared by all jobs of the machine. The operating system drops the lock when the process exits or
+crashes, so a lease can never outlive its job. If every slot is taken the job waits and polls.
+Without CUDA GPUs the lease is simply ``"cpu"``.
+
+GPUs are identified by their UUID when torch can report it (else by their ``CUDA_VISIBLE_DEVICES``
+entry, else their index), so jobs that see different subsets of the GPUs (e.g. under SLURM, where
+``CUDA_VISIBLE_DEVICES`` is set per job) still lock the same physical device under the same name.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import re
+import socket
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+from kdcore.errors import ConfigError
+
+LOGGER = logging.getLogger("kdcore.devices")
+LOCK_DIR_ENV = "KDCORE_LOCK_DIR"
+
+
+def default_lock_dir() -> Path:
+    """The machine-wide lock folder: ``$KDCORE_LOCK_DIR`` or ``<tmp>/kdcore-gpu-locks-<uid>``."""
+    env = os.environ.get(LOCK_DIR_ENV)
+    if env:
+        return Path(env)
+    return Path(tempfile.gettempdir()) / f"kdcore-gpu-locks-{os.getuid()}"
+
+
+def visible_gpu_ids() -> list[str]:
+    """Stable identifiers of the CUDA GPUs this process can see, in visible-index order ([] without CUDA)."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        return []
+    if not torch.cuda.is_available():
+        return []
+    count = torch.cuda.device_count()
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    ids: list[str] = []
+    for index in range(count):
+        uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+        if uuid is not None:
+            ids.append(f"uuid-{uuid}")
+        elif len(visible) == count:
+            ids.append(f"visible-{visible[index]}")
+        else:
+            ids.append(f"index-{index}")
+    return ids
+
+
+def _lock_name(gpu_id: str, slot: int) -> str:
+    return f"gpu-{re.sub(r'[^A-Za-z0-9_.-]', '_', gpu_id)}-slot{slot}.lock"
+
+
+def _parse_request(requested: str, n_gpus: int) -> list[int] | None:
+    """GPU indices a request may use, or None for the CPU. Raises ConfigError for a bad request."""
+    text = str(requested).strip().lower()
+    if text == "cpu":
+        return None
+    if text == "auto":
+        return list(range(n_gpus)) or None
+    if text == "cuda" or text.startswith("cuda:"):
+        if n_gpus == 0:
+            raise ConfigError(f"runtime.device: {requested!r} requested but no CUDA GPU is visible")
+        if text == "cuda":
+            return list(range(n_gpus))
+        index_text = text.removeprefix("cuda:")
+        if not index_text.isdigit() or int(index_text) >= n_gpus:
+            raise ConfigError(
+                f"runtime.device: {requested!r} is not one of the {n_gpus} visible GPUs (cuda:0..cuda:{n_gpus - 1})"
+            )
+        return [int(index_text)]
+    raise ConfigError(f"runtime.device: {requested!r} is not one of auto, cpu, cuda, cuda:<index>")
+
+
+def _try_lock(path: Path) -> int | None:
+    """An fd holding an exclusive flock on ``path``, or None if another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextmanager
+def lease_device(
+    requested: str = "auto",
+    slots_per_gpu: int = 1,
+    lock_dir: str | os.PathLike[str] | None = None,
+    *,
+    gpu_ids: Sequence[str] | None = None,
+    poll_seconds: float = 5.0,
+    timeout_seconds: float | None = None,
+) -> Iterator[str]:
+    """Lease a device for the duration of the block and yield its torch name (``"cuda:1"`` or ``"cpu"``).
+
+    ``requested``: ``auto`` (a free GPU if there are any, else the CPU), ``cpu``, ``cuda`` (any GPU) or
+    ``cuda:<index>`` (that GPU). ``slots_per_gpu``: how many jobs may share one GPU. ``lock_dir``: the
+    lock folder (default :func:`default_lock_dir`). ``gpu_ids``: identifiers of the visible GPUs (default
+    :func:`visible_gpu_ids`; injectable for tests). Waits, polling every ``poll_seconds``, while all
+    allowed slots are taken; raises ``TimeoutError`` after ``timeout_seconds`` (None: wait forever).
+    """
+    if slots_per_gpu < 1:
+        raise ConfigError(f"slots_per_gpu: must be >= 1, got {slots_per_gpu}")
+    ids = list(visible_gpu_ids() if gpu_ids is None else gpu_ids)
+    indices = _parse_request(requested, len(ids))
+    if indices is None:
+        LOGGER.info("device lease: cpu (requested %s, %d GPU(s) visible)", requested, len(ids))
+        yield "cpu"
+        return
+
+    folder = Path(lock_dir) if lock_dir is not None else default_lock_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    # slot-major order spreads jobs over GPUs before stacking them on one
+    candidates = [(index, slot) for slot in range(slots_per_gpu) for index in indices]
+    started = time.monotonic()
+    waited = False
+    while True:
+        for index, slot in candidates:
+            path = folder / _lock_name(ids[index], slot)
+            fd = _try_lock(path)
+            if fd is None:
+                continue
+            try:
+                os.ftruncate(fd, 0)
+                os.write(fd, f"pid {os.getpid()} host {socket.gethostname()} since {time.time():.0f}\n".encode())
+                device = f"cuda:{index}"
+                LOGGER.info(
+                    "device lease: %s (gpu %s, slot %d of %d, lock %s, waited %.0f s)",
+                    device, ids[index], slot, slots_per_gpu, path, time.monotonic() - started,
+                )
+                yield device
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+            return
+        elapsed = time.monotonic() - started
+        if timeout_seconds is not None and elapsed >= timeout_seconds:
+            raise TimeoutError(
+                f"no free GPU slot among {len(candidates)} for {requested!r} after {elapsed:.0f} s (locks in {folder})"
+            )
+        if not waited:
+            LOGGER.info("device lease: all %d GPU slot(s) busy, waiting (locks in %s)", len(candidates), folder)
+            waited = True
+        time.sleep(poll_seconds)

@@ -1,0 +1,132 @@
+"""Tests of kdcore.devices: GPU leases by file locks, across processes (GPU ids injected; no GPU needed)."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from kdcore.devices import lease_device
+from kdcore.errors import ConfigError
+
+GPUS = ["uuid-aaaa", "uuid-bbbb"]
+
+
+def _hold(lock_dir: str, record: str, hold: float, slots: int) -> None:
+    """Child process: lease a device, hold it ``hold`` seconds, append (device, start, end) to ``record``."""
+    with lease_device("auto", slots_per_gpu=slots, lock_dir=lock_dir, gpu_ids=GPUS, poll_seconds=0.02) as device:
+        start = time.monotonic()
+        time.sleep(hold)
+        end = time.monotonic()
+    with open(record, "a") as fh:
+        fh.write(json.dumps({"device": device, "start": start, "end": end, "pid": os.getpid()}) + "\n")
+
+
+def _crash_holding(lock_dir: str, ready: str) -> None:
+    """Child process: lease a device, signal readiness, then hang until killed."""
+    with lease_device("cuda:0", lock_dir=lock_dir, gpu_ids=GPUS, poll_seconds=0.02) as device:
+        Path(ready).write_text(device)
+        time.sleep(60)
+
+
+def _run_many(tmp_path: Path, n: int, hold: float, slots: int) -> list[dict]:
+    ctx = mp.get_context("spawn")
+    record = tmp_path / "record.jsonl"
+    procs = [ctx.Process(target=_hold, args=(str(tmp_path / "locks"), str(record), hold, slots)) for _ in range(n)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    return [json.loads(line) for line in record.read_text().splitlines()]
+
+
+def _max_concurrency(rows: list[dict]) -> dict[str, int]:
+    """Largest number of simultaneous holders per device."""
+    result: dict[str, int] = {}
+    for device in {r["device"] for r in rows}:
+        events = sorted([(r["start"], 1) for r in rows if r["device"] == device]
+                        + [(r["end"], -1) for r in rows if r["device"] == device])
+        level = peak = 0
+        for _, step in events:
+            level += step
+            peak = max(peak, level)
+        result[device] = peak
+    return result
+
+
+def test_never_two_jobs_on_one_gpu(tmp_path: Path) -> None:
+    rows = _run_many(tmp_path, n=5, hold=0.4, slots=1)
+    assert len(rows) == 5
+    assert {r["device"] for r in rows} == {"cuda:0", "cuda:1"}
+    assert _max_concurrency(rows) == {"cuda:0": 1, "cuda:1": 1}
+    # five jobs on two GPUs need at least three rounds
+    assert max(r["end"] for r in rows) - min(r["start"] for r in rows) >= 3 * 0.4 - 0.05
+
+
+def test_slots_allow_that_many_jobs_per_gpu(tmp_path: Path) -> None:
+    rows = _run_many(tmp_path, n=4, hold=0.6, slots=2)
+    assert _max_concurrency(rows) == {"cuda:0": 2, "cuda:1": 2}
+
+
+def test_crashed_holder_releases_its_lease(tmp_path: Path) -> None:
+    ctx = mp.get_context("spawn")
+    lock_dir, ready = tmp_path / "locks", tmp_path / "ready"
+    holder = ctx.Process(target=_crash_holding, args=(str(lock_dir), str(ready)))
+    holder.start()
+    deadline = time.monotonic() + 30
+    while not ready.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    with pytest.raises(TimeoutError, match="no free GPU slot"):
+        with lease_device("cuda:0", lock_dir=lock_dir, gpu_ids=GPUS, poll_seconds=0.02, timeout_seconds=0.2):
+            pass
+    # the other GPU is free meanwhile
+    with lease_device("auto", lock_dir=lock_dir, gpu_ids=GPUS, timeout_seconds=0) as device:
+        assert device == "cuda:1"
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.join(10)
+    with lease_device("cuda:0", lock_dir=lock_dir, gpu_ids=GPUS, timeout_seconds=1) as device:
+        assert device == "cuda:0"
+
+
+def test_lease_is_released_after_the_block_and_on_error(tmp_path: Path) -> None:
+    with lease_device("cuda:1", lock_dir=tmp_path, gpu_ids=GPUS, timeout_seconds=0) as device:
+        assert device == "cuda:1"
+    with pytest.raises(RuntimeError):
+        with lease_device("cuda:1", lock_dir=tmp_path, gpu_ids=GPUS, timeout_seconds=0):
+            raise RuntimeError("job failed")
+    with lease_device("cuda:1", lock_dir=tmp_path, gpu_ids=GPUS, timeout_seconds=0) as device:
+        assert device == "cuda:1"
+
+
+def test_cpu_without_gpus_and_bad_requests(tmp_path: Path) -> None:
+    with lease_device("auto", lock_dir=tmp_path, gpu_ids=[]) as device:
+        assert device == "cpu"
+    with lease_device("cpu", lock_dir=tmp_path, gpu_ids=GPUS) as device:
+        assert device == "cpu"
+    assert not list(tmp_path.iterdir())  # CPU leases take no locks
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        with lease_device("cuda", lock_dir=tmp_path, gpu_ids=[]):
+            pass
+    with pytest.raises(ConfigError, match="cuda:5"):
+        with lease_device("cuda:5", lock_dir=tmp_path, gpu_ids=GPUS):
+            pass
+    with pytest.raises(ConfigError, match="tpu"):
+        with lease_device("tpu", lock_dir=tmp_path, gpu_ids=GPUS):
+            pass
+    with pytest.raises(ConfigError, match="slots_per_gpu"):
+        with lease_device("auto", slots_per_gpu=0, lock_dir=tmp_path, gpu_ids=GPUS):
+            pass
+
+
+def test_lease_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("INFO", logger="kdcore.devices")
+    with lease_device("auto", lock_dir=tmp_path, gpu_ids=GPUS):
+        pass
+    assert "device lease: cuda:0 (gpu uuid-aaaa, slot 0 of 1" in caplog.text
