@@ -53,7 +53,7 @@ class Method:
     defaults: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, params: Mapping[str, Any]):
-        self.params = dict(params)
+        self.params = self.validate_params(params)
 
     @classmethod
     def validate_params(cls, raw: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,141 @@
+"""Each loss against a hand computation on small tensors, and its gradient flows."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from kdcore.errors import ConfigError
+from kdcore.methods import available_methods, get_method
+from kdcore.methods.base import ForwardOutputs, cross_entropy
+from kdcore.methods.feature import FeatureProjections, feature_kd_loss, match_spatial
+from kdcore.methods.logit import logit_kd_loss
+
+
+def softmax(row: list[float], t: float = 1.0) -> list[float]:
+    exps = [math.exp(v / t) for v in row]
+    total = sum(exps)
+    return [e / total for e in exps]
+
+
+def test_registry_lists_methods_and_rejects_unknown_names():
+    assert {"baseline", "logit", "feature"} <= set(available_methods())
+    assert "base" not in available_methods()
+    with pytest.raises(ConfigError, match=r"method.name.*'hinton'.*allowed: baseline, feature, logit"):
+        get_method("hinton")
+
+
+def test_cross_entropy_matches_hand_computation():
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
+    targets = torch.tensor([0, 2])
+    expected = -(math.log(softmax([2.0, 0.5, -1.0])[0]) + math.log(softmax([0.1, 0.2, 0.3])[2])) / 2
+    assert cross_entropy(logits, targets).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_logit_kd_matches_hand_computation():
+    s = [[1.0, 2.0, 0.0], [0.5, -0.5, 1.5]]
+    t = [[3.0, 1.0, 0.0], [0.0, 0.0, 2.0]]
+    temperature = 2.0
+    kl = 0.0
+    for srow, trow in zip(s, t):
+        ps, pt = softmax(srow, temperature), softmax(trow, temperature)
+        kl += sum(q * math.log(q / p) for p, q in zip(ps, pt))
+    expected = temperature**2 * kl / len(s)
+    got = logit_kd_loss(torch.tensor(s), torch.tensor(t), temperature)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_logit_kd_is_zero_for_identical_logits_and_computed_in_fp32():
+    logits = torch.randn(4, 10, dtype=torch.bfloat16)
+    loss = logit_kd_loss(logits, logits.clone(), 4.0)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_logit_method_mixes_kd_and_ce_with_alpha_and_gradient_flows():
+    method = get_method("logit")({"alpha": 0.3, "temperature": 3.0})
+    s = torch.randn(5, 10, requires_grad=True)
+    t = torch.randn(5, 10)
+    y = torch.tensor([0, 1, 2, 3, 4])
+    total, parts = method.loss(ForwardOutputs(y, s, teacher_logits=t), None)
+    assert total.item() == pytest.approx(0.3 * parts["kd"].item() + 0.7 * parts["ce"].item(), rel=1e-6)
+    total.backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+
+
+def test_feature_kd_matches_hand_computation():
+    # one stage, batch 1, 2 channels, 1x2 spatial: GAP and MSE computable by hand
+    s = torch.tensor([[[[1.0, 3.0]], [[0.0, 2.0]]]])  # GAP -> (2, 1)
+    t = torch.tensor([[[[2.0, 2.0]], [[1.0, 1.0]]]])  # GAP -> (2, 1)
+    mse = ((1 - 2) ** 2 + (3 - 2) ** 2 + (0 - 1) ** 2 + (2 - 1) ** 2) / 4
+    cos = (2 * 2 + 1 * 1) / (math.sqrt(5) * math.sqrt(5))
+    beta = 0.5
+    kd, got_mse, got_cos = feature_kd_loss([s], [t], beta)
+    assert got_mse.item() == pytest.approx(mse)
+    assert got_cos.item() == pytest.approx(1 - cos, abs=1e-7)
+    assert kd.item() == pytest.approx(mse + beta * (1 - cos))
+
+
+def test_feature_kd_averages_over_stages_and_normalises_by_teacher_std():
+    a, b = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    c, d = torch.randn(2, 5, 2, 2), torch.randn(2, 5, 2, 2)
+    kd, mse, cos = feature_kd_loss([a, c], [b, d], beta=0.0)
+    assert mse.item() == pytest.approx(((a - b) ** 2).mean().add(((c - d) ** 2).mean()).item() / 2, rel=1e-5)
+    assert kd.item() == pytest.approx(mse.item())
+    _, mse_norm, cos_norm = feature_kd_loss([a], [b], beta=0.5, normalize=True)
+    assert mse_norm.item() == pytest.approx((((a - b) / b.std()) ** 2).mean().item(), rel=1e-5)
+    # the cosine term is scale-invariant
+    assert cos_norm.item() == pytest.approx(feature_kd_loss([a], [b], beta=0.5)[2].item(), rel=1e-5)
+
+
+def test_match_spatial_pools_the_larger_map():
+    big, small = torch.randn(1, 2, 8, 8), torch.randn(1, 2, 4, 4)
+    x, y = match_spatial(big, small)
+    assert x.shape == y.shape == (1, 2, 4, 4)
+    assert torch.allclose(x, torch.nn.functional.avg_pool2d(big, 2))
+    y2, x2 = match_spatial(small, big)
+    assert y2.shape == x2.shape == (1, 2, 4, 4)
+
+
+def test_projections_are_xavier_uniform_bias_free_and_seeded():
+    gen = torch.Generator().manual_seed(7)
+    proj = FeatureProjections([8, 16], [32, 64], gen)
+    w = proj.projections[1].weight
+    assert w.shape == (64, 16, 1, 1) and proj.projections[1].bias is None
+    bound = math.sqrt(6.0 / (16 + 64))
+    assert w.abs().max().item() <= bound
+    again = FeatureProjections([8, 16], [32, 64], torch.Generator().manual_seed(7))
+    assert torch.equal(again.projections[1].weight, w)
+
+
+def test_feature_method_gradient_reaches_student_features_and_projections():
+    method = get_method("feature")({"alpha": 0.7, "beta": 0.5})
+    proj = FeatureProjections([4, 8], [6, 10], torch.Generator().manual_seed(0))
+    feats = [torch.randn(3, 4, 4, 4, requires_grad=True), torch.randn(3, 8, 2, 2, requires_grad=True)]
+    teacher = [torch.randn(3, 6, 4, 4), torch.randn(3, 10, 2, 2)]
+    logits = torch.randn(3, 10, requires_grad=True)
+    outputs = ForwardOutputs(torch.tensor([1, 2, 3]), logits, feats, torch.randn(3, 10), teacher)
+    total, parts = method.loss(outputs, proj)
+    assert total.item() == pytest.approx(0.7 * parts["kd"].item() + 0.3 * parts["ce"].item(), rel=1e-6)
+    total.backward()
+    assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in feats)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in proj.parameters())
+    assert logits.grad is not None
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "message"),
+    [
+        ("logit", {"alpha": 1.5}, r"'method.alpha': 1.5 is outside \[0, 1\]"),
+        ("logit", {"temperature": 0}, r"'method.temperature': 0 must be a number > 0"),
+        ("logit", {"temperature": -2.0}, r"'method.temperature'"),
+        ("feature", {"beta": -1}, r"'method.beta'"),
+        ("feature", {"temperature": 4}, r"unknown config key 'method.temperature'.*allowed: name, alpha, beta, normalize"),
+        ("baseline", {"alpha": 0.5}, r"unknown config key 'method.alpha'"),
+    ],
+)
+def test_method_params_are_validated(name, params, message):
+    with pytest.raises(ConfigError, match=message):
+        get_method(name).validate_params(params)
