@@ -1,0 +1,344 @@
+"""Statistics of the study from the tidy run table (all accuracies in percent, differences in pp).
+
+Tests and intervals come from scipy (``ttest_ind(equal_var=False)``, ``ttest_rel``, ``bootstrap``,
+noncentral t for power). Holm's step-down correction is not in scipy (``false_discovery_control`` is
+Benjamini-Hochberg); :func:`holm` implements it in a few documented lines and the tests check it against
+statsmodels' ``multipletests(method="holm")`` when statsmodels is installed.
+
+Whatever needs more seeds than a cell has yields ``None`` (NaN in tables) plus a note saying why, so
+that a one-seed study still renders.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from kdcore.errors import DataError
+
+METRICS = ("test_best", "test_final", "val_acc")
+CONFIDENCE = 0.95
+ALPHA = 0.05
+POWER = 0.8
+N_BOOT = 9999
+BOOT_SEED = 20240601
+MAX_POWER_N = 100_000
+CELL_KEYS = ["stage", "teacher", "student", "pair", "method", "stem", "clip_scope", "alpha", "temperature", "beta"]
+NOTE_FEW = "needs at least 2 seeds in each arm"
+NOTE_PAIRED = "needs at least 2 seeds shared by both arms"
+NOTE_ZERO_VAR = "zero variance in both arms: test undefined"
+
+
+def check_metric(metric: str) -> str:
+    """Return ``metric`` if it is an accuracy column of the run table; ConfigError-like DataError otherwise."""
+    if metric not in METRICS:
+        raise DataError(f"analysis metric {metric!r} is not one of {', '.join(METRICS)}")
+    return metric
+
+
+def describe(values: Any) -> dict[str, Any]:
+    """n, mean, sample std (ddof=1), SEM, min, max of a sample; std/SEM NaN when n < 2."""
+    x = np.asarray(values, dtype=float)
+    x = x[~np.isnan(x)]
+    n = int(x.size)
+    if n == 0:
+        return {"n": 0, "mean": math.nan, "std": math.nan, "sem": math.nan, "min": math.nan, "max": math.nan}
+    std = float(np.std(x, ddof=1)) if n > 1 else math.nan
+    return {"n": n, "mean": float(np.mean(x)), "std": std, "sem": float(stats.sem(x)) if n > 1 else math.nan,
+            "min": float(np.min(x)), "max": float(np.max(x))}
+
+
+def holm(pvalues: Any) -> np.ndarray:
+    """Holm (1979) step-down adjusted p-values; NaN entries stay NaN and do not count in the family.
+
+    With the m finite p-values sorted ascending p_(1) <= ... <= p_(m), the adjusted value of p_(i) is
+    max_{j <= i} min(1, (m - j + 1) * p_(j)).
+    """
+    p = np.asarray(pvalues, dtype=float)
+    out = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(~np.isnan(p))
+    m = finite.size
+    if m == 0:
+        return out
+    order = finite[np.argsort(p[finite], kind="stable")]
+    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
+    out[order] = np.maximum.accumulate(scaled)
+    return out
+
+
+def power_two_sample(d: float, n: Any, alpha: float = ALPHA) -> np.ndarray:
+    """Power of the two-sided two-sample t-test with ``n`` per arm at standardised effect ``d``."""
+    n = np.asarray(n, dtype=float)
+    df = 2 * n - 2
+    nc = abs(d) * np.sqrt(n / 2.0)
+    crit = stats.t.ppf(1 - alpha / 2, df)
+    return stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc)
+
+
+def seeds_for_power(d: float, power: float = POWER, alpha: float = ALPHA, max_n: int = MAX_POWER_N) -> int | None:
+    """Smallest number of seeds per arm giving ``power`` to detect effect ``d``; None if d is 0/NaN or n > max_n."""
+    if not np.isfinite(d) or d == 0:
+        return None
+    lo = 2
+    hi = 2
+    while power_two_sample(d, hi, alpha) < power:  # exponential search, then bisection
+        if hi >= max_n:
+            return None
+        lo, hi = hi, min(hi * 2, max_n)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if power_two_sample(d, mid, alpha) >= power:
+            hi = mid
+        else:
+            lo = mid + 1
+    return int(hi)
+
+
+def _mean_diff(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(x, axis=axis) - np.mean(y, axis=axis)
+
+
+def _nan_or(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def compare_arms(treated: pd.Series, control: pd.Series, confidence: float = CONFIDENCE,
+                 n_resamples: int = N_BOOT, boot_seed: int = BOOT_SEED) -> dict[str, Any]:
+    """Difference ``treated - control`` of two samples indexed by seed, with every statistic of the study.
+
+    Keys: n_treated, n_control, mean_treated, std_treated, mean_control, std_control, diff, se, df,
+    ci_low, ci_high (Welch t), boot_low, boot_high (percentile bootstrap), p_welch, n_paired, paired_diff,
+    paired_ci_low, paired_ci_high, p_paired, cohen_d, hedges_g, seeds_80_power, notes (list of str).
+    """
+    x = treated.dropna().astype(float)
+    y = control.dropna().astype(float)
+    dx, dy = describe(x), describe(y)
+    out: dict[str, Any] = {
+        "n_treated": dx["n"], "n_control": dy["n"], "mean_treated": dx["mean"], "std_treated": dx["std"],
+        "mean_control": dy["mean"], "std_control": dy["std"],
+        "diff": dx["mean"] - dy["mean"] if dx["n"] and dy["n"] else math.nan,
+        "se": math.nan, "df": math.nan, "ci_low": math.nan, "ci_high": math.nan, "boot_low": math.nan,
+        "boot_high": math.nan, "p_welch": math.nan, "n_paired": 0, "paired_diff": math.nan,
+        "paired_ci_low": math.nan, "paired_ci_high": math.nan, "p_paired": math.nan,
+        "cohen_d": math.nan, "hedges_g": math.nan, "seeds_80_power": None, "notes": [],
+    }
+    notes: list[str] = out["notes"]
+    if dx["n"] >= 2 and dy["n"] >= 2:
+        nx, ny = dx["n"], dy["n"]
+        out["se"] = math.sqrt(dx["std"] ** 2 / nx + dy["std"] ** 2 / ny)
+        if out["se"] == 0:
+            notes.append(NOTE_ZERO_VAR)
+        else:
+            res = stats.ttest_ind(x.to_numpy(), y.to_numpy(), equal_var=False)
+            ci = res.confidence_interval(confidence_level=confidence)
+            out.update(p_welch=float(res.pvalue), df=float(res.df), ci_low=float(ci.low), ci_high=float(ci.high))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # tiny samples: scipy warns about few distinct resamples
+                boot = stats.bootstrap((x.to_numpy(), y.to_numpy()), _mean_diff, n_resamples=n_resamples,
+                                       confidence_level=confidence, method="percentile", vectorized=True,
+                                       rng=np.random.default_rng(boot_seed))
+            out.update(boot_low=float(boot.confidence_interval.low), boot_high=float(boot.confidence_interval.high))
+            pooled = math.sqrt(((nx - 1) * dx["std"] ** 2 + (ny - 1) * dy["std"] ** 2) / (nx + ny - 2))
+            d = out["diff"] / pooled
+            out.update(cohen_d=d, hedges_g=d * (1 - 3 / (4 * (nx + ny) - 9)))
+            out["seeds_80_power"] = seeds_for_power(d)
+            if out["seeds_80_power"] is None:
+                notes.append(f"more than {MAX_POWER_N} seeds per arm needed for {POWER:.0%} power (or zero effect)")
+    else:
+        notes.append(f"t-test, CI, effect size, power: {NOTE_FEW}")
+    shared = x.index.intersection(y.index)
+    out["n_paired"] = int(len(shared))
+    if len(shared) >= 2:
+        xs, ys = x.loc[shared].to_numpy(), y.loc[shared].to_numpy()
+        diffs = xs - ys
+        out["paired_diff"] = float(np.mean(diffs))
+        if np.ptp(diffs) == 0:
+            notes.append("paired test: identical differences on every seed, test undefined")
+        else:
+            res = stats.ttest_rel(xs, ys)
+            ci = res.confidence_interval(confidence_level=confidence)
+            out.update(p_paired=float(res.pvalue), paired_ci_low=float(ci.low), paired_ci_high=float(ci.high))
+    else:
+        notes.append(f"paired t-test: {NOTE_PAIRED}")
+    return out
+
+
+def _by_seed(df: pd.DataFrame, metric: str, what: str) -> pd.Series:
+    if df["seed"].duplicated().any():
+        seeds = sorted(df.loc[df["seed"].duplicated(), "seed"].unique().tolist())
+        raise DataError(f"{what}: several runs share seed(s) {seeds}; cannot pair or count them")
+    return df.set_index("seed")[metric]
+
+
+def cell_summary(runs: pd.DataFrame, metric: str = "test_best") -> pd.DataFrame:
+    """Mean, std, n, min, max of ``metric`` per cell (stage x teacher x student x method x hyper-parameters)."""
+    check_metric(metric)
+    rows = []
+    for key, grp in runs.groupby(CELL_KEYS, dropna=False, sort=True):
+        d = describe(grp[metric])
+        rows.append({**dict(zip(CELL_KEYS, key)), **d, "seeds": " ".join(str(s) for s in sorted(grp["seed"]))})
+    return pd.DataFrame(rows, columns=CELL_KEYS + ["n", "mean", "std", "sem", "min", "max", "seeds"])
+
+
+def baselines(runs: pd.DataFrame) -> pd.DataFrame:
+    """Student baseline runs (stage baseline, CIFAR stem)."""
+    return runs[(runs["stage"] == "baseline") & (runs["stem"] == "cifar")]
+
+
+def kd_comparisons(runs: pd.DataFrame, metric: str = "test_best", **kwargs: Any) -> pd.DataFrame:
+    """Every final KD cell (pair x method) against its student's baseline, with Holm over all cells.
+
+    Columns: pair, teacher, student, method, alpha, temperature, beta, the keys of :func:`compare_arms`
+    (``treated`` = KD, ``control`` = baseline; ``diff`` is the gain in pp), ``p_holm`` (Welch p-values
+    adjusted across all comparisons), ``p_holm_paired`` and ``notes`` (joined by '; ').
+    """
+    check_metric(metric)
+    final = runs[(runs["stage"] == "final") & (runs["method"] != "baseline") & (runs["clip_scope"] == "all")]
+    base = baselines(runs)
+    rows = []
+    for (pair, teacher, student, method), grp in final.groupby(["pair", "teacher", "student", "method"], sort=True):
+        b = base[base["student"] == student]
+        if b.empty:
+            raise DataError(f"final KD cell {pair} {method}: no baseline runs of student {student}")
+        res = compare_arms(_by_seed(grp, metric, f"{pair} {method}"), _by_seed(b, metric, f"baseline {student}"), **kwargs)
+        rows.append({"pair": pair, "teacher": teacher, "student": student, "method": method,
+                     "alpha": grp["alpha"].iloc[0], "temperature": grp["temperature"].iloc[0],
+                     "beta": grp["beta"].iloc[0], "student_params": grp["params"].iloc[0],
+                     "teacher_params": grp["teacher_params"].iloc[0], **res})
+    cols = ["pair", "teacher", "student", "method", "alpha", "temperature", "beta", "student_params",
+            "teacher_params"]
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return pd.DataFrame(columns=cols + ["diff", "p_welch", "p_holm", "p_holm_paired", "notes"])
+    df["p_holm"] = holm(df["p_welch"])
+    df["p_holm_paired"] = holm(df["p_paired"])
+    df["notes"] = df["notes"].map(lambda n: "; ".join(n))
+    return df.rename(columns={"diff": "gain"})
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equality of two hyper-parameter values where NaN equals NaN."""
+    return (pd.isna(a) and pd.isna(b)) or (not pd.isna(a) and not pd.isna(b) and math.isclose(float(a), float(b)))
+
+
+def selection_table(runs: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
+    """Every selection-grid point (stage select) with its val accuracy, the winner per pair x method
+    (highest ``metric``, ties to the first in grid order) and whether the final runs used that point."""
+    sel = runs[runs["stage"] == "select"].sort_values(["pair", "method", "alpha", "temperature", "beta", "seed"])
+    final = runs[(runs["stage"] == "final") & (runs["method"] != "baseline")]
+    rows = []
+    for (pair, method), grp in sel.groupby(["pair", "method"], sort=True):
+        best_idx = grp[metric].idxmax() if grp[metric].notna().any() else None
+        fin = final[(final["pair"] == pair) & (final["method"] == method)]
+        for idx, r in grp.iterrows():
+            used = any(_same(f["alpha"], r["alpha"]) and _same(f["temperature"], r["temperature"])
+                       and _same(f["beta"], r["beta"]) for _, f in fin.iterrows())
+            rows.append({"pair": pair, "teacher": r["teacher"], "student": r["student"], "method": method,
+                         "alpha": r["alpha"], "temperature": r["temperature"],
+                         "beta": r["beta"], "seed": r["seed"], "val_acc": r["val_acc"], "test_best": r["test_best"],
+                         "winner": idx == best_idx, "used_in_final": used})
+    return pd.DataFrame(rows, columns=["pair", "teacher", "student", "method", "alpha", "temperature", "beta",
+                                       "seed", "val_acc", "test_best", "winner", "used_in_final"])
+
+
+def stem_ablation(runs: pd.DataFrame, metric: str = "test_best", **kwargs: Any) -> pd.DataFrame:
+    """Per architecture of the stem ablation: CIFAR stem minus ImageNet stem (pp) with CI and tests."""
+    check_metric(metric)
+    st = runs[runs["stage"] == "stem"]
+    rows = []
+    for arch, grp in st.groupby("student", sort=True):
+        cif, img = grp[grp["stem"] == "cifar"], grp[grp["stem"] == "imagenet"]
+        if cif.empty or img.empty:
+            rows.append({"student": arch, "notes": "needs runs with both stems"})
+            continue
+        res = compare_arms(_by_seed(cif, metric, f"stem cifar {arch}"), _by_seed(img, metric, f"stem imagenet {arch}"), **kwargs)
+        res["notes"] = "; ".join(res["notes"])
+        rows.append({"student": arch, "params_cifar": cif["params"].iloc[0], "params_imagenet": img["params"].iloc[0],
+                     "epochs": int(grp["epochs"].max()), **res})
+    df = pd.DataFrame(rows)
+    return df.rename(columns={"mean_treated": "mean_cifar", "std_treated": "std_cifar", "n_treated": "n_cifar",
+                              "mean_control": "mean_imagenet", "std_control": "std_imagenet",
+                              "n_control": "n_imagenet"}) if not df.empty else df
+
+
+def clip_ablation(runs: pd.DataFrame, metric: str = "test_best", **kwargs: Any) -> pd.DataFrame:
+    """Bugged arm (stage clip: projections not clipped) against the corrected final runs of the same pair
+    and method (clip_scope all): accuracy difference corrected - bugged and max pre-clip projection grad norms."""
+    check_metric(metric)
+    bug = runs[runs["stage"] == "clip"]
+    final = runs[(runs["stage"] == "final") & (runs["clip_scope"] == "all")]
+    rows = []
+    for (pair, method), grp in bug.groupby(["pair", "method"], sort=True):
+        fix = final[(final["pair"] == pair) & (final["method"] == method)]
+        base = {"pair": pair, "teacher": grp["teacher"].iloc[0], "student": grp["student"].iloc[0],
+                "method": method, "clip_scope_bugged": grp["clip_scope"].iloc[0],
+                "alpha_bugged": grp["alpha"].iloc[0], "alpha_corrected": fix["alpha"].iloc[0] if len(fix) else math.nan,
+                "proj_grad_norm_max_bugged": float(grp["proj_grad_norm_max"].max()),
+                "proj_grad_norm_max_corrected": float(fix["proj_grad_norm_max"].max()) if len(fix) else math.nan,
+                "proj_grad_norm_mean_of_max_bugged": float(grp["proj_grad_norm_max"].mean()),
+                "proj_grad_norm_mean_of_max_corrected": float(fix["proj_grad_norm_max"].mean()) if len(fix) else math.nan}
+        if fix.empty:
+            base["notes"] = "no corrected final runs of this pair and method"
+            base.update(n_bugged=len(grp), mean_bugged=describe(grp[metric])["mean"], std_bugged=describe(grp[metric])["std"])
+            rows.append(base)
+            continue
+        res = compare_arms(_by_seed(fix, metric, f"{pair} {method} corrected"), _by_seed(grp, metric, f"{pair} {method} bugged"), **kwargs)
+        res["notes"] = "; ".join(res["notes"])
+        rows.append({**base, **res})
+    df = pd.DataFrame(rows)
+    return df.rename(columns={"mean_treated": "mean_corrected", "std_treated": "std_corrected",
+                              "n_treated": "n_corrected", "mean_control": "mean_bugged", "std_control": "std_bugged",
+                              "n_control": "n_bugged"}) if not df.empty else df
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return None if not np.isfinite(value) else float(value)
+    return value
+
+
+def records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows of a table as JSON-ready dicts (NaN -> None)."""
+    return [_jsonable(r) for r in df.to_dict(orient="records")]
+
+
+def build_summary(runs: pd.DataFrame, metric: str = "test_best") -> dict[str, Any]:
+    """All statistics of the study as one JSON-ready dict (the content of summary.json)."""
+    check_metric(metric)
+    comp = kd_comparisons(runs, metric)
+    notes = []
+    if not comp.empty and comp["p_welch"].isna().any():
+        notes.append(f"some KD cells have fewer than 2 seeds: their tests are null ({NOTE_FEW})")
+    return {
+        "schema_version": 1,
+        "metric": metric,
+        "units": "accuracy in percent; differences in percentage points (pp)",
+        "confidence": CONFIDENCE,
+        "alpha": ALPHA,
+        "bootstrap": {"method": "percentile", "n_resamples": N_BOOT, "seed": BOOT_SEED},
+        "multiple_comparisons": {"method": "holm", "family": "all final pair x method KD cells vs baseline",
+                                 "m": int(comp["p_welch"].notna().sum()) if not comp.empty else 0},
+        "power": {"target": POWER, "test": "two-sided two-sample t-test, equal seeds per arm, observed Cohen's d"},
+        "n_runs": int(len(runs)),
+        "runs_per_stage": {k: int(v) for k, v in runs["stage"].value_counts().sort_index().items()},
+        "sources": sorted(set(runs["source"])),
+        "cells": records(cell_summary(runs, metric)),
+        "comparisons": records(comp),
+        "selection": records(selection_table(runs)),
+        "stem_ablation": records(stem_ablation(runs, metric)),
+        "clip_ablation": records(clip_ablation(runs, metric)),
+        "notes": notes,
+    }

@@ -1,0 +1,255 @@
+"""The tidy run table: one row per training run, built from per-run metrics.json (+ fidelity.json) files.
+
+Accuracies in the tables are percentages (metrics.json holds fractions in [0, 1]). Every later output
+(statistics, figures, LaTeX, comparison) is computed from these tables, never from the JSON files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kdcore.errors import DataError
+
+STAGES = ("teacher", "baseline", "select", "final", "stem", "clip")
+#: Columns of runs.csv, in order.
+RUN_COLUMNS = [
+    "stage", "run_id", "teacher", "student", "pair", "method", "alpha", "temperature", "beta", "seed",
+    "stem", "width", "clip_scope", "data_source", "synthetic", "n_train", "val_acc", "test_best",
+    "test_final", "final_val_acc", "best_epoch", "agreement", "kl_t1", "kl_t4", "ece_student",
+    "teacher_test_acc", "grad_norm_max", "proj_grad_norm_max", "epochs", "seconds", "device", "params",
+    "teacher_params", "source", "path",
+]
+FIDELITY_COLUMNS = [
+    "stage", "run_id", "teacher", "student", "pair", "method", "seed", "control", "student_acc",
+    "teacher_acc", "agreement", "kl_t1", "kl_t4", "ece_student", "ece_teacher", "source", "path",
+]
+HISTORY_COLUMNS = ["run_id", "epoch", "val_acc", "train_acc", "loss", "grad_norm_max", "proj_grad_norm_max"]
+_STRING_COLUMNS = ("stage", "run_id", "teacher", "student", "pair", "method", "stem", "clip_scope",
+                   "data_source", "device", "source", "path")
+
+
+def load_json(path: str | Path, kind: str) -> dict[str, Any]:
+    """Read a metrics/fidelity JSON file and check its ``kind``; DataError naming the file otherwise."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: file does not exist") from exc
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: expected a JSON object")
+    if data.get("kind") != kind:
+        raise DataError(f"{path}: field kind={data.get('kind')!r}, expected {kind!r}")
+    return data
+
+
+def _get(data: dict[str, Any], dotted: str, path: Path, required: bool = False, default: Any = None) -> Any:
+    """Value at ``a.b.c`` in nested dicts; DataError naming file and field if required and absent."""
+    node: Any = data
+    for key in dotted.split("."):
+        if not isinstance(node, dict) or node.get(key) is None:
+            if required:
+                raise DataError(f"{path}: missing field {dotted}")
+            return default
+        node = node[key]
+    return node
+
+
+def _pct(value: Any, field: str, path: Path) -> float:
+    """A fraction in [0, 1] as a percentage; NaN for null; DataError when out of range."""
+    if value is None:
+        return math.nan
+    if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise DataError(f"{path}: field {field}={value!r} is not a fraction in [0, 1]")
+    return 100.0 * float(value)
+
+
+def _num(value: Any) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _data_source(data: dict[str, Any], path: Path) -> str:
+    source = _get(data, "data.source", path)
+    if isinstance(source, dict):
+        return str(source.get("kind", ""))
+    return "" if source is None else str(source)
+
+
+def run_record(data: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """One row of the run table from a parsed metrics.json (``path`` names the file in errors)."""
+    path = Path(path)
+    labels = data.get("labels") or _get(data, "config.labels", path) or {}
+    stage = labels.get("stage")
+    if stage not in STAGES:
+        raise DataError(f"{path}: field labels.stage={stage!r} is not one of {', '.join(STAGES)}")
+    run_id = labels.get("run_id")
+    if not run_id:
+        raise DataError(f"{path}: missing field labels.run_id")
+    student = _get(data, "config.model.arch", path) or _get(data, "model.arch", path, required=True)
+    teacher = _get(data, "config.teacher.arch", path) or _get(data, "teacher.arch", path) or ""
+    method = _get(data, "config.method.name", path, default="baseline")
+    if method != "baseline" and not teacher:
+        raise DataError(f"{path}: method {method!r} needs a teacher (config.teacher.arch is missing)")
+    results = _get(data, "results", path, required=True)
+    seed = _get(data, "config.train.seed", path, required=True)
+    return {
+        "stage": stage,
+        "run_id": str(run_id),
+        "teacher": teacher,
+        "student": student,
+        "pair": f"{teacher}-{student}" if teacher else "",
+        "method": method,
+        "alpha": _num(_get(data, "config.method.alpha", path)),
+        "temperature": _num(_get(data, "config.method.temperature", path)),
+        "beta": _num(_get(data, "config.method.beta", path)),
+        "seed": int(seed),
+        "stem": _get(data, "config.model.stem", path) or _get(data, "model.stem", path, default="cifar"),
+        "width": int(_get(data, "config.model.width", path) or _get(data, "model.width", path, default=64)),
+        "clip_scope": _get(data, "config.train.clip_scope", path, default="all"),
+        "data_source": _data_source(data, path),
+        "synthetic": bool(_get(data, "data.synthetic", path, default=False)),
+        "n_train": _num(_get(data, "data.n_train", path)),
+        "val_acc": _pct(results.get("best_val_acc"), "results.best_val_acc", path),
+        "test_best": _pct(results.get("test_acc_best"), "results.test_acc_best", path),
+        "test_final": _pct(results.get("test_acc_final"), "results.test_acc_final", path),
+        "final_val_acc": _pct(results.get("final_val_acc"), "results.final_val_acc", path),
+        "best_epoch": _num(results.get("best_epoch")),
+        "agreement": math.nan, "kl_t1": math.nan, "kl_t4": math.nan, "ece_student": math.nan,
+        "teacher_test_acc": math.nan,
+        "grad_norm_max": _num(results.get("grad_norm_max")),
+        "proj_grad_norm_max": _num(results.get("proj_grad_norm_max")),
+        "epochs": int(results.get("epochs") or _get(data, "config.train.epochs", path, required=True)),
+        "seconds": _num(results.get("train_seconds")),
+        "device": _get(data, "environment.device_name", path) or _get(data, "environment.device", path, default=""),
+        "params": _num(_get(data, "model.params", path)),
+        "teacher_params": _num(_get(data, "teacher.params", path)),
+        "source": str(labels.get("source", "")),
+        "path": str(path),
+    }
+
+
+def fidelity_record(data: dict[str, Any], path: str | Path) -> dict[str, Any]:
+    """One row of the fidelity table from a parsed fidelity.json."""
+    path = Path(path)
+    labels = data.get("labels") or {}
+    if not labels.get("run_id"):
+        raise DataError(f"{path}: missing field labels.run_id")
+    teacher = data.get("teacher_arch") or _get(data, "teacher.arch", path)
+    if not teacher:
+        raise DataError(f"{path}: missing field teacher_arch (or teacher.arch)")
+    kl = {k: _num(data.get(k)) for k in ("kl_t1", "kl_t4")}
+    return {
+        "run_id": str(labels["run_id"]),
+        "teacher": str(teacher),
+        "student_acc": _pct(data.get("student_test_acc"), "student_test_acc", path),
+        "teacher_acc": _pct(data.get("teacher_test_acc"), "teacher_test_acc", path),
+        "agreement": _pct(data.get("top1_agreement"), "top1_agreement", path),
+        **kl,
+        "ece_student": _num(data.get("ece_student")),
+        "ece_teacher": _num(data.get("ece_teacher")),
+        "path": str(path),
+    }
+
+
+def _frame(records: list[dict[str, Any]], columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame.from_records(records, columns=columns)
+
+
+def build_fidelity_table(fidelity_paths: Iterable[str | Path], runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per fidelity.json, joined to its run (stage, student, method, seed) by run_id.
+
+    Rows of baseline runs (student trained without a teacher, measured against each teacher of its pairs)
+    are the control: ``control`` is True for them.
+    """
+    records = [fidelity_record(load_json(p, "fidelity"), p) for p in fidelity_paths]
+    fid = _frame(records, ["run_id", "teacher", "student_acc", "teacher_acc", "agreement", "kl_t1", "kl_t4",
+                           "ece_student", "ece_teacher", "path"])
+    if fid.empty:
+        return _frame([], FIDELITY_COLUMNS)
+    dup = fid.duplicated(["run_id", "teacher"])
+    if dup.any():
+        row = fid[dup].iloc[0]
+        raise DataError(f"{row['path']}: a second fidelity file for run {row['run_id']!r} and teacher {row['teacher']!r}")
+    info = runs.set_index("run_id")[["stage", "student", "method", "seed", "source", "teacher"]]
+    unknown = ~fid["run_id"].isin(info.index)
+    if unknown.any():
+        row = fid[unknown].iloc[0]
+        raise DataError(f"{row['path']}: labels.run_id={row['run_id']!r} matches no metrics.json of the run table")
+    joined = fid.join(info.rename(columns={"teacher": "run_teacher"}), on="run_id")
+    wrong = (joined["run_teacher"] != "") & (joined["run_teacher"] != joined["teacher"])
+    if wrong.any():
+        row = joined[wrong].iloc[0]
+        raise DataError(f"{row['path']}: teacher {row['teacher']!r} differs from the run's teacher {row['run_teacher']!r}")
+    joined["pair"] = joined["teacher"] + "-" + joined["student"]
+    joined["control"] = joined["stage"] == "baseline"
+    return joined[FIDELITY_COLUMNS].sort_values(["pair", "control", "method", "seed"]).reset_index(drop=True)
+
+
+def build_run_table(metrics_paths: Iterable[str | Path], fidelity_paths: Iterable[str | Path] = ()) -> pd.DataFrame:
+    """The tidy run table (columns :data:`RUN_COLUMNS`), one row per metrics.json.
+
+    KD runs get their fidelity metrics (agreement %, KL at T=1 and T=4, ECE, teacher accuracy) from the
+    fidelity.json whose labels.run_id names them; baseline control fidelity files stay in the fidelity table.
+    """
+    records = [run_record(load_json(p, "train"), p) for p in metrics_paths]
+    runs = _frame(records, RUN_COLUMNS)
+    dup = runs.duplicated("run_id")
+    if dup.any():
+        row = runs[dup].iloc[0]
+        raise DataError(f"{row['path']}: labels.run_id={row['run_id']!r} is already used by another metrics.json")
+    fid = build_fidelity_table(list(fidelity_paths), runs)
+    kd = fid[~fid["control"]].set_index("run_id")
+    if not kd.empty:
+        idx = runs["run_id"].isin(kd.index)
+        for col, src in (("agreement", "agreement"), ("kl_t1", "kl_t1"), ("kl_t4", "kl_t4"),
+                         ("ece_student", "ece_student"), ("teacher_test_acc", "teacher_acc")):
+            runs.loc[idx, col] = runs.loc[idx, "run_id"].map(kd[src]).to_numpy()
+    order = {s: i for i, s in enumerate(STAGES)}
+    runs = runs.assign(_o=runs["stage"].map(order)).sort_values(["_o", "pair", "student", "method", "stem",
+                                                                 "alpha", "temperature", "seed", "run_id"])
+    return runs.drop(columns="_o").reset_index(drop=True)
+
+
+def build_history_table(metrics_paths: Iterable[str | Path]) -> pd.DataFrame:
+    """Per-epoch history of every run (accuracies in %), keyed by run_id, for convergence/clip figures."""
+    rows: list[dict[str, Any]] = []
+    for p in metrics_paths:
+        data = load_json(p, "train")
+        labels = data.get("labels") or {}
+        run_id = labels.get("run_id")
+        if not run_id:
+            raise DataError(f"{p}: missing field labels.run_id")
+        for h in data.get("history") or []:
+            if "epoch" not in h:
+                raise DataError(f"{p}: a history entry lacks field epoch")
+            rows.append({
+                "run_id": run_id, "epoch": int(h["epoch"]),
+                "val_acc": _pct(h.get("val_acc"), "history.val_acc", Path(p)),
+                "train_acc": _pct(h.get("train_acc"), "history.train_acc", Path(p)),
+                "loss": _num(h.get("loss")), "grad_norm_max": _num(h.get("grad_norm_max")),
+                "proj_grad_norm_max": _num(h.get("proj_grad_norm_max")),
+            })
+    return _frame(rows, HISTORY_COLUMNS)
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a table written by the analysis (runs.csv, fidelity.csv, ...) with empty strings kept as ''."""
+    df = pd.read_csv(path)
+    for col in _STRING_COLUMNS:
+        if col in df.columns:
+            df[col] = df[col].fillna("").astype(str)
+    return df
+
+
+def write_table(df: pd.DataFrame, path: str | Path) -> Path:
+    """Write a table as CSV atomically."""
+    from kdcore.atomic import atomic_write_text
+
+    return atomic_write_text(path, df.to_csv(index=False))
