@@ -1,0 +1,27 @@
+# Teachers: every teacher architecture of the pairs, on teachers.seeds (CE training, teacher epochs).
+
+
+rule train_teacher:
+    input:
+        data=DATASET,
+    output:
+        **run_outputs("teacher", arch="{arch}", seed="{seed}"),
+    params:
+        run_config=lambda w: run_config(
+            "teacher", f"teachers/{w.arch}/seed{w.seed}", w.arch, w.seed, "teacher", extra_labels={"arch": w.arch}
+        ),
+        lease=lease_params(),
+        code=training_code("baseline"),
+    threads: train_threads()
+    resources:
+        gpu=1,
+        mem_mb=config["compute"]["mem_mb"]["train"],
+        runtime=lambda w: train_runtime(w.arch, "teacher"),
+    log:
+        "results/logs/teachers/{arch}/seed{seed}.log",
+    benchmark:
+        "results/benchmarks/teachers/{arch}/seed{seed}.tsv"
+    conda:
+        "../envs/kdcore.yaml"
+    script:
+        "../scripts/train.py"

@@ -1,0 +1,32 @@
+"""Workflow script: fidelity of a student checkpoint against a teacher checkpoint on the test set.
+
+Inputs: ``student``, ``teacher`` (best.pt files), ``data``. Params: ``labels``, ``lease``, ``precision``.
+Output: one fidelity.json (kdcore.fidelity record, written atomically).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from _common import setup
+
+
+def main(snakemake: Any) -> None:
+    log = setup(snakemake)
+    from kdcore.devices import lease_device
+    from kdcore.fidelity import evaluate_fidelity, write_fidelity
+
+    lease = snakemake.params.lease
+    labels = json.loads(snakemake.params.labels)
+    with lease_device(lease["device"], lease["slots_per_gpu"], lease["lock_dir"]) as device:
+        record = evaluate_fidelity(
+            snakemake.input.student, snakemake.input.teacher, snakemake.input.data, device=device, labels=labels
+        )
+    write_fidelity(record, snakemake.output[0])
+    log.info("fidelity %s: agreement %.4f, student %.4f, teacher %.4f", labels.get("run_id"),
+             record["top1_agreement"], record["student_test_acc"], record["teacher_test_acc"])
+
+
+if __name__ == "__main__" and "snakemake" in globals():
+    main(snakemake)  # noqa: F821 - injected by Snakemake
