@@ -20,7 +20,7 @@ STAGES = ("teacher", "baseline", "select", "final", "stem", "clip")
 #: Columns of runs.csv, in order.
 RUN_COLUMNS = [
     "stage", "run_id", "teacher", "student", "pair", "method", "alpha", "temperature", "beta", "seed",
-    "stem", "width", "clip_scope", "data_source", "synthetic", "n_train", "val_acc", "test_best",
+    "stem", "width", "clip_scope", "clip_norm", "data_source", "synthetic", "n_train", "val_acc", "test_best",
     "test_final", "final_val_acc", "best_epoch", "agreement", "kl_t1", "kl_t4", "ece_student",
     "teacher_test_acc", "grad_norm_max", "proj_grad_norm_max", "epochs", "seconds", "device", "params",
     "teacher_params", "source", "path",
@@ -113,6 +113,7 @@ def run_record(data: dict[str, Any], path: str | Path) -> dict[str, Any]:
         "stem": _get(data, "config.model.stem", path) or _get(data, "model.stem", path, default="cifar"),
         "width": int(_get(data, "config.model.width", path) or _get(data, "model.width", path, default=64)),
         "clip_scope": _get(data, "config.train.clip_scope", path, default="all"),
+        "clip_norm": _num(_get(data, "config.train.clip_norm", path)),
         "data_source": _data_source(data, path),
         "synthetic": bool(_get(data, "data.synthetic", path, default=False)),
         "n_train": _num(_get(data, "data.n_train", path)),

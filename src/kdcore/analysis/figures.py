@@ -1,0 +1,383 @@
+"""Figures of the study (seaborn style on matplotlib), each saved as PDF and PNG.
+
+Colours are the Okabe-Ito colour-blind-safe palette; every colour distinction is doubled by a marker,
+line style or fill so the figures also read in grayscale. Functions take the tables of
+:mod:`kdcore.analysis.table` / :mod:`kdcore.analysis.stats` and never compute statistics themselves beyond
+per-epoch means for curves.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from kdcore.atomic import atomic_path  # noqa: E402
+
+OKABE_ITO = {"orange": "#E69F00", "sky": "#56B4E9", "green": "#009E73", "yellow": "#F0E442",
+             "blue": "#0072B2", "vermillion": "#D55E00", "purple": "#CC79A7", "black": "#000000",
+             "grey": "#7F7F7F"}
+TEACHER_STYLE = {  # colour, marker
+    "resnet34": (OKABE_ITO["orange"], "o"),
+    "resnet50": (OKABE_ITO["blue"], "s"),
+    "resnet101": (OKABE_ITO["vermillion"], "^"),
+    "resnet18": (OKABE_ITO["green"], "D"),
+}
+METHOD_STYLE = {  # colour, line style, marker
+    "baseline": (OKABE_ITO["black"], "-", "o"),
+    "logit": (OKABE_ITO["green"], "--", "s"),
+    "feature": (OKABE_ITO["purple"], "-.", "^"),
+}
+METHOD_LABEL = {"baseline": "Baseline (CE)", "logit": "Logit-KD", "feature": "Feature-KD"}
+STEM_STYLE = {"cifar": (OKABE_ITO["blue"], "o", "CIFAR stem (3x3 conv)"),
+              "imagenet": (OKABE_ITO["vermillion"], "s", "ImageNet stem (7x7 conv + max-pool)")}
+SIG_NOTE = "* Welch p < 0.05 (uncorrected)   \u2020 Holm-adjusted p < 0.05"
+
+
+def short(arch: str) -> str:
+    """'resnet50' -> 'R50'."""
+    return arch.replace("resnet", "R") if isinstance(arch, str) else str(arch)
+
+
+def pair_label(pair: str) -> str:
+    """'resnet50-resnet34' -> 'R50\u2192R34'."""
+    teacher, _, student = pair.partition("-")
+    return f"{short(teacher)}\u2192{short(student)}"
+
+
+def _style() -> None:
+    sns.set_theme(context="paper", style="whitegrid", font_scale=1.15)
+    plt.rcParams.update({"pdf.fonttype": 42, "savefig.bbox": "tight", "savefig.dpi": 200,
+                         "axes.titleweight": "bold", "legend.frameon": True})
+
+
+def save_figure(fig: plt.Figure, pdf_path: str | Path) -> list[Path]:
+    """Save ``fig`` as ``pdf_path`` and as the PNG beside it (same stem), atomically; close the figure."""
+    pdf_path = Path(pdf_path)
+    written = []
+    for target, fmt in ((pdf_path, "pdf"), (pdf_path.with_suffix(".png"), "png")):
+        with atomic_path(target) as tmp:
+            fig.savefig(tmp, format=fmt)
+        written.append(target)
+    plt.close(fig)
+    return written
+
+
+def _empty(ax: plt.Axes, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=11, color="0.3", wrap=True)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _sig_marks(row: pd.Series) -> str:
+    marks = ""
+    if pd.notna(row.get("p_welch")) and row["p_welch"] < 0.05:
+        marks += "*"
+    if pd.notna(row.get("p_holm")) and row["p_holm"] < 0.05:
+        marks += "\u2020"
+    return marks
+
+
+def gain_vs_capacity(comparisons: pd.DataFrame, pdf_path: str | Path, metric_label: str = "test acc @ best val") -> list[Path]:
+    """KD gain (pp, 95% Welch CI) of every pair and method against student parameters; teachers by colour+marker."""
+    _style()
+    methods = [m for m in ("logit", "feature") if m in set(comparisons.get("method", []))] or ["logit", "feature"]
+    fig, axes = plt.subplots(1, len(methods), figsize=(5.2 * len(methods), 4.4), sharey=True, squeeze=False)
+    axes = axes[0]
+    if comparisons.empty:
+        for ax in axes:
+            _empty(ax, "no final KD runs")
+        return save_figure(fig, pdf_path)
+    students = comparisons.drop_duplicates("student").sort_values("student_params")
+    teachers = sorted(comparisons["teacher"].unique(), key=lambda t: comparisons.loc[comparisons["teacher"] == t, "teacher_params"].iloc[0])
+    span = float(students["student_params"].max() - students["student_params"].min()) / 1e6 or 10.0
+    offsets = {t: (i - (len(teachers) - 1) / 2) * 0.06 * span for i, t in enumerate(teachers)}
+    lo = np.nanmin(comparisons[["ci_low", "gain"]].to_numpy())
+    hi = np.nanmax(comparisons[["ci_high", "gain"]].to_numpy())
+    pad = 0.12 * (hi - lo if hi > lo else 1.0)
+    for ax, method in zip(axes, methods):
+        sub = comparisons[comparisons["method"] == method]
+        ax.axhline(0, color="0.2", lw=1.0, zorder=1)
+        for teacher in teachers:
+            rows = sub[sub["teacher"] == teacher].sort_values("student_params")
+            if rows.empty:
+                continue
+            colour, marker = TEACHER_STYLE.get(teacher, (OKABE_ITO["grey"], "D"))
+            x = rows["student_params"].to_numpy() / 1e6 + offsets[teacher]
+            y = rows["gain"].to_numpy()
+            err = np.vstack([y - rows["ci_low"].to_numpy(), rows["ci_high"].to_numpy() - y])
+            err = np.where(np.isnan(err), 0.0, err)
+            if len(rows) > 1:
+                ax.plot(x, y, color=colour, lw=1.2, ls=":", zorder=2)
+            ax.errorbar(x, y, yerr=err, fmt=marker, color=colour, ms=8, capsize=4, lw=1.6,
+                        markeredgecolor="black", markeredgewidth=0.6, zorder=3)
+            for xi, (_, r) in zip(x, rows.iterrows()):
+                marks = _sig_marks(r)
+                top = r["ci_high"] if pd.notna(r["ci_high"]) else r["gain"]
+                if marks:
+                    ax.text(xi, top + 0.02 * (hi - lo + 1e-9), marks, ha="center", va="bottom", fontsize=14,
+                            fontweight="bold", color=colour)
+        ax.set_title(METHOD_LABEL[method])
+        ax.set_xticks(students["student_params"].to_numpy() / 1e6)
+        ax.set_xticklabels([f"{short(s)}\n{p / 1e6:.1f}M" for s, p in zip(students["student"], students["student_params"])])
+        ax.set_xlim(students["student_params"].min() / 1e6 - 0.35 * span, students["student_params"].max() / 1e6 + 0.35 * span)
+        ax.set_xlabel("student capacity (parameters)")
+        ax.set_ylim(lo - pad, hi + 2 * pad)
+    axes[0].set_ylabel(f"KD gain over baseline (pp, {metric_label})\nmean \u00b1 95% CI (Welch)")
+    handles = [Line2D([], [], color=TEACHER_STYLE.get(t, (OKABE_ITO["grey"], "D"))[0],
+                      marker=TEACHER_STYLE.get(t, (OKABE_ITO["grey"], "D"))[1], ls=":", ms=8,
+                      markeredgecolor="black", label=f"teacher {short(t)}") for t in teachers]
+    fig.legend(handles=handles, loc="upper center", ncol=len(handles), bbox_to_anchor=(0.5, 1.06))
+    fig.text(0.5, -0.04, SIG_NOTE + "   (n seeds per cell: " + ", ".join(
+        sorted({f"{int(n)}" for n in comparisons["n_treated"]})) + ")", ha="center", fontsize=9, color="0.25")
+    fig.tight_layout()
+    return save_figure(fig, pdf_path)
+
+
+def _curve(history: pd.DataFrame, run_ids: Any, column: str = "val_acc") -> pd.DataFrame:
+    h = history[history["run_id"].isin(list(run_ids))]
+    return h.groupby("epoch")[column].agg(["mean", "std", "count"]).reset_index()
+
+
+def convergence(runs: pd.DataFrame, history: pd.DataFrame, pdf_path: str | Path, zoom_fraction: float = 0.3) -> list[Path]:
+    """Validation accuracy per epoch (mean \u00b1 std over seeds) per pair: baseline, Logit-KD, Feature-KD curves
+    and the teacher's best val accuracy (mean over its seeds) as a dotted line. Lower row zooms into the
+    last ``zoom_fraction`` of training, where the methods differ by tenths of a point."""
+    _style()
+    final = runs[(runs["stage"] == "final") & (runs["method"] != "baseline") & (runs["clip_scope"] == "all")]
+    pairs = sorted(final["pair"].unique(), key=lambda p: (p.split("-")[1], p))
+    ncol = max(len(pairs), 1)
+    fig, axes = plt.subplots(2, ncol, figsize=(4.2 * ncol, 6.6), squeeze=False, sharey="row",
+                             gridspec_kw={"height_ratios": [1, 1.2]})
+    if not pairs:
+        for ax in axes.ravel():
+            _empty(ax, "no final KD runs")
+        return save_figure(fig, pdf_path)
+    base = runs[(runs["stage"] == "baseline") & (runs["stem"] == "cifar")]
+    teachers = runs[runs["stage"] == "teacher"]
+    for j, pair in enumerate(pairs):
+        teacher, student = pair.split("-")
+        series = {"baseline": base[base["student"] == student]["run_id"]}
+        for m in ("logit", "feature"):
+            series[m] = final[(final["pair"] == pair) & (final["method"] == m)]["run_id"]
+        t_val = teachers[teachers["student"] == teacher]["val_acc"]
+        last = 1
+        for row in range(2):
+            ax = axes[row, j]
+            for m, ids in series.items():
+                c = _curve(history, ids)
+                if c.empty:
+                    continue
+                last = max(last, int(c["epoch"].max()))
+                colour, ls, _ = METHOD_STYLE[m]
+                n = int(c["count"].max())
+                ax.plot(c["epoch"], c["mean"], color=colour, ls=ls, lw=1.5, label=f"{METHOD_LABEL[m]} (n={n})")
+                if n > 1:
+                    ax.fill_between(c["epoch"], c["mean"] - c["std"], c["mean"] + c["std"], color=colour, alpha=0.18, lw=0)
+            if len(t_val):
+                ax.axhline(t_val.mean(), color="0.35", ls=":", lw=1.6)
+                if row == 1:
+                    ax.annotate(f"teacher {short(teacher)} (n={len(t_val)})", (0.02, t_val.mean()),
+                                xycoords=("axes fraction", "data"), xytext=(0, 3), textcoords="offset points",
+                                fontsize=8, color="0.3", va="bottom")
+            if row == 0:
+                ax.set_title(pair_label(pair))
+            else:
+                start = int(last * (1 - zoom_fraction))
+                ax.set_xlim(start, last)
+                h = history[history["run_id"].isin(pd.concat(series.values())) & (history["epoch"] >= start)]
+                if not h.empty:
+                    lo = float(h["val_acc"].quantile(0.02))
+                    hi = max(float(h["val_acc"].max()), float(t_val.max()) if len(t_val) else -np.inf)
+                    ax.set_ylim(lo - 0.3, hi + 0.3)
+                ax.set_xlabel("epoch")
+        axes[0, j].set_xlabel("")
+    axes[0, 0].set_ylabel("val accuracy (%)")
+    axes[1, 0].set_ylabel(f"val accuracy (%)\nlast {int(zoom_fraction * 100)}% of epochs")
+    if len(pairs) > 0:
+        lows = [ax.get_ylim()[0] for ax in axes[0]]
+        axes[0, 0].set_ylim(max(min(lows), 40), 100)
+    handles = [Line2D([], [], color=METHOD_STYLE[m][0], ls=METHOD_STYLE[m][1], lw=2, label=METHOD_LABEL[m])
+               for m in ("baseline", "logit", "feature")]
+    handles.append(Line2D([], [], color="0.35", ls=":", lw=2, label="teacher best val acc"))
+    fig.legend(handles=handles, loc="upper center", ncol=4, bbox_to_anchor=(0.5, 1.04))
+    fig.text(0.5, -0.02, "lines: mean over seeds; bands: \u00b1 1 std", ha="center", fontsize=9, color="0.25")
+    fig.tight_layout()
+    return save_figure(fig, pdf_path)
+
+
+def fidelity(comparisons: pd.DataFrame, fidelity_table: pd.DataFrame, pdf_path: str | Path) -> list[Path]:
+    """Top-1 agreement with the teacher and KL(teacher||student) at T=1 against the KD gain, one column per
+    student; baseline students measured against the same teachers are the control, drawn at gain 0 in grey."""
+    _style()
+    kd = fidelity_table[~fidelity_table["control"].astype(bool)] if not fidelity_table.empty else fidelity_table
+    ctl = fidelity_table[fidelity_table["control"].astype(bool)] if not fidelity_table.empty else fidelity_table
+    if kd.empty or comparisons.empty:
+        fig, ax = plt.subplots(figsize=(6, 3))
+        _empty(ax, "no fidelity measurements")
+        return save_figure(fig, pdf_path)
+
+    def summarise(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+        agg = df.groupby(keys)[["agreement", "kl_t1"]].agg(["mean", "std"]).reset_index()
+        agg.columns = ["_".join(c).rstrip("_") for c in agg.columns]
+        return agg
+
+    agg = summarise(kd, ["pair", "teacher", "student", "method"]).merge(
+        comparisons[["pair", "method", "gain", "ci_low", "ci_high"]], on=["pair", "method"], how="left")
+    cagg = summarise(ctl, ["pair", "teacher", "student"]) if not ctl.empty else None
+    students = sorted(agg["student"].unique(), key=lambda a: int(a.replace("resnet", "")))
+    fig, axes = plt.subplots(2, len(students), figsize=(5.0 * len(students), 7.4), sharey="row", sharex=True, squeeze=False)
+    for j, student in enumerate(students):
+        for i, (col, label) in enumerate((("agreement", "top-1 agreement with teacher (%)"),
+                                          ("kl_t1", "KL(teacher \u2016 student), T = 1"))):
+            ax = axes[i, j]
+            ax.axvline(0, color="0.2", lw=1.0)
+            for _, r in agg[agg["student"] == student].iterrows():
+                colour, marker = TEACHER_STYLE.get(r["teacher"], (OKABE_ITO["grey"], "D"))
+                filled = r["method"] == "logit"
+                xerr = [[r["gain"] - r["ci_low"]], [r["ci_high"] - r["gain"]]] if pd.notna(r["ci_low"]) else None
+                yerr = None if pd.isna(r[f"{col}_std"]) else r[f"{col}_std"]
+                ax.errorbar(r["gain"], r[f"{col}_mean"], xerr=xerr, yerr=yerr, fmt=marker, ms=10, color=colour,
+                            mfc=colour if filled else "white", mec=colour, mew=2.0, capsize=3, lw=1.0,
+                            elinewidth=0.9, alpha=0.9, zorder=3)
+            if cagg is not None:
+                for _, r in cagg[cagg["student"] == student].iterrows():
+                    _, marker = TEACHER_STYLE.get(r["teacher"], (OKABE_ITO["grey"], "D"))
+                    ax.errorbar(0, r[f"{col}_mean"], yerr=None if pd.isna(r[f"{col}_std"]) else r[f"{col}_std"],
+                                fmt=marker, ms=10, color="0.45", mfc="0.8", mec="0.3", capsize=3, zorder=2)
+            if i == 0:
+                ax.set_title(f"student {short(student)}")
+            else:
+                ax.set_xlabel("KD gain over baseline (pp), \u00b1 95% CI")
+            if j == 0:
+                ax.set_ylabel(label)
+    teachers = sorted(set(agg["teacher"]), key=lambda t: int(t.replace("resnet", "")))
+    handles = [Line2D([], [], ls="", marker=TEACHER_STYLE.get(t, (None, "D"))[1], ms=9,
+                      color=TEACHER_STYLE.get(t, (OKABE_ITO["grey"], "D"))[0], label=f"teacher {short(t)}")
+               for t in teachers]
+    handles += [Line2D([], [], ls="", marker="o", ms=9, color="0.3", mfc="0.3", label="Logit-KD (filled)"),
+                Line2D([], [], ls="", marker="o", ms=9, color="0.3", mfc="white", mew=2.0, label="Feature-KD (open)")]
+    if cagg is not None:
+        handles.append(Line2D([], [], ls="", marker="o", ms=9, color="0.45", mfc="0.8", label="baseline vs teacher (control)"))
+    fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 4), bbox_to_anchor=(0.5, 1.07), fontsize=9)
+    note = "vertical bars: \u00b1 1 std over seeds; horizontal bars: 95% CI of the gain"
+    if cagg is None:
+        note += "\nno baseline-vs-teacher control measurements in these data"
+    fig.text(0.5, -0.04, note, ha="center", fontsize=9, color="0.25")
+    fig.tight_layout()
+    return save_figure(fig, pdf_path)
+
+
+def stem_ablation(runs: pd.DataFrame, stem_stats: pd.DataFrame, pdf_path: str | Path, metric: str = "test_best") -> list[Path]:
+    """Test accuracy per architecture with the CIFAR and the ImageNet stem (seeds as dots, mean as a bar
+    marker), annotated with the CIFAR - ImageNet difference and its 95% CI."""
+    _style()
+    st = runs[runs["stage"] == "stem"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    if st.empty:
+        _empty(ax, "no stem-ablation runs")
+        return save_figure(fig, pdf_path)
+    archs = sorted(st["student"].unique(), key=lambda a: int(a.replace("resnet", "")))
+    for i, arch in enumerate(archs):
+        for k, stem in enumerate(("cifar", "imagenet")):
+            colour, marker, _ = STEM_STYLE[stem]
+            v = st[(st["student"] == arch) & (st["stem"] == stem)][metric].to_numpy()
+            if v.size == 0:
+                continue
+            x = i + (k - 0.5) * 0.36
+            jitter = np.linspace(-0.05, 0.05, v.size) if v.size > 1 else np.zeros(1)
+            ax.scatter(x + jitter, v, color=colour, marker=marker, s=40, edgecolor="black", lw=0.5, zorder=3)
+            ax.hlines(v.mean(), x - 0.13, x + 0.13, color=colour, lw=3, zorder=2)
+        r = stem_stats[stem_stats["student"] == arch] if not stem_stats.empty else stem_stats
+        if not r.empty and pd.notna(r["diff"].iloc[0]):
+            r = r.iloc[0]
+            ci = f"\n[{r['ci_low']:.2f}, {r['ci_high']:.2f}]" if pd.notna(r["ci_low"]) else "\n(1 seed: no CI)"
+            top = st[st["student"] == arch][metric].max()
+            ax.text(i, top + 0.6, f"\u0394 = {r['diff']:+.2f} pp{ci}", ha="center", va="bottom", fontsize=9)
+    ax.set_xticks(range(len(archs)))
+    epochs = st.groupby("student")["epochs"].max()
+    ep_note = epochs.nunique() > 1
+    ax.set_xticklabels([f"{short(a)}\n(n={int((st['student'] == a).sum() / 2)} per stem"
+                        + (f", {int(epochs[a])} ep)" if ep_note else ")") for a in archs])
+    lo, hi = st[metric].min(), st[metric].max()
+    ax.set_ylim(lo - 1.0, hi + 2.2)
+    ax.set_ylabel("test accuracy (%)")
+    handles = [Line2D([], [], ls="", marker=STEM_STYLE[s][1], color=STEM_STYLE[s][0], mec="black", ms=8,
+                      label=STEM_STYLE[s][2]) for s in ("cifar", "imagenet")]
+    ax.legend(handles=handles, loc="center", bbox_to_anchor=(0.42, 0.5), fontsize=9)
+    ax.set_title("Stem ablation (no teacher)")
+    fig.text(0.5, -0.03, "dots: seeds; bars: mean; \u0394: CIFAR minus ImageNet stem, 95% Welch CI", ha="center",
+             fontsize=9, color="0.25")
+    fig.tight_layout()
+    return save_figure(fig, pdf_path)
+
+
+def clip_ablation(runs: pd.DataFrame, history: pd.DataFrame, clip_stats: pd.DataFrame, pdf_path: str | Path,
+                  metric: str = "test_best") -> list[Path]:
+    """(a) test accuracy of the bugged arm (projection gradients not clipped) and the corrected arm;
+    (b) maximum pre-clip projection gradient norm per epoch (mean \u00b1 std over seeds)."""
+    _style()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1, 1.5]})
+    if clip_stats.empty:
+        for ax in axes:
+            _empty(ax, "no clip-ablation runs")
+        return save_figure(fig, pdf_path)
+    r = clip_stats.iloc[0]
+    pair, method = r["pair"], r["method"]
+    bug = runs[(runs["stage"] == "clip") & (runs["pair"] == pair) & (runs["method"] == method)]
+    fix = runs[(runs["stage"] == "final") & (runs["pair"] == pair) & (runs["method"] == method) & (runs["clip_scope"] == "all")]
+    arms = [("bugged\n(student-only clip)", bug, OKABE_ITO["vermillion"], "s"),
+            ("corrected\n(clip all params)", fix, OKABE_ITO["blue"], "o")]
+    ax = axes[0]
+    for i, (label, df, colour, marker) in enumerate(arms):
+        v = df[metric].to_numpy()
+        if v.size == 0:
+            continue
+        jitter = np.linspace(-0.08, 0.08, v.size) if v.size > 1 else np.zeros(1)
+        ax.scatter(i + jitter, v, color=colour, marker=marker, s=45, edgecolor="black", lw=0.5, zorder=3)
+        ax.hlines(v.mean(), i - 0.2, i + 0.2, color=colour, lw=3)
+    ax.set_xticks([0, 1])
+    ax.set_xticklabels([a[0] for a in arms])
+    ax.set_xlim(-0.6, 1.6)
+    ax.set_ylabel("test accuracy (%)")
+    ci = f", 95% CI [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}], Welch p = {r['p_welch']:.2f}" if pd.notna(r.get("ci_low")) else ""
+    diff = f"corrected \u2212 bugged = {r['diff']:+.2f} pp" if pd.notna(r.get("diff")) else ""
+    ax.set_title(f"{pair_label(pair)} {METHOD_LABEL[method]}", fontsize=11)
+    ax.text(0.5, -0.28, diff + ci, transform=ax.transAxes, ha="center", fontsize=9, color="0.25")
+    ax = axes[1]
+    drawn = []
+    for label, df, colour, marker in arms:
+        c = _curve(history, df["run_id"], "proj_grad_norm_max")
+        c = c[c["mean"].notna()]
+        if c.empty:
+            continue
+        ax.plot(c["epoch"], c["mean"], color=colour, lw=1.5, marker=marker, markevery=max(len(c) // 10, 1),
+                label=label.replace("\n", " "))
+        if c["count"].max() > 1:
+            ax.fill_between(c["epoch"], c["mean"] - c["std"], c["mean"] + c["std"], color=colour, alpha=0.2, lw=0)
+        drawn.append(label)
+    missing = [a[0].split("\n")[0] for a in arms if a[0] not in drawn]
+    clip_norm = pd.concat([bug, fix]).get("clip_norm", pd.Series(dtype=float)).dropna()
+    if drawn and len(clip_norm):
+        ax.axhline(float(clip_norm.iloc[0]), color="0.2", ls="--", lw=1.2, label=f"clip threshold ({float(clip_norm.iloc[0]):g})")
+    if drawn:
+        ax.legend(loc="best", fontsize=9)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("max pre-clip projection grad norm")
+        ax.set_ylim(bottom=0)
+        if missing:
+            ax.text(0.98, 0.04, f"not recorded for the {' / '.join(missing)} arm", transform=ax.transAxes,
+                    ha="right", fontsize=9, color="0.3")
+    else:
+        _empty(ax, "projection gradient norms not recorded")
+    ax.set_title("Projection gradient norm per epoch (mean \u00b1 std)", fontsize=11)
+    fig.tight_layout()
+    return save_figure(fig, pdf_path)
