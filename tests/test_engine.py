@@ -1,0 +1,232 @@
+"""The training engine on tiny synthetic data: pairing, frozen teacher, resume, clipping, errors."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdcore import engine
+from kdcore.checkpoint import load_model, save_model_checkpoint
+from kdcore.config import resolve_config
+from kdcore.data import prepare_dataset
+from kdcore.errors import CheckpointError, ConfigError, TrainingError
+from kdcore.models import build_model
+
+WIDTH = 4
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "dataset.pt"
+    prepare_dataset(
+        {"source": "synthetic", "synthetic": {"n_train": 320, "n_test": 100, "seed": 3}, "val_size": 64}, path
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def teacher_ckpt(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("teacher") / "best.pt"
+    torch.manual_seed(11)
+    model = build_model("resnet34", width=WIDTH)
+    # give BatchNorm non-trivial running statistics so that a moving teacher would be visible
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.9, 1.1)
+    save_model_checkpoint(path, model, {"arch": "resnet34", "width": WIDTH, "stem": "cifar", "num_classes": 10})
+    return path
+
+
+def run_config(dataset: Path, method: dict | None = None, teacher: Path | None = None, **train) -> dict:
+    config = {
+        "data": str(dataset),
+        "model": {"arch": "resnet18", "width": WIDTH},
+        "method": method or {"name": "baseline"},
+        "train": {"epochs": 2, "batch_size": 64, "seed": 5, **train},
+        "runtime": {"device": "cpu", "threads": 1, "precision": "fp32"},
+        "labels": {"stage": "test"},
+    }
+    if teacher is not None:
+        config["teacher"] = {"arch": "resnet34", "width": WIDTH, "checkpoint": str(teacher)}
+    return config
+
+
+def record_batches(monkeypatch) -> list[torch.Tensor]:
+    """Record every augmented training batch that reaches a step function."""
+    seen: list[torch.Tensor] = []
+    original = engine.augment_batch
+
+    def spy(*args, **kwargs):
+        out = original(*args, **kwargs)
+        seen.append(out.clone())
+        return out
+
+    monkeypatch.setattr(engine, "augment_batch", spy)
+    return seen
+
+
+def test_baseline_and_kd_runs_with_one_seed_are_paired(dataset, teacher_ckpt, monkeypatch):
+    base = resolve_config(run_config(dataset))
+    kd = resolve_config(run_config(dataset, {"name": "feature", "alpha": 0.5}, teacher_ckpt))
+    s1 = engine.build_student(base["model"], base["train"]["seed"])
+    s2 = engine.build_student(kd["model"], kd["train"]["seed"])
+    assert all(torch.equal(a, b) for a, b in zip(s1.state_dict().values(), s2.state_dict().values()))
+    other = engine.build_student(base["model"], 6)
+    assert not torch.equal(s1.conv1.weight, other.conv1.weight)
+
+    seen = record_batches(monkeypatch)
+    engine.train_run(run_config(dataset, epochs=1), dataset.parent / "paired-base")
+    base_batches = list(seen)
+    seen.clear()
+    engine.train_run(
+        run_config(dataset, {"name": "feature", "alpha": 0.5}, teacher_ckpt, epochs=1), dataset.parent / "paired-kd"
+    )
+    assert len(base_batches) == len(seen) == 4  # 256 train images, batch 64
+    assert all(torch.equal(a, b) for a, b in zip(base_batches, seen))
+
+
+def test_teacher_stays_frozen_in_eval_mode(dataset, teacher_ckpt, monkeypatch):
+    captured = {}
+    original = engine.load_teacher
+
+    def keep(spec):
+        captured["teacher"] = original(spec)
+        return captured["teacher"]
+
+    monkeypatch.setattr(engine, "load_teacher", keep)
+    before, _ = load_model(teacher_ckpt)
+    engine.train_run(run_config(dataset, {"name": "logit"}, teacher_ckpt), dataset.parent / "frozen")
+    teacher = captured["teacher"]
+    assert not teacher.training and all(not m.training for m in teacher.modules())
+    assert all(not p.requires_grad for p in teacher.parameters())
+    after = teacher.state_dict()
+    for key, value in before.state_dict().items():
+        assert torch.equal(value, after[key]), f"teacher tensor {key} moved during training"
+
+
+def test_metrics_json_records_history_results_and_environment(dataset, teacher_ckpt):
+    out = dataset.parent / "metrics-run"
+    engine.train_run(run_config(dataset, {"name": "feature"}, teacher_ckpt, epochs=3), out)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["schema_version"] == 1 and metrics["config"]["method"]["beta"] == 0.5
+    assert [h["epoch"] for h in metrics["history"]] == [1, 2, 3]
+    first = metrics["history"][0]
+    for key in ("loss", "loss_ce", "loss_kd", "loss_mse", "loss_cos", "train_acc", "val_acc", "lr",
+                "grad_norm_max", "proj_grad_norm_max", "seconds", "images_per_s"):
+        assert key in first
+    assert first["lr"] == pytest.approx(0.1)
+    assert metrics["history"][1]["lr"] == pytest.approx(1e-4 + (0.1 - 1e-4) * 0.75)
+    assert first["proj_grad_norm_max"] > 0
+    res = metrics["results"]
+    assert 0 <= res["test_acc_best"] <= 1 and 0 <= res["test_acc_final"] <= 1
+    assert res["best_val_acc"] == max(h["val_acc"] for h in metrics["history"])
+    assert metrics["environment"]["torch"] == torch.__version__ and metrics["environment"]["threads"] == 1
+    assert metrics["data"]["synthetic"] is True and metrics["teacher"]["arch"] == "resnet34"
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "best.pt", "final.pt"}
+
+
+def test_clip_scope_all_clips_projections_and_student_only_does_not(dataset, teacher_ckpt, monkeypatch):
+    records = []
+    original = engine.clip_gradients
+
+    def spy(student_params, extra_params, max_norm, scope):
+        total, proj = original(student_params, extra_params, max_norm, scope)
+        after_student = engine.grad_norm(student_params)
+        after_proj = engine.grad_norm(extra_params)
+        records.append((scope, total.item(), proj.item(), after_student.item(), after_proj.item()))
+        return total, proj
+
+    monkeypatch.setattr(engine, "clip_gradients", spy)
+    for scope in ("all", "student_only"):
+        engine.train_run(
+            run_config(dataset, {"name": "feature"}, teacher_ckpt, epochs=1, clip_norm=0.01, clip_scope=scope),
+            dataset.parent / f"clip-{scope}",
+        )
+    for scope, total, proj, after_s, after_p in records:
+        assert total > 0.01 and proj > 0
+        if scope == "all":
+            assert (after_s**2 + after_p**2) ** 0.5 == pytest.approx(0.01, rel=1e-3)
+        else:
+            assert after_s == pytest.approx(0.01, rel=1e-3)
+            assert after_p == pytest.approx(proj, rel=1e-5)  # projections left unclipped: the v1 bug
+
+
+def _train_in_child(config: dict, out: str) -> None:
+    engine.train_run(config, out)
+
+
+def test_resume_after_kill_equals_uninterrupted_run(dataset, teacher_ckpt, tmp_path):
+    config = run_config(dataset, {"name": "logit"}, teacher_ckpt, epochs=4)
+    config["runtime"]["log_every_epoch"] = False
+    straight = engine.train_run(config, tmp_path / "straight")
+
+    out = tmp_path / "killed"
+    ctx = multiprocessing.get_context("fork")
+    child = ctx.Process(target=_train_in_child, args=(config, str(out)))
+    child.start()
+    deadline = time.time() + 120
+    while not (out / "last.pt").exists() and time.time() < deadline:
+        time.sleep(0.02)
+    os.kill(child.pid, signal.SIGKILL)
+    child.join()
+    assert (out / "last.pt").exists() and not (out / "metrics.json").exists()
+    done = torch.load(out / "last.pt", weights_only=True)["epochs_done"]
+    assert 1 <= done < 4
+
+    resumed = engine.train_run(config, out)
+    for key in ("loss", "train_acc", "val_acc", "grad_norm_max"):
+        assert [h[key] for h in resumed["history"]] == [h[key] for h in straight["history"]], key
+    for key in ("best_val_acc", "best_epoch", "test_acc_best", "test_acc_final"):
+        assert resumed["results"][key] == straight["results"][key]
+    a = torch.load(out / "final.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "straight" / "final.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_non_finite_loss_stops_the_run_naming_epoch_and_step(dataset, tmp_path):
+    config = run_config(dataset, lr=1e30, clip_norm=1e30, epochs=3)
+    with pytest.raises(TrainingError, match=r"non-finite loss at epoch \d+, step \d+"):
+        engine.train_run(config, tmp_path / "nan")
+    assert not (tmp_path / "nan" / "metrics.json").exists()
+
+
+def test_missing_or_wrong_teacher_checkpoint_is_a_hard_error(dataset, teacher_ckpt, tmp_path):
+    missing = tmp_path / "nope" / "best.pt"
+    with pytest.raises(CheckpointError, match=str(missing)):
+        engine.train_run(run_config(dataset, {"name": "logit"}, missing), tmp_path / "r1")
+    config = run_config(dataset, {"name": "logit"}, teacher_ckpt)
+    config["teacher"]["arch"] = "resnet50"
+    with pytest.raises(CheckpointError, match=rf"{teacher_ckpt}.*resnet34.*resnet50"):
+        engine.train_run(config, tmp_path / "r2")
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"model": {"arch": "resnet19"}}, r"'model.arch': 'resnet19' is not allowed \(allowed: resnet18, resnet34"),
+        ({"train": {"lrr": 0.1}}, r"unknown config key 'train.lrr' \(allowed: batch_size"),
+        ({"method": {"name": "logit", "alpha": 2}}, r"'method.alpha': 2 is outside \[0, 1\]"),
+        ({"method": {"name": "logit", "temperature": 0}}, r"'method.temperature'"),
+        ({"method": {"name": "logit"}}, r"config key 'teacher' is required by method 'logit'"),
+        ({"train": {"clip_scope": "projections"}}, r"'train.clip_scope'.*allowed: all, student_only"),
+        ({"train": {"epochs": 0}}, r"'train.epochs': 0 is outside \[1, inf\]"),
+        ({"runtime": {"device": "tpu"}}, r"'runtime.device'"),
+        ({"optimiser": {}}, r"unknown config key 'optimiser'"),
+    ],
+)
+def test_bad_config_gives_one_line_naming_the_key(dataset, patch, message):
+    config = run_config(dataset)
+    config.pop("method")
+    config.update(patch)
+    with pytest.raises(ConfigError, match=message) as info:
+        resolve_config(config)
+    assert "\n" not in str(info.value)
