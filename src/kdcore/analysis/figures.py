@@ -20,6 +20,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
+from kdcore.analysis.table import stem_arms  # noqa: E402
 from kdcore.atomic import atomic_path  # noqa: E402
 
 OKABE_ITO = {"orange": "#E69F00", "sky": "#56B4E9", "green": "#009E73", "yellow": "#F0E442",
@@ -280,16 +281,17 @@ def stem_ablation(runs: pd.DataFrame, stem_stats: pd.DataFrame, pdf_path: str | 
     """Test accuracy per architecture with the CIFAR and the ImageNet stem (seeds as dots, mean as a bar
     marker), annotated with the CIFAR - ImageNet difference and its 95% CI."""
     _style()
-    st = runs[runs["stage"] == "stem"]
+    arms = {a: v for a, v in stem_arms(runs).items() if not (v[0].empty and v[1].empty)}
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    if st.empty:
+    if not arms:
         _empty(ax, "no stem-ablation runs")
         return save_figure(fig, pdf_path)
-    archs = sorted(st["student"].unique(), key=lambda a: int(a.replace("resnet", "")))
+    archs = sorted(arms, key=lambda a: int(a.replace("resnet", "")))
+    st = pd.concat([pd.concat(v) for v in arms.values()])
     for i, arch in enumerate(archs):
         for k, stem in enumerate(("cifar", "imagenet")):
             colour, marker, _ = STEM_STYLE[stem]
-            v = st[(st["student"] == arch) & (st["stem"] == stem)][metric].to_numpy()
+            v = arms[arch][k][metric].to_numpy()
             if v.size == 0:
                 continue
             x = i + (k - 0.5) * 0.36
@@ -305,7 +307,7 @@ def stem_ablation(runs: pd.DataFrame, stem_stats: pd.DataFrame, pdf_path: str | 
     ax.set_xticks(range(len(archs)))
     epochs = st.groupby("student")["epochs"].max()
     ep_note = epochs.nunique() > 1
-    ax.set_xticklabels([f"{short(a)}\n(n={int((st['student'] == a).sum() / 2)} per stem"
+    ax.set_xticklabels([f"{short(a)}\n(n={len(arms[a][1])} per stem"
                         + (f", {int(epochs[a])} ep)" if ep_note else ")") for a in archs])
     lo, hi = st[metric].min(), st[metric].max()
     ax.set_ylim(lo - 1.0, hi + 2.2)
@@ -381,3 +383,28 @@ def clip_ablation(runs: pd.DataFrame, history: pd.DataFrame, clip_stats: pd.Data
     ax.set_title("Projection gradient norm per epoch (mean \u00b1 std)", fontsize=11)
     fig.tight_layout()
     return save_figure(fig, pdf_path)
+
+
+FIGURES = ("gain_vs_capacity", "convergence", "fidelity", "stem_ablation", "clip_ablation")
+
+
+def write_figure(name: str, tables_dir: str | Path, pdf_path: str | Path, metric: str = "test_best") -> list[Path]:
+    """Draw figure ``name`` (one of :data:`FIGURES`) from the CSV tables in ``tables_dir`` (runs, history,
+    fidelity, comparisons, stem_ablation, clip_ablation) into ``pdf_path`` and the PNG beside it."""
+    from kdcore.analysis.table import read_table
+    from kdcore.errors import ConfigError
+
+    if name not in FIGURES:
+        raise ConfigError(f"figure {name!r} is not one of {', '.join(FIGURES)}")
+    tables_dir = Path(tables_dir)
+    label = {"test_best": "test acc @ best val", "test_final": "final test acc", "val_acc": "best val acc"}.get(metric, metric)
+    if name == "gain_vs_capacity":
+        return gain_vs_capacity(read_table(tables_dir / "comparisons.csv"), pdf_path, label)
+    if name == "convergence":
+        return convergence(read_table(tables_dir / "runs.csv"), read_table(tables_dir / "history.csv"), pdf_path)
+    if name == "fidelity":
+        return fidelity(read_table(tables_dir / "comparisons.csv"), read_table(tables_dir / "fidelity.csv"), pdf_path)
+    if name == "stem_ablation":
+        return stem_ablation(read_table(tables_dir / "runs.csv"), read_table(tables_dir / "stem_ablation.csv"), pdf_path, metric)
+    return clip_ablation(read_table(tables_dir / "runs.csv"), read_table(tables_dir / "history.csv"),
+                         read_table(tables_dir / "clip_ablation.csv"), pdf_path, metric)

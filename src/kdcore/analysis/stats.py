@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
+from kdcore.analysis.table import stem_arms
 from kdcore.errors import DataError
 
 METRICS = ("test_best", "test_final", "val_acc")
+METRIC_LABELS = {"test_best": "test accuracy at the best-val epoch", "test_final": "test accuracy after the last epoch",
+                 "val_acc": "best val accuracy"}
 CONFIDENCE = 0.95
 ALPHA = 0.05
 POWER = 0.8
@@ -249,10 +253,9 @@ def selection_table(runs: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame
 def stem_ablation(runs: pd.DataFrame, metric: str = "test_best", **kwargs: Any) -> pd.DataFrame:
     """Per architecture of the stem ablation: CIFAR stem minus ImageNet stem (pp) with CI and tests."""
     check_metric(metric)
-    st = runs[runs["stage"] == "stem"]
     rows = []
-    for arch, grp in st.groupby("student", sort=True):
-        cif, img = grp[grp["stem"] == "cifar"], grp[grp["stem"] == "imagenet"]
+    for arch, (cif, img) in stem_arms(runs).items():
+        grp = pd.concat([cif, img])
         if cif.empty or img.empty:
             rows.append({"student": arch, "notes": "needs runs with both stems"})
             continue
@@ -315,10 +318,13 @@ def records(df: pd.DataFrame) -> list[dict[str, Any]]:
     return [_jsonable(r) for r in df.to_dict(orient="records")]
 
 
-def build_summary(runs: pd.DataFrame, metric: str = "test_best") -> dict[str, Any]:
-    """All statistics of the study as one JSON-ready dict (the content of summary.json)."""
+def build_summary(runs: pd.DataFrame, metric: str = "test_best",
+                  tables: dict[str, pd.DataFrame] | None = None) -> dict[str, Any]:
+    """All statistics of the study as one JSON-ready dict (the content of summary.json); ``tables`` are
+    already computed statistics tables (keys of :data:`STAT_TABLES`) to reuse."""
     check_metric(metric)
-    comp = kd_comparisons(runs, metric)
+    t = tables or {}
+    comp = t["comparisons"] if "comparisons" in t else kd_comparisons(runs, metric)
     notes = []
     if not comp.empty and comp["p_welch"].isna().any():
         notes.append(f"some KD cells have fewer than 2 seeds: their tests are null ({NOTE_FEW})")
@@ -335,10 +341,31 @@ def build_summary(runs: pd.DataFrame, metric: str = "test_best") -> dict[str, An
         "n_runs": int(len(runs)),
         "runs_per_stage": {k: int(v) for k, v in runs["stage"].value_counts().sort_index().items()},
         "sources": sorted(set(runs["source"])),
-        "cells": records(cell_summary(runs, metric)),
+        "metric_label": METRIC_LABELS[metric],
+        "cells": records(t["cells"] if "cells" in t else cell_summary(runs, metric)),
         "comparisons": records(comp),
-        "selection": records(selection_table(runs)),
-        "stem_ablation": records(stem_ablation(runs, metric)),
-        "clip_ablation": records(clip_ablation(runs, metric)),
+        "selection": records(t["selection"] if "selection" in t else selection_table(runs)),
+        "stem_ablation": records(t["stem_ablation"] if "stem_ablation" in t else stem_ablation(runs, metric)),
+        "clip_ablation": records(t["clip_ablation"] if "clip_ablation" in t else clip_ablation(runs, metric)),
         "notes": notes,
     }
+
+
+STAT_TABLES = ("cells", "comparisons", "selection", "stem_ablation", "clip_ablation")
+
+
+def write_statistics(runs: pd.DataFrame, out_dir: str | Path, metric: str = "test_best") -> dict[str, Path]:
+    """Write summary.json and the CSV of every statistics table (cells, comparisons, selection,
+    stem_ablation, clip_ablation) into ``out_dir``; return their paths."""
+    from kdcore.analysis.table import write_table
+    from kdcore.atomic import atomic_write_json
+
+    check_metric(metric)
+    out_dir = Path(out_dir)
+    tables = {"cells": cell_summary(runs, metric), "comparisons": kd_comparisons(runs, metric),
+              "selection": selection_table(runs), "stem_ablation": stem_ablation(runs, metric),
+              "clip_ablation": clip_ablation(runs, metric)}
+    paths = {name: write_table(df, out_dir / f"{name}.csv") for name, df in tables.items()}
+    summary = build_summary(runs, metric, tables)
+    paths["summary"] = atomic_write_json(out_dir / "summary.json", summary)
+    return paths

@@ -240,6 +240,30 @@ def build_history_table(metrics_paths: Iterable[str | Path]) -> pd.DataFrame:
     return _frame(rows, HISTORY_COLUMNS)
 
 
+def stem_arms(runs: pd.DataFrame) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+    """CIFAR-stem and ImageNet-stem runs of each architecture of the stem ablation.
+
+    The ImageNet arm is the stage-``stem`` runs with the ImageNet stem. The CIFAR arm is the stage-``stem``
+    runs with the CIFAR stem if there are any (the paper's layout); otherwise the baseline runs of that
+    architecture with the same seeds and epochs, else its teacher runs (the workflow trains only the ImageNet
+    arm and reuses those runs).
+    """
+    st = runs[runs["stage"] == "stem"]
+    out: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}
+    for arch in sorted(set(st["student"]), key=lambda a: (len(a), a)):
+        img = st[(st["student"] == arch) & (st["stem"] == "imagenet")]
+        cif = st[(st["student"] == arch) & (st["stem"] == "cifar")]
+        if cif.empty and not img.empty:
+            for stage in ("baseline", "teacher"):
+                cand = runs[(runs["stage"] == stage) & (runs["student"] == arch) & (runs["stem"] == "cifar")
+                            & runs["seed"].isin(img["seed"]) & runs["epochs"].isin(img["epochs"])]
+                if not cand.empty:
+                    cif = cand
+                    break
+        out[arch] = (cif, img)
+    return out
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a table written by the analysis (runs.csv, fidelity.csv, ...) with empty strings kept as ''."""
     df = pd.read_csv(path)
@@ -254,3 +278,15 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     from kdcore.atomic import atomic_write_text
 
     return atomic_write_text(path, df.to_csv(index=False))
+
+
+def write_run_tables(metrics_paths: Iterable[str | Path], fidelity_paths: Iterable[str | Path],
+                     out_dir: str | Path) -> dict[str, Path]:
+    """Build and write runs.csv, fidelity.csv and history.csv into ``out_dir``; return their paths."""
+    metrics_paths, fidelity_paths = list(metrics_paths), list(fidelity_paths)
+    runs = build_run_table(metrics_paths, fidelity_paths)
+    fid = build_fidelity_table(fidelity_paths, runs)
+    history = build_history_table(metrics_paths)
+    out_dir = Path(out_dir)
+    return {"runs": write_table(runs, out_dir / "runs.csv"), "fidelity": write_table(fid, out_dir / "fidelity.csv"),
+            "history": write_table(history, out_dir / "history.csv")}
