@@ -349,8 +349,13 @@ def _read_folder(spec: Mapping[str, Any]) -> RawData:
     if not path.exists():
         raise DataError(f"data folder or archive not found: {path}")
     is_archive = path.is_file()
-    if is_archive and not tarfile.is_tarfile(path):
-        raise DataError(f"{path}: not a directory or a tar archive (.tar, .tar.gz, .tgz)")
+    if is_archive:
+        try:
+            readable = tarfile.is_tarfile(path)
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise DataError(f"{path}: cannot read archive ({exc})") from exc
+        if not readable:
+            raise DataError(f"{path}: not a directory or a tar archive (.tar, .tar.gz, .tgz)")
     entries: list[tuple[str, Any]] = list(_iter_tar_files(path) if is_archive else _iter_dir_files(path))
 
     # find the root: the tree itself, or its only top-level folder
