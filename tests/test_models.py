@@ -111,9 +111,7 @@ def test_num_classes() -> None:
 def test_no_hooks_channels_last_and_compile() -> None:
     torch.manual_seed(0)
     model = build_model("resnet18", width=8).eval()
-    assert all(
-        not m._forward_hooks and not m._forward_pre_hooks for m in model.modules()  # noqa: SLF001
-    )
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
     x = torch.randn(4, 3, 32, 32)
     with torch.no_grad():
         ref_logits, ref_feats = model(x, return_features=True)

@@ -57,9 +57,7 @@ class AugmentParams:
     flip: torch.Tensor
 
 
-def sample_params(
-    batch_size: int, generator: torch.Generator, pad: int = PAD, flip_p: float = FLIP_P
-) -> AugmentParams:
+def sample_params(batch_size: int, generator: torch.Generator, pad: int = PAD, flip_p: float = FLIP_P) -> AugmentParams:
     """Draw crop offsets in ``[0, 2*pad]`` and flip flags on the generator's device (see module docstring)."""
     device = torch.device(generator.device)
     offsets = torch.randint(0, 2 * pad + 1, (batch_size, 2), generator=generator, device=device)
@@ -80,7 +78,9 @@ def crop_flip(images: torch.Tensor, params: AugmentParams, pad: int = PAD) -> to
     ar_h = torch.arange(h, device=dev)
     ar_w = torch.arange(w, device=dev)
     rows = params.dy.to(dev)[:, None] + ar_h[None, :]  # [B,H]
-    cols = params.dx.to(dev)[:, None] + torch.where(params.flip.to(dev)[:, None], (w - 1 - ar_w)[None, :], ar_w[None, :])
+    cols = params.dx.to(dev)[:, None] + torch.where(
+        params.flip.to(dev)[:, None], (w - 1 - ar_w)[None, :], ar_w[None, :]
+    )
     flat = (rows[:, :, None] * (w + 2 * pad) + cols[:, None, :]).reshape(b, 1, h * w).expand(b, c, h * w)
     return padded.reshape(b, c, -1).gather(2, flat).reshape(b, c, h, w)
 

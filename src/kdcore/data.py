@@ -52,7 +52,7 @@ import os
 import tarfile
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +103,6 @@ class PreparedData:
     split: dict[str, Any]
     subset: dict[str, Any] | None
     path: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def n_train(self) -> int:
@@ -243,9 +242,10 @@ def synthetic_images(n: int, seed: int, stream: str, num_classes: int = 10) -> t
     """
     tgen = torch.Generator().manual_seed(derive_seed(seed, "synthetic_data", "templates"))
     colours = 0.25 + 0.5 * torch.rand(num_classes, 3, generator=tgen)
-    angles = (torch.arange(num_classes, dtype=torch.float64) + 0.3 * torch.rand(num_classes, generator=tgen, dtype=torch.float64)) * (
-        torch.pi / num_classes
-    )
+    angles = (
+        torch.arange(num_classes, dtype=torch.float64)
+        + 0.3 * torch.rand(num_classes, generator=tgen, dtype=torch.float64)
+    ) * (torch.pi / num_classes)
     freqs = 2.0 + 3.0 * torch.rand(num_classes, generator=tgen, dtype=torch.float64)  # cycles per image
 
     gen = torch.Generator().manual_seed(derive_seed(seed, "synthetic_data", stream))
@@ -308,9 +308,7 @@ def _image_from_bytes(data: bytes, label: str) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
             if im.size != (IMAGE_SIZE, IMAGE_SIZE):
-                raise DataError(
-                    f"{label}: image is {im.size[0]}x{im.size[1]}, expected {IMAGE_SIZE}x{IMAGE_SIZE}"
-                )
+                raise DataError(f"{label}: image is {im.size[0]}x{im.size[1]}, expected {IMAGE_SIZE}x{IMAGE_SIZE}")
             return np.asarray(im.convert("RGB"), dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{label}: unreadable image ({exc})") from exc
@@ -321,7 +319,7 @@ def _iter_tar_files(archive: Path) -> Iterator[tuple[str, bytes | None]]:
     try:
         with tarfile.open(archive, mode="r|*") as tf:
             for member in tf:
-                name = member.name[2:] if member.name.startswith("./") else member.name
+                name = member.name.removeprefix("./")
                 if member.isdir():
                     yield name.rstrip("/") + "/", None
                 elif member.isfile():
@@ -393,7 +391,7 @@ def _read_folder(spec: Mapping[str, Any]) -> RawData:
             raise DataError(f"{path}: {name} is nested too deep; expected {split}/<class>/<image>")
         files[split].setdefault(rel[1], []).append((name, payload))
 
-    split_dirs = {top_split for n, _ in entries for top_split in [_split_of(n, depth, root_name)] if top_split}
+    split_dirs = {_split_of(name, depth, root_name) for name, _ in entries}
     for split in ("train", "test"):
         if split not in split_dirs:
             where = f"{path}/{root_name}" if root_name else str(path)
@@ -560,7 +558,7 @@ def load_dataset(path: str | os.PathLike[str], verify: bool = True) -> PreparedD
         raise DataError(f"prepared dataset not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch.load raises many types for a bad file
+    except Exception as exc:
         raise DataError(f"{path}: not a readable prepared dataset ({type(exc).__name__}: {exc})") from exc
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         found = obj.get("format") if isinstance(obj, dict) else type(obj).__name__

@@ -36,7 +36,7 @@ from kdcore.errors import ConfigError
 class ArchSpec:
     """Depth of one ResNet variant: its block type and the number of blocks in layer1..layer4."""
 
-    block: type[BasicBlock] | type[Bottleneck]
+    block: type[BasicBlock | Bottleneck]
     layers: tuple[int, int, int, int]
 
 
