@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from kdcore.analysis.table import stem_arms  # noqa: E402
 from kdcore.atomic import atomic_path  # noqa: E402
@@ -192,7 +193,7 @@ def convergence(runs: pd.DataFrame, history: pd.DataFrame, pdf_path: str | Path,
             if row == 0:
                 ax.set_title(pair_label(pair))
             else:
-                start = int(last * (1 - zoom_fraction))
+                start = max(int(last * (1 - zoom_fraction)), 1)
                 ax.set_xlim(start, last)
                 h = history[history["run_id"].isin(pd.concat(series.values())) & (history["epoch"] >= start)]
                 if not h.empty:
@@ -203,9 +204,8 @@ def convergence(runs: pd.DataFrame, history: pd.DataFrame, pdf_path: str | Path,
         axes[0, j].set_xlabel("")
     axes[0, 0].set_ylabel("val accuracy (%)")
     axes[1, 0].set_ylabel(f"val accuracy (%)\nlast {int(zoom_fraction * 100)}% of epochs")
-    if len(pairs) > 0:
-        lows = [ax.get_ylim()[0] for ax in axes[0]]
-        axes[0, 0].set_ylim(max(min(lows), 40), 100)
+    for ax in axes.ravel():
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
     handles = [Line2D([], [], color=METHOD_STYLE[m][0], ls=METHOD_STYLE[m][1], lw=2, label=METHOD_LABEL[m])
                for m in ("baseline", "logit", "feature")]
     handles.append(Line2D([], [], color="0.35", ls=":", lw=2, label="teacher best val acc"))
@@ -373,6 +373,7 @@ def clip_ablation(runs: pd.DataFrame, history: pd.DataFrame, clip_stats: pd.Data
     if drawn:
         ax.legend(loc="best", fontsize=9)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
         ax.set_ylabel("max pre-clip projection grad norm")
         ax.set_ylim(bottom=0)
         if missing:
