@@ -92,8 +92,9 @@ def _fmt(value: float) -> str:
     return f"{float(value):g}"
 
 
-def classify_member(run_dir: str) -> tuple[str, dict[str, str]]:
-    """Stage and path fields of a run directory of the zip (``runs/...`` without the file name)."""
+def classify_member(member: str) -> tuple[str, dict[str, str]]:
+    """Stage and path fields of a zip member ``runs/.../results.json`` (from its directory)."""
+    run_dir = str(PurePosixPath(member).parent)
     for stage, pattern in _PATTERNS:
         match = pattern.match(run_dir)
         if match:
@@ -101,7 +102,7 @@ def classify_member(run_dir: str) -> tuple[str, dict[str, str]]:
             if "tdir" in fields:
                 fields["student"] = _TEACHER_DIRS[fields.pop("tdir")]
             return stage, fields
-    raise DataError(f"paper zip member {run_dir!r}: path matches no known run layout (runs/teachers, "
+    raise DataError(f"paper zip member {member!r}: path matches no known run layout (runs/teachers, "
                     "runs/select, runs/final, runs/stem_ablation, runs/bug_ablation)")
 
 
@@ -154,8 +155,7 @@ def _check_result(raw: Any, member: str, stage: str, fields: dict[str, str]) -> 
 
 def convert_result(raw: dict[str, Any], member: str) -> dict[str, Any]:
     """Convert one paper ``results.json`` (found at zip path ``member``) into a kdcore metrics dict."""
-    run_dir = str(PurePosixPath(member).parent)
-    stage, fields = classify_member(run_dir)
+    stage, fields = classify_member(member)
     raw = _check_result(raw, member, stage, fields)
     student, teacher = raw["model"], raw["teacher"]
     method = _method_name(raw["kd_type"], member)

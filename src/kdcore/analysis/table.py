@@ -266,7 +266,7 @@ def stem_arms(runs: pd.DataFrame) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]
 
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a table written by the analysis (runs.csv, fidelity.csv, ...) with empty strings kept as ''."""
-    df = pd.read_csv(path)
+    df = pd.read_csv(path, dtype={c: str for c in _STRING_COLUMNS})
     for col in _STRING_COLUMNS:
         if col in df.columns:
             df[col] = df[col].fillna("").astype(str)

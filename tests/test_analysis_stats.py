@@ -1,0 +1,137 @@
+"""Statistics of kdcore.analysis.stats against direct scipy computations on hand-made run tables."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from kdcore.analysis import stats as S
+from kdcore.analysis.table import build_run_table
+from kdcore.errors import DataError
+from test_analysis_helpers import make_study
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> pd.DataFrame:
+    m, f = make_study(tmp_path_factory.mktemp("study"), seeds=(0, 1, 2, 3, 4))
+    return build_run_table(m, f)
+
+
+def test_cell_summary_matches_numpy(runs):
+    cells = S.cell_summary(runs)
+    base = cells[(cells["stage"] == "baseline") & (cells["student"] == "resnet34")].iloc[0]
+    raw = runs[(runs["stage"] == "baseline") & (runs["student"] == "resnet34")]["test_best"]
+    assert base["n"] == 5
+    assert base["mean"] == pytest.approx(raw.mean())
+    assert base["std"] == pytest.approx(np.std(raw, ddof=1))
+
+
+def test_comparisons_against_scipy(runs):
+    comp = S.kd_comparisons(runs)
+    assert len(comp) == 6  # 3 pairs x 2 methods
+    row = comp[(comp["pair"] == "resnet50-resnet34") & (comp["method"] == "feature")].iloc[0]
+    kd = runs[(runs["stage"] == "final") & (runs["pair"] == "resnet50-resnet34") & (runs["method"] == "feature")].sort_values("seed")
+    base = runs[(runs["stage"] == "baseline") & (runs["student"] == "resnet34")].sort_values("seed")
+    x, y = kd["test_best"].to_numpy(), base["test_best"].to_numpy()
+    welch = stats.ttest_ind(x, y, equal_var=False)
+    ci = welch.confidence_interval(0.95)
+    assert row["gain"] == pytest.approx(x.mean() - y.mean())
+    assert row["p_welch"] == pytest.approx(welch.pvalue)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((ci.low, ci.high))
+    assert row["se"] == pytest.approx(math.sqrt(x.var(ddof=1) / 5 + y.var(ddof=1) / 5))
+    paired = stats.ttest_rel(x, y)
+    assert row["p_paired"] == pytest.approx(paired.pvalue)
+    assert row["n_paired"] == 5
+    sp = math.sqrt((x.var(ddof=1) * 4 + y.var(ddof=1) * 4) / 8)
+    d = (x.mean() - y.mean()) / sp
+    assert row["cohen_d"] == pytest.approx(d)
+    assert row["hedges_g"] == pytest.approx(d * (1 - 3 / (4 * 10 - 9)))
+    boot = stats.bootstrap((x, y), lambda a, b, axis=-1: a.mean(axis) - b.mean(axis), n_resamples=S.N_BOOT,
+                           method="percentile", rng=np.random.default_rng(S.BOOT_SEED), vectorized=True)
+    assert (row["boot_low"], row["boot_high"]) == pytest.approx((boot.confidence_interval.low, boot.confidence_interval.high))
+    assert row["p_holm"] == pytest.approx(S.holm(comp["p_welch"].to_numpy())[row.name])
+
+
+def test_paired_design_uses_shared_seeds_only(runs):
+    # drop two baseline seeds: Welch uses 5 vs 3 runs, the paired test the 3 shared seeds
+    sub = runs[~((runs["stage"] == "baseline") & runs["seed"].isin([3, 4]))]
+    row = S.kd_comparisons(sub).query("pair == 'resnet34-resnet18' and method == 'logit'").iloc[0]
+    kd = sub[(sub["stage"] == "final") & (sub["pair"] == "resnet34-resnet18") & (sub["method"] == "logit")].set_index("seed")["test_best"]
+    base = sub[(sub["stage"] == "baseline") & (sub["student"] == "resnet18")].set_index("seed")["test_best"]
+    assert row["n_treated"] == 5 and row["n_control"] == 3 and row["n_paired"] == 3
+    assert row["p_welch"] == pytest.approx(stats.ttest_ind(kd, base, equal_var=False).pvalue)
+    assert row["p_paired"] == pytest.approx(stats.ttest_rel(kd.loc[[0, 1, 2]], base.loc[[0, 1, 2]]).pvalue)
+
+
+def test_holm_step_down():
+    p = np.array([0.01, 0.04, 0.03, 0.005, np.nan])
+    adj = S.holm(p)
+    # by hand: sorted 0.005, 0.01, 0.03, 0.04 with m = 4 -> 0.02, 0.03, 0.06, 0.06 (monotone)
+    assert adj[[3, 0, 2, 1]] == pytest.approx([0.02, 0.03, 0.06, 0.06])
+    assert math.isnan(adj[4])
+    assert S.holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])
+
+
+def test_holm_matches_statsmodels():
+    multitest = pytest.importorskip("statsmodels.stats.multitest")
+    p = np.random.default_rng(1).uniform(0, 0.2, 8)
+    assert S.holm(p) == pytest.approx(multitest.multipletests(p, method="holm")[1])
+
+
+def test_seeds_for_power_against_noncentral_t():
+    n = S.seeds_for_power(1.0)
+    assert S.power_two_sample(1.0, n) >= 0.8 > S.power_two_sample(1.0, n - 1)
+    assert n == 17  # textbook value for d = 1, alpha = 0.05 two-sided, 80% power
+    assert S.seeds_for_power(0.0) is None
+    power = pytest.importorskip("statsmodels.stats.power")
+    assert n == math.ceil(power.TTestIndPower().solve_power(effect_size=1.0, alpha=0.05, power=0.8))
+
+
+def test_one_seed_study_renders_with_notes(tmp_path):
+    m, f = make_study(tmp_path, seeds=(0,), teacher_seeds=(0,))
+    runs = build_run_table(m, f)
+    comp = S.kd_comparisons(runs)
+    assert comp["gain"].notna().all()
+    assert comp["p_welch"].isna().all() and comp["ci_low"].isna().all() and comp["p_holm"].isna().all()
+    assert comp["notes"].str.contains("at least 2 seeds").all()
+    summary = S.build_summary(runs)
+    assert summary["comparisons"][0]["p_welch"] is None
+    assert summary["notes"] and summary["multiple_comparisons"]["m"] == 0
+    assert all(r["n_cifar"] == 1 for r in summary["stem_ablation"])
+
+
+def test_selection_winner_and_final_choice(runs):
+    sel = S.selection_table(runs)
+    assert sel.groupby(["pair", "method"])["winner"].sum().eq(1).all()
+    logit = sel[(sel["pair"] == "resnet34-resnet18") & (sel["method"] == "logit")]
+    assert logit.loc[logit["val_acc"].idxmax(), "winner"]
+    assert logit["used_in_final"].sum() == 1 and logit.loc[logit["used_in_final"], "winner"].all()
+
+
+def test_stem_and_clip_ablations(runs):
+    stem = S.stem_ablation(runs).set_index("student")
+    cif = runs[(runs["stage"] == "baseline") & (runs["student"] == "resnet18") & runs["seed"].isin([0, 1])]["test_best"]
+    img = runs[(runs["stage"] == "stem") & (runs["student"] == "resnet18")]["test_best"]
+    assert stem.loc["resnet18", "n_cifar"] == 2  # CIFAR arm: the baselines with the ImageNet arm's seeds
+    assert stem.loc["resnet18", "diff"] == pytest.approx(cif.mean() - img.mean())
+    clip = S.clip_ablation(runs).iloc[0]
+    assert clip["proj_grad_norm_max_bugged"] == pytest.approx(3.0 * 1.3)
+    assert clip["proj_grad_norm_max_corrected"] == pytest.approx(0.5 * 1.3)
+    fix = runs[(runs["stage"] == "final") & (runs["pair"] == "resnet50-resnet18") & (runs["method"] == "feature")]["test_best"]
+    bug = runs[runs["stage"] == "clip"]["test_best"]
+    assert clip["p_welch"] == pytest.approx(stats.ttest_ind(fix, bug, equal_var=False).pvalue)
+
+
+def test_duplicate_seed_is_an_error(runs):
+    dup = pd.concat([runs, runs[runs["stage"] == "final"].head(1).assign(run_id="x")])
+    with pytest.raises(DataError, match="share seed"):
+        S.kd_comparisons(dup)
+
+
+def test_unknown_metric():
+    with pytest.raises(DataError, match="metric"):
+        S.check_metric("accuracy")

@@ -1,0 +1,77 @@
+"""The tidy run table and the fidelity/history tables built from hand-made metrics/fidelity files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kdcore.analysis.table import (RUN_COLUMNS, build_fidelity_table, build_history_table, build_run_table,
+                                   read_table, write_run_tables)
+from kdcore.errors import DataError
+from test_analysis_helpers import make_study, metrics
+
+
+def test_run_table_rows_and_units(tmp_path):
+    m, f = make_study(tmp_path)
+    runs = build_run_table(m, f)
+    assert list(runs.columns) == RUN_COLUMNS
+    assert len(runs) == len(m)
+    row = runs[runs["run_id"] == "final/resnet50-resnet34/feature/seed1"].iloc[0]
+    raw = json.loads((tmp_path / "final/resnet50-resnet34/feature/seed1/metrics.json").read_text())
+    assert row["test_best"] == pytest.approx(100 * raw["results"]["test_acc_best"])
+    assert (row["teacher"], row["student"], row["pair"], row["method"]) == ("resnet50", "resnet34", "resnet50-resnet34", "feature")
+    assert row["agreement"] == pytest.approx(100 * 0.921) and row["kl_t1"] == pytest.approx(0.2)
+    assert (row["seed"], row["clip_scope"], row["data_source"], row["synthetic"]) == (1, "all", "synthetic", True)
+    assert row["seconds"] == 3.0 and row["device"] == "cpu"
+    base = runs[runs["stage"] == "baseline"]
+    assert base["agreement"].isna().all()  # control fidelity stays in the fidelity table
+    assert set(runs["stage"]) == {"teacher", "baseline", "select", "final", "stem", "clip"}
+
+
+def test_fidelity_table_has_controls(tmp_path):
+    m, f = make_study(tmp_path)
+    runs = build_run_table(m, f)
+    fid = build_fidelity_table(f, runs)
+    ctl = fid[fid["control"]]
+    assert len(ctl) == 3 * 3  # (R18: R34, R50 teachers; R34: R50) x 3 seeds
+    assert set(ctl["pair"]) == {"resnet34-resnet18", "resnet50-resnet18", "resnet50-resnet34"}
+    assert (fid[~fid["control"]]["method"] != "baseline").all()
+
+
+def test_history_and_roundtrip(tmp_path):
+    m, f = make_study(tmp_path)
+    hist = build_history_table(m)
+    assert len(hist) == sum(len(json.loads(p.read_text())["history"]) for p in m)
+    paths = write_run_tables(m, f, tmp_path / "tables")
+    back = read_table(paths["runs"])
+    assert (back["teacher"].fillna("x") != "x").all() and back.loc[back["stage"] == "teacher", "teacher"].eq("").all()
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d["labels"].update(stage="bogus"), "labels.stage"),
+    (lambda d: d["labels"].pop("run_id"), "labels.run_id"),
+    (lambda d: d["results"].update(test_acc_best=94.5), "results.test_acc_best"),
+    (lambda d: d["config"]["train"].pop("seed"), "config.train.seed"),
+    (lambda d: d.update(kind="fidelity"), "kind"),
+])
+def test_bad_metrics_name_file_and_field(tmp_path, mutate, message):
+    data = metrics("baseline", "b/s0", "resnet18", 0, 0.9)
+    mutate(data)
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=message) as err:
+        build_run_table([path])
+    assert str(path) in str(err.value)
+
+
+def test_duplicate_run_id_and_orphan_fidelity(tmp_path):
+    m, f = make_study(tmp_path)
+    with pytest.raises(DataError, match="already used"):
+        build_run_table(m + [m[0]], [])
+    with pytest.raises(DataError, match="matches no metrics.json"):
+        build_run_table([p for p in m if "final" not in str(p)], f)
+    bad = tmp_path / "broken.json"
+    bad.write_text("{")
+    with pytest.raises(DataError, match="not valid JSON"):
+        build_run_table([bad])
