@@ -287,11 +287,13 @@ def _read_torchvision(spec: Mapping[str, Any]) -> RawData:
     for train in (True, False):
         try:
             ds = torchvision.datasets.CIFAR10(root=str(root), train=train, download=spec["download"])
-        except RuntimeError as exc:
-            raise DataError(
-                f"torchvision CIFAR10 not found or corrupted under {root} ({exc}); "
-                "set download: true (needs internet) or use the folder source"
-            ) from exc
+        except (RuntimeError, OSError) as exc:  # not found / corrupted; download failed (URLError is an OSError)
+            hint = (
+                "the download failed (no internet?); use the folder source instead"
+                if spec["download"]
+                else "set download: true (needs internet) or use the folder source"
+            )
+            raise DataError(f"torchvision CIFAR10 not found or corrupted under {root} ({exc}); {hint}") from exc
         images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
         labels = torch.as_tensor(ds.targets, dtype=torch.int64)
         splits[train] = (images, labels)
