@@ -1,6 +1,4 @@
 # kd-capacity: the paper's whole study as one DAG. See README.md, docs/config.md and docs/design.md.
-import os
-
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -12,14 +10,14 @@ configfile: "config.yaml"
 validate(config, "workflow/schemas/config.schema.yaml", set_default=True)
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/teachers.smk"
 include: "workflow/rules/students.smk"
-# analysis.smk (tables, figures, report) is written in parallel; include it once it exists
-if os.path.exists(os.path.join(workflow.basedir, "workflow/rules/analysis.smk")):
-
-    include: "workflow/rules/analysis.smk"
+include: "workflow/rules/analysis.smk"
 
 
 # The default target must live in the main Snakefile (Snakemake ignores default targets of includes).

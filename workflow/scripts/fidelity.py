@@ -4,8 +4,7 @@ Inputs: ``student``, ``teacher`` (best.pt files), ``data``. Params: ``labels``, 
 Output: one fidelity.json (kdcore.fidelity record, written atomically).
 """
 
-from __future__ import annotations
-
+# (no `from __future__` import: Snakemake prepends a preamble to scripts)
 import json
 from typing import Any
 

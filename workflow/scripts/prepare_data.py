@@ -3,8 +3,7 @@
 Params: ``spec`` (canonical JSON of config["data"]). Output: ``dataset``.
 """
 
-from __future__ import annotations
-
+# (no `from __future__` import: Snakemake prepends a preamble to scripts)
 import json
 from typing import Any
 

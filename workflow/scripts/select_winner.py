@@ -8,8 +8,7 @@ The winner has the highest mean ``results[metric]`` over the selection seeds; ti
 grid point, so the choice is deterministic.
 """
 
-from __future__ import annotations
-
+# (no `from __future__` import: Snakemake prepends a preamble to scripts)
 import json
 from pathlib import Path
 from statistics import fmean

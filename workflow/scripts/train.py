@@ -6,8 +6,7 @@ config without device/threads), ``lease`` (device-lease options), ``code`` (dige
 Outputs: ``metrics``, ``best``, ``final`` in one run folder.
 """
 
-from __future__ import annotations
-
+# (no `from __future__` import: Snakemake prepends a preamble to scripts)
 import json
 from pathlib import Path
 from typing import Any
