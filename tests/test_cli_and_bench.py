@@ -1,0 +1,75 @@
+"""The command line (one-line errors, exit codes, outputs) and the benchmark's quick mode."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kdcore", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_prepare_train_fidelity_end_to_end(tmp_path):
+    spec = {"source": "synthetic", "synthetic": {"n_train": 300, "n_test": 100, "seed": 1}, "val_size": 60}
+    (tmp_path / "data.yaml").write_text(yaml.safe_dump(spec))
+    done = run_cli("prepare-data", "--config", "data.yaml", "--out", "data.pt", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    run = {
+        "data": "data.pt",
+        "model": {"arch": "resnet18", "width": 4},
+        "train": {"epochs": 1, "batch_size": 64},
+        "runtime": {"device": "cpu", "threads": 1},
+    }
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
+    done = run_cli("train", "--config", "run.yaml", "--out", "run", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "epoch 1/1" in done.stderr and "ETA" in done.stderr
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["results"]["epochs"] == 1
+    done = run_cli(
+        "fidelity", "--student", "run/best.pt", "--teacher", "run/final.pt", "--data", "data.pt",
+        "--out", "fid.json", "--device", "cpu", cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    record = json.loads((tmp_path / "fid.json").read_text())
+    assert 0 <= record["top1_agreement"] <= 1 and set(record["per_class_acc_student"]) == set(record["per_class_acc_teacher"])
+
+
+@pytest.mark.parametrize(
+    ("run", "message"),
+    [
+        ({"data": "data.pt", "model": {"arch": "vgg11"}}, "'model.arch': 'vgg11' is not allowed"),
+        ({"data": "missing.pt", "model": {"arch": "resnet18", "width": 4}}, "prepared dataset not found: missing.pt"),
+        ({"data": "data.pt", "model": {"arch": "resnet18"}, "method": {"name": "logit", "alpha": 0.5}},
+         "config key 'teacher' is required by method 'logit'"),
+    ],
+)
+def test_bad_input_gives_one_error_line_and_exit_2(tmp_path, run, message):
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
+    done = run_cli("train", "--config", "run.yaml", "--out", "run", cwd=tmp_path)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and message in errors[0], done.stderr
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_benchmark_quick_mode_runs_and_writes_parsable_json(tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "kdcore.bench", "--quick", "--steps", "2", "--width", "4", "--workers", "1",
+         "--device", "cpu", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(out.read_text())
+    assert [r["case"] for r in result["rows"]] == ["resnet18", "resnet50", "resnet50->resnet34 feature"]
+    for row in result["rows"]:
+        assert row["fast_images_per_s"] > 0 and row["standard_images_per_s"] > 0
+        assert row["speedup"] == pytest.approx(row["fast_images_per_s"] / row["standard_images_per_s"])
+        assert row["step_gflops"] > 0
+    assert "ratio" in done.stdout and "resnet50->resnet34 feature" in done.stdout
