@@ -1,0 +1,162 @@
+"""End-to-end workflow tests: the smoke study runs once (config/smoke.yaml, synthetic data) in a copy of
+the workflow; then reruns and code-aware invalidation are checked with dry runs on copies of the
+finished folder (with its .snakemake metadata)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_workflow_helpers import REPO, Plan, append_code, copy_workflow, dry_run, snakemake
+
+pytestmark = pytest.mark.slow
+
+SMOKE = "config/smoke.yaml"
+TRAINING_RULES = {"train_teacher", "train_baseline", "train_select", "train_final", "train_stem", "train_clip"}
+FEATURE = "src/kdcore/methods/feature.py"
+ENGINE = "src/kdcore/engine.py"
+FIGURES = "src/kdcore/analysis/figures.py"
+
+
+class Smoke:
+    """The finished smoke study: its folder, the plan of the first run and the smoke config."""
+
+    def __init__(self, root: Path, plan: Plan, config: dict) -> None:
+        self.root, self.plan, self.config = root, plan, config
+
+    def copy(self, dst: Path) -> Path:
+        """A copy of the finished folder (mtimes and .snakemake metadata kept)."""
+        shutil.copytree(self.root, dst, symlinks=True)
+        return dst
+
+    def analysis_counts(self) -> dict[str, int]:
+        return {r: n for r, n in self.plan.counts.items() if r.startswith("analysis_")}
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> Smoke:
+    root = copy_workflow(tmp_path_factory.mktemp("smoke") / "wf")
+    plan = dry_run(root, "--configfile", SMOKE)
+    snakemake(root, "--configfile", SMOKE, "--cores", "2", timeout=900)
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    overlay = yaml.safe_load((REPO / SMOKE).read_text())
+    config = {**config, **overlay}  # top-level replacement is enough for the keys read below
+    return Smoke(root, plan, config)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def without(counts, *rules: str) -> dict[str, int]:
+    return {r: n for r, n in counts.items() if r not in rules}
+
+
+def test_smoke_exercises_every_rule_kind(smoke: Smoke) -> None:
+    counts = smoke.plan.counts
+    for rule in (*TRAINING_RULES, "prepare_data", "select_winner", "fidelity_final", "fidelity_baseline"):
+        assert counts[rule] >= 1, rule
+    assert smoke.analysis_counts()
+
+
+def test_outputs_exist_and_carry_their_settings(smoke: Smoke) -> None:
+    root, cfg = smoke.root, smoke.config
+    runs = root / "results/runs"
+    winner = read_json(root / "results/selection/resnet34-resnet18/feature.json")
+    assert winner["winner"]["hp"] in {"a0.5", "a0.7"} and len(winner["candidates"]) == 2
+
+    final = read_json(runs / "final/resnet34-resnet18/feature/seed1/metrics.json")
+    assert final["labels"]["stage"] == "final"
+    assert final["labels"]["run_id"] == "final/resnet34-resnet18/feature/seed1"
+    assert final["labels"]["hp"] == winner["winner"]["hp"]
+    assert final["config"]["method"]["alpha"] == winner["winner"]["params"]["alpha"]
+    assert final["config"]["teacher"]["checkpoint"] == "results/runs/teachers/resnet34/seed0/best.pt"
+    assert final["config"]["train"]["seed"] == 1
+    assert final["results"]["epochs"] == cfg["epochs"]["student"]
+    assert final["environment"]["device"] == "cpu"
+
+    clip = read_json(runs / "clip/resnet34-resnet18/feature/seed0/metrics.json")
+    assert clip["config"]["train"]["clip_scope"] == "student_only"
+    assert clip["config"]["method"]["alpha"] == winner["winner"]["params"]["alpha"]
+    assert clip["labels"]["stage"] == "clip"
+
+    stem = read_json(runs / "stem/resnet34-imagenet/seed0/metrics.json")
+    assert stem["config"]["model"]["stem"] == "imagenet"
+    assert stem["results"]["epochs"] == cfg["epochs"]["teacher"]
+    teacher = read_json(runs / "teachers/resnet34/seed0/metrics.json")
+    assert teacher["config"]["model"]["stem"] == "cifar" and teacher["labels"]["stage"] == "teacher"
+
+    fidelity = read_json(runs / "final/resnet34-resnet18/logit/seed0/fidelity.json")
+    assert fidelity["labels"]["run_id"] == "final/resnet34-resnet18/logit/seed0"
+    assert 0.0 <= fidelity["top1_agreement"] <= 1.0
+    control = read_json(runs / "baselines/resnet18/seed1/fidelity-resnet34.json")
+    assert control["labels"]["stage"] == "baseline" and control["labels"]["method"] == "baseline"
+
+    log = (root / "results/logs/final/resnet34-resnet18/feature/seed1.log").read_text()
+    assert "device lease: cpu" in log
+    assert (root / "results/benchmarks/final/resnet34-resnet18/feature/seed1.tsv").is_file()
+    assert not list(runs.rglob("last.pt"))
+
+
+def test_second_run_does_nothing(smoke: Smoke) -> None:
+    assert dry_run(smoke.root, "--configfile", SMOKE).counts == {}
+
+
+def test_deleting_one_final_run_reruns_only_it_and_dependents(smoke: Smoke, tmp_path: Path) -> None:
+    root = smoke.copy(tmp_path / "wf")
+    (root / "results/runs/final/resnet34-resnet18/feature/seed1/metrics.json").unlink()
+    plan = dry_run(root, "--configfile", SMOKE)
+    assert without(plan.counts, *smoke.analysis_counts()) == {"train_final": 1, "fidelity_final": 1, "all": 1}
+    wanted = {"teacher": "resnet34", "student": "resnet18", "method": "feature", "seed": "1"}
+    assert plan.of("train_final") == [wanted] and plan.of("fidelity_final") == [wanted]
+    assert plan.counts["analysis_run_table"] == 1
+
+
+def test_feature_kd_edit_reruns_exactly_feature_kd_branches(smoke: Smoke, tmp_path: Path) -> None:
+    root = smoke.copy(tmp_path / "wf")
+    append_code(root / FEATURE, "FEATURE_KD_REVISION = 2")
+    plan = dry_run(root, "--configfile", SMOKE)
+    full = smoke.plan
+    expected = {
+        "train_select": len(full.of("train_select", method="feature")),
+        "select_winner": len(full.of("select_winner", method="feature")),
+        "train_final": len(full.of("train_final", method="feature")),
+        "train_clip": len(full.of("train_clip", method="feature")),
+        "fidelity_final": len(full.of("fidelity_final", method="feature")),
+        **smoke.analysis_counts(),
+        "all": 1,
+    }
+    assert all(expected.values())
+    assert dict(plan.counts) == expected
+    assert all(w["method"] == "feature" for rule, w in plan.jobs if "method" in w)
+
+
+def test_training_loop_edit_reruns_every_training_job(smoke: Smoke, tmp_path: Path) -> None:
+    root = smoke.copy(tmp_path / "wf")
+    append_code(root / ENGINE, "ENGINE_REVISION = 2")
+    plan = dry_run(root, "--configfile", SMOKE)
+    for rule in TRAINING_RULES:
+        assert plan.counts[rule] == smoke.plan.counts[rule], rule
+    assert plan.counts == without(smoke.plan.counts, "prepare_data")
+
+
+def test_plotting_edit_reruns_only_figures(smoke: Smoke, tmp_path: Path) -> None:
+    root = smoke.copy(tmp_path / "wf")
+    append_code(root / FIGURES, "FIGURES_REVISION = 2")
+    plan = dry_run(root, "--configfile", SMOKE)
+    figure_rules = {r for r in smoke.analysis_counts() if "figure" in r}
+    assert figure_rules
+    assert dict(plan.counts) == {**{r: smoke.plan.counts[r] for r in figure_rules}, "all": 1}
+
+
+def test_comment_and_format_changes_rerun_nothing(smoke: Smoke, tmp_path: Path) -> None:
+    root = smoke.copy(tmp_path / "wf")
+    for rel in (FEATURE, ENGINE, FIGURES):
+        path = root / rel
+        text = path.read_text(encoding="utf-8")
+        path.write_text("# reviewed\n\n" + text.replace("\n\n\n", "\n\n\n\n") + "\n# end of file\n", encoding="utf-8")
+    assert dry_run(root, "--configfile", SMOKE).counts == {}
