@@ -5,6 +5,7 @@ finished folder (with its .snakemake metadata)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -77,7 +78,6 @@ def test_outputs_exist_and_carry_their_settings(smoke: Smoke) -> None:
     assert final["config"]["teacher"]["checkpoint"] == "results/runs/teachers/resnet34/seed0/best.pt"
     assert final["config"]["train"]["seed"] == 1
     assert final["results"]["epochs"] == cfg["epochs"]["student"]
-    assert final["environment"]["device"] == "cpu"
 
     clip = read_json(runs / "clip/resnet34-resnet18/feature/seed0/metrics.json")
     assert clip["config"]["train"]["clip_scope"] == "student_only"
@@ -97,7 +97,8 @@ def test_outputs_exist_and_carry_their_settings(smoke: Smoke) -> None:
     assert control["labels"]["stage"] == "baseline" and control["labels"]["method"] == "baseline"
 
     log = (root / "results/logs/final/resnet34-resnet18/feature/seed1.log").read_text()
-    assert "device lease: cpu" in log
+    leased = re.search(r"device lease: (cpu|cuda:\d+)", log)
+    assert leased and str(final["environment"]["device"]).startswith(leased.group(1).split(":")[0])
     assert (root / "results/benchmarks/final/resnet34-resnet18/feature/seed1.tsv").is_file()
     assert not list(runs.rglob("last.pt"))
 
@@ -114,6 +115,15 @@ def test_deleting_one_final_run_reruns_only_it_and_dependents(smoke: Smoke, tmp_
     wanted = {"teacher": "resnet34", "student": "resnet18", "method": "feature", "seed": "1"}
     assert plan.of("train_final") == [wanted] and plan.of("fidelity_final") == [wanted]
     assert plan.counts["analysis_run_table"] == 1
+    # and a real run does exactly that: the run is back, untouched runs keep their files
+    untouched = [root / "results/runs/final/resnet34-resnet18/feature/seed0/best.pt",
+                 root / "results/runs/teachers/resnet34/seed0/best.pt",
+                 root / "results/runs/baselines/resnet18/seed1/fidelity-resnet34.json"]
+    before = {p: p.stat().st_mtime_ns for p in untouched}
+    snakemake(root, "--configfile", SMOKE, "--cores", "2", timeout=600)
+    assert (root / "results/runs/final/resnet34-resnet18/feature/seed1/metrics.json").is_file()
+    assert {p: p.stat().st_mtime_ns for p in untouched} == before
+    assert dry_run(root, "--configfile", SMOKE).counts == {}
 
 
 def test_feature_kd_edit_reruns_exactly_feature_kd_branches(smoke: Smoke, tmp_path: Path) -> None:
@@ -160,3 +170,12 @@ def test_comment_and_format_changes_rerun_nothing(smoke: Smoke, tmp_path: Path) 
         text = path.read_text(encoding="utf-8")
         path.write_text("# reviewed\n\n" + text.replace("\n\n\n", "\n\n\n\n") + "\n# end of file\n", encoding="utf-8")
     assert dry_run(root, "--configfile", SMOKE).counts == {}
+
+
+def test_placement_settings_rerun_nothing(smoke: Smoke, tmp_path: Path) -> None:
+    root = smoke.copy(tmp_path / "wf")
+    overlay = {"compute": {"device": "cpu", "slots_per_gpu": 2, "lock_dir": str(tmp_path / "locks"),
+                           "threads": {"train": 2, "fidelity": 2, "light": 2},
+                           "mem_mb": {"train": 3000, "fidelity": 3000, "light": 3000}}}
+    (root / "config/placement.yaml").write_text(yaml.safe_dump(overlay), encoding="utf-8")
+    assert dry_run(root, "--configfile", SMOKE, "config/placement.yaml").counts == {}

@@ -271,7 +271,9 @@ def code_digest(*module_names: str, scripts: tuple[str, ...] = ()) -> str:
 
 
 def training_code(method: str) -> str:
-    """Digest of what a training job of ``method`` executes: the engine, the method, the script."""
+    """Digest of what a training job of ``method`` executes: the engine, the method, the script.
+    (kdcore.devices is left out on purpose: the lease decides where a job runs, not what it computes;
+    likewise the compute section of the config is read by the scripts, not passed as params.)"""
     return code_digest("kdcore.engine", "kdcore.methods", f"kdcore.methods.{method}", scripts=("train.py", "_common.py"))
 
 
@@ -327,11 +329,6 @@ def train_runtime(student: str, epochs_kind: str, teacher: str | None = None) ->
     if teacher is not None:
         minutes += c["teacher_factor"] * per_epoch.get(teacher, 1.0)
     return int(math.ceil(c["runtime_overhead"] + c["runtime_margin"] * config["epochs"][epochs_kind] * minutes))
-
-
-def lease_params() -> dict:
-    c = config["compute"]
-    return {"device": c["device"], "slots_per_gpu": c["slots_per_gpu"], "lock_dir": c["lock_dir"]}
 
 
 # ----------------------------------------------------------------------------- rule helpers

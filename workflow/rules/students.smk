@@ -11,7 +11,6 @@ rule train_baseline:
             "baseline", f"baselines/{w.student}/seed{w.seed}", w.student, w.seed, "student",
             extra_labels={"student": w.student, "method": "baseline"},
         ),
-        lease=lease_params(),
         code=training_code("baseline"),
     threads: train_threads()
     resources:
@@ -40,7 +39,6 @@ rule train_select:
             teacher=w.teacher, method=w.method, method_params=grid_params(w.method, w.hp),
             extra_labels={**kd_labels(w.teacher, w.student, w.method), "hp": w.hp},
         ),
-        lease=lease_params(),
         code=lambda w: training_code(w.method),
     threads: train_threads()
     resources:
@@ -67,7 +65,7 @@ rule select_winner:
         metric=config["selection"]["metric"],
         pair=lambda w: [w.teacher, w.student],
         method=lambda w: w.method,
-        code=code_digest(scripts=("select_winner.py", "_common.py")),
+        code=code_digest("kdcore.atomic", "kdcore.errors", scripts=("select_winner.py", "_common.py")),
     threads: config["compute"]["threads"]["light"]
     resources:
         mem_mb=config["compute"]["mem_mb"]["light"],
@@ -95,7 +93,6 @@ rule train_final:
             teacher=w.teacher, method=w.method, method_params=final_method_params(w.method),
             extra_labels=kd_labels(w.teacher, w.student, w.method),
         ),
-        lease=lease_params(),
         code=lambda w: training_code(w.method),
     threads: train_threads()
     resources:
@@ -124,7 +121,6 @@ rule fidelity_final:
             "stage": "final", "run_id": f"final/{w.teacher}-{w.student}/{w.method}/seed{w.seed}",
             **kd_labels(w.teacher, w.student, w.method), "seed": w.seed,
         }, sort_keys=True),
-        lease=lease_params(),
         code=fidelity_code(),
     threads: config["compute"]["threads"]["fidelity"]
     resources:
@@ -153,7 +149,6 @@ rule fidelity_baseline:
             "stage": "baseline", "run_id": f"baselines/{w.student}/seed{w.seed}",
             **kd_labels(w.teacher, w.student, "baseline"), "seed": w.seed,
         }, sort_keys=True),
-        lease=lease_params(),
         code=fidelity_code(),
     threads: config["compute"]["threads"]["fidelity"]
     resources:
@@ -180,7 +175,6 @@ rule train_stem:
             "stem", f"stem/{w.arch}-imagenet/seed{w.seed}", w.arch, w.seed, stem_epochs_kind(w.arch, w.seed),
             stem="imagenet", extra_labels={"arch": w.arch, "method": "baseline", "stem": "imagenet"},
         ),
-        lease=lease_params(),
         code=training_code("baseline"),
     threads: train_threads()
     resources:
@@ -211,7 +205,6 @@ rule train_clip:
             clip_scope=config["ablations"]["clip"]["clip_scope"],
             extra_labels=kd_labels(w.teacher, w.student, w.method),
         ),
-        lease=lease_params(),
         code=lambda w: training_code(w.method),
     threads: train_threads()
     resources:

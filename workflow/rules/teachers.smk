@@ -10,7 +10,6 @@ rule train_teacher:
         run_config=lambda w: run_config(
             "teacher", f"teachers/{w.arch}/seed{w.seed}", w.arch, w.seed, "teacher", extra_labels={"arch": w.arch}
         ),
-        lease=lease_params(),
         code=training_code("baseline"),
     threads: train_threads()
     resources:

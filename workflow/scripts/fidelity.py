@@ -1,6 +1,6 @@
 """Workflow script: fidelity of a student checkpoint against a teacher checkpoint on the test set.
 
-Inputs: ``student``, ``teacher`` (best.pt files), ``data``. Params: ``labels``, ``lease``, ``precision``.
+Inputs: ``student``, ``teacher`` (best.pt files), ``data``. Params: ``labels``. Device lease options: config["compute"] (not params: placement never reruns a job).
 Output: one fidelity.json (kdcore.fidelity record, written atomically).
 """
 
@@ -16,7 +16,7 @@ def main(snakemake: Any) -> None:
     from kdcore.devices import lease_device
     from kdcore.fidelity import evaluate_fidelity, write_fidelity
 
-    lease = snakemake.params.lease
+    lease = snakemake.config["compute"]
     labels = json.loads(snakemake.params.labels)
     with lease_device(lease["device"], lease["slots_per_gpu"], lease["lock_dir"]) as device:
         record = evaluate_fidelity(

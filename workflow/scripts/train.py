@@ -2,7 +2,7 @@
 
 Inputs: ``data`` (prepared dataset), optionally ``teacher`` (checkpoint) and ``winner`` (selection result
 whose hyper-parameters are merged into the method). Params: ``run_config`` (canonical JSON of the run
-config without device/threads), ``lease`` (device-lease options), ``code`` (digest; unused here).
+config without device/threads), ``code`` (digest; unused here).
 Outputs: ``metrics``, ``best``, ``final`` in one run folder.
 """
 
@@ -37,7 +37,7 @@ def main(snakemake: Any) -> None:
     if winner:
         config = apply_winner(config, winner[0])
     out_dir = Path(snakemake.output.metrics).parent
-    lease = snakemake.params.lease
+    lease = snakemake.config["compute"]
     config["runtime"]["threads"] = int(snakemake.threads)
     log.info("run %s (%s), method %s", config["labels"]["run_id"], config["labels"]["stage"], config["method"])
     with lease_device(lease["device"], lease["slots_per_gpu"], lease["lock_dir"]) as device:
