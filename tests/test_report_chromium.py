@@ -59,7 +59,7 @@ window.__kd = {
     const img = this.content().querySelector("img");
     if (!img || !img.complete || img.naturalWidth === 0) return null;
     const r = img.getBoundingClientRect();
-    return {src: img.src.slice(0, 30), width: img.naturalWidth, height: img.naturalHeight,
+    return {src: img.src.slice(0, 30), tail: img.src.slice(-64), width: img.naturalWidth, height: img.naturalHeight,
             box: [r.left, r.top, r.width, r.height]};
   },
 };
@@ -165,7 +165,10 @@ def result_caption(browser: HeadlessChromium, category: str, name: str) -> str:
     return caption
 
 
-def test_report_opens_without_errors(browser: HeadlessChromium, report: Path, tmp_path: Path) -> None:
+def test_report_opens_without_errors(browser: HeadlessChromium) -> None:
+    show_category(browser, "Figures")  # somewhere else first, then back to the workflow page
+    browser.evaluate("__kd.navbar().querySelector('ol a').click(); true")
+    assert browser.wait_for("__kd.click('Workflow')")
     nav = browser.evaluate("__kd.norm(__kd.navbar().innerText)")
     for item in ("Workflow", "Statistics", "About", "Figures", "LaTeX tables", "Tables"):
         assert item in nav, nav
@@ -188,11 +191,13 @@ def test_every_figure_renders_with_its_caption(browser: HeadlessChromium, report
     assert sorted(show_category(browser, "Figures")) == figures
     captions = {}
     for name in figures:
+        png = report / f"results/figures/{name}.png"
+        tail = base64.b64encode(png.read_bytes()).decode()[-64:]
         browser.evaluate(f"__kd.buttons({name!r})[0].click(); true")
-        image = browser.wait_for(f"(() => {{ const i = __kd.image(); "
-                                 f"return i && i.width === {png_size(report / f'results/figures/{name}.png')[0]} ? i : null; }})()")
+        # wait until this figure's own bytes are shown (the previous one stays until React re-renders), decoded
+        image = browser.wait_for(f"(() => {{ const i = __kd.image(); return i && i.tail === {tail!r} ? i : null; }})()")
         assert image["src"].startswith("data:image/png"), image
-        assert (image["width"], image["height"]) == png_size(report / f"results/figures/{name}.png")
+        assert (image["width"], image["height"]) == png_size(png)
         assert image["box"][2] > 100 and image["box"][3] > 100, image  # laid out, not collapsed
         if name == "gain_vs_capacity":
             shot, box = browser.screenshot(tmp_path / "gain_vs_capacity.png"), image["box"]
