@@ -126,6 +126,7 @@ JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 MailProg=/bin/true
 MinJobAge=600
+KillWait=5
 ReturnToService=2
 SchedulerType=sched/backfill
 MpiDefault=none
