@@ -18,11 +18,16 @@ CHECKPOINT_FORMAT = "kdcore-checkpoint/1"
 ARCH_KEYS = ("arch", "width", "stem", "num_classes")
 
 
+def save_weights(path: str | Path, state_dict: dict[str, torch.Tensor], spec: dict[str, Any], **extra: Any) -> Path:
+    """Write a model state dict with its architecture ``spec`` (arch, width, stem, num_classes)."""
+    payload = {"format": CHECKPOINT_FORMAT, **{k: spec[k] for k in ARCH_KEYS}, **extra}
+    payload["state_dict"] = {k: v.detach().cpu() for k, v in state_dict.items()}
+    return atomic_torch_save(path, payload)
+
+
 def save_model_checkpoint(path: str | Path, model: nn.Module, spec: dict[str, Any], **extra: Any) -> Path:
     """Write ``model``'s weights with its architecture ``spec`` (arch, width, stem, num_classes)."""
-    payload = {"format": CHECKPOINT_FORMAT, **{k: spec[k] for k in ARCH_KEYS}, **extra}
-    payload["state_dict"] = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return atomic_torch_save(path, payload)
+    return save_weights(path, model.state_dict(), spec, **extra)
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from torch import nn
 from kdcore import __version__
 from kdcore.atomic import atomic_torch_save, atomic_write_json
 from kdcore.augment import augment_batch, normalize_batch
-from kdcore.checkpoint import load_model, read_checkpoint, save_model_checkpoint
+from kdcore.checkpoint import load_model, read_checkpoint, save_model_checkpoint, save_weights
 from kdcore.config import resolve_config, training_digest
 from kdcore.data import load_dataset
 from kdcore.errors import TrainingError
@@ -230,6 +230,7 @@ class RunState:
     history: list[dict[str, Any]]
     best_val_acc: float = -1.0
     best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None  # CPU copy of the best-val weights
 
 
 def train_one_epoch(
@@ -379,6 +380,7 @@ def save_resume_state(path: Path, state: RunState, epoch: int, digest: str) -> N
             "history": state.history,
             "best_val_acc": state.best_val_acc,
             "best_epoch": state.best_epoch,
+            "best_state": state.best_state,
         },
     )
 
@@ -398,6 +400,7 @@ def try_resume(path: Path, state: RunState, digest: str) -> int:
     state.history = list(payload["history"])
     state.best_val_acc = float(payload["best_val_acc"])
     state.best_epoch = int(payload["best_epoch"])
+    state.best_state = payload["best_state"]
     log.info("resuming from epoch %d (%s)", payload["epochs_done"], path)
     return int(payload["epochs_done"])
 
@@ -448,6 +451,10 @@ def train_run(config: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
     state = RunState(student, trainable, optimizer, history=[])
     resume_path = out_dir / "last.pt"
     start_epoch = try_resume(resume_path, state, digest)
+    best_path = out_dir / "best.pt"
+    if start_epoch and not best_path.exists():
+        # a scheduler may delete the outputs of an interrupted job; last.pt carries the best weights
+        save_weights(best_path, state.best_state, cfg["model"], epoch=state.best_epoch, val_acc=state.best_val_acc)
 
     train_images = data.train_images.to(placement.device)
     train_labels = data.train_labels.to(placement.device)
@@ -463,7 +470,8 @@ def train_run(config: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
         state.history.append(entry)
         if entry["val_acc"] > state.best_val_acc:
             state.best_val_acc, state.best_epoch = entry["val_acc"], epoch + 1
-            save_model_checkpoint(out_dir / "best.pt", student, cfg["model"], epoch=epoch + 1, val_acc=entry["val_acc"])
+            state.best_state = {k: v.detach().to("cpu", copy=True) for k, v in student.state_dict().items()}
+            save_weights(best_path, state.best_state, cfg["model"], epoch=epoch + 1, val_acc=entry["val_acc"])
         save_resume_state(resume_path, state, epoch, digest)
         if runtime["log_every_epoch"]:
             elapsed = time.perf_counter() - run_start
@@ -478,7 +486,7 @@ def train_run(config: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
     save_model_checkpoint(out_dir / "final.pt", student, cfg["model"], epoch=train["epochs"])
     test_images, test_labels = data.test_images.to(placement.device), data.test_labels.to(placement.device)
     test_final = accuracy(student, test_images, test_labels, placement, eval_bs)
-    best_model, _ = load_model(out_dir / "best.pt", cfg["model"])
+    best_model, _ = load_model(best_path, cfg["model"])
     best_model.to(placement.device, memory_format=placement.memory_format)
     test_best = accuracy(best_model, test_images, test_labels, placement, eval_bs)
 
