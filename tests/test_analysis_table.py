@@ -75,3 +75,10 @@ def test_duplicate_run_id_and_orphan_fidelity(tmp_path):
     bad.write_text("{")
     with pytest.raises(DataError, match="not valid JSON"):
         build_run_table([bad])
+
+
+def test_run_table_without_any_fidelity_files(tmp_path):
+    """A study with fidelity switched off still gets its run table (fidelity columns empty)."""
+    m, _ = make_study(tmp_path)
+    runs = build_run_table(m, [])
+    assert len(runs) == len(m) and runs["agreement"].isna().all()

@@ -206,8 +206,9 @@ def build_run_table(metrics_paths: Iterable[str | Path], fidelity_paths: Iterabl
         row = runs[dup].iloc[0]
         raise DataError(f"{row['path']}: labels.run_id={row['run_id']!r} is already used by another metrics.json")
     fid = build_fidelity_table(list(fidelity_paths), runs)
-    kd = fid[~fid["control"]].set_index("run_id")
+    kd = fid[~fid["control"].astype(bool)]
     if not kd.empty:
+        kd = kd.set_index("run_id")
         idx = runs["run_id"].isin(kd.index)
         for col, src in (("agreement", "agreement"), ("kl_t1", "kl_t1"), ("kl_t4", "kl_t4"),
                          ("ece_student", "ece_student"), ("teacher_test_acc", "teacher_acc")):
