@@ -17,8 +17,10 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 
 def setup(snakemake: Any) -> logging.Logger:
     """Prepare a script run: import path, log file, stdout/stderr redirection; returns the script's logger."""
-    if str(SRC) not in sys.path:
-        sys.path.insert(0, str(SRC))
+    # Snakemake appends the workflow's src/ to sys.path; it must come first, ahead of an installed kdcore
+    while str(SRC) in sys.path:
+        sys.path.remove(str(SRC))
+    sys.path.insert(0, str(SRC))
     log_path = Path(snakemake.log[0])
     log_path.parent.mkdir(parents=True, exist_ok=True)
     stream = open(log_path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115 - lives as long as the job
