@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from kdcore.config import resolve_config
 from kdcore.engine import (
     RunState,
     configure_backend,
+    device_name,
     make_placement,
     make_step_fn,
     train_one_epoch,
@@ -269,13 +269,13 @@ def run_benchmark(
     runtime = {"device": device, "compile": compile_model}
     placement = make_placement(resolve_config({"data": "-", "model": {"arch": "resnet18"}, "runtime": runtime})["runtime"])
     dev = placement.device
-    device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else (platform.processor() or platform.machine())
+    name = device_name(dev)
     rows = []
     for case in cases:
         fast = time_fast_path(case, width, batch_size, steps, warmup, runtime)
         standard = time_standard_recipe(case, width, batch_size, steps, warmup, dev, workers)
         achieved = fast["step_flops"] * fast["images_per_s"] / batch_size
-        peak = device_peak(device_name, fast["precision"])
+        peak = device_peak(name, fast["precision"])
         rows.append(
             {
                 "case": case.name,
@@ -301,7 +301,7 @@ def run_benchmark(
         "schema_version": 1,
         "kind": "bench",
         "device": str(dev),
-        "device_name": device_name,
+        "device_name": name,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "width": width,

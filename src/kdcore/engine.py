@@ -329,17 +329,31 @@ def make_step_fn(
 
 
 # ----------------------------------------------------------------------------- run
+def cpu_name() -> str:
+    """The processor's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+
+
 def environment_info(placement: Placement) -> dict[str, Any]:
     import torchvision
 
-    device_name = torch.cuda.get_device_name(placement.device) if placement.device.type == "cuda" else platform.processor() or "cpu"
     return {
         "kdcore": __version__,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "python": platform.python_version(),
         "device": str(placement.device),
-        "device_name": device_name,
+        "device_name": device_name(placement.device),
         "precision": str(placement.dtype).replace("torch.", ""),
         "channels_last": placement.channels_last,
         "threads": torch.get_num_threads(),

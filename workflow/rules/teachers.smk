@@ -11,6 +11,8 @@ rule train_teacher:
             "teacher", f"teachers/{w.arch}/seed{w.seed}", w.arch, w.seed, "teacher", extra_labels={"arch": w.arch}
         ),
         code=training_code("baseline"),
+    # teachers gate every KD job: start them first so that no core idles waiting on them at the end
+    priority: 10
     threads: train_threads()
     resources:
         gpu=1,
