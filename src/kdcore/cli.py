@@ -60,7 +60,7 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
     from kdcore.fidelity import evaluate_fidelity, write_fidelity
 
     _set_threads(args.threads)
-    record = evaluate_fidelity(args.student, args.teacher, args.data, device=args.device)
+    record = evaluate_fidelity(args.student, args.teacher, args.data, device=args.device, precision=args.precision)
     write_fidelity(record, args.out)
     keys = ("student_test_acc", "teacher_test_acc", "top1_agreement", "kl_t1", "kl_t4")
     print(json.dumps({k: record[k] for k in keys}, indent=2))
@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path, required=True, help="prepared dataset file")
     p.add_argument("--out", type=Path, required=True, help="fidelity.json to write")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--threads", type=int)
     p.set_defaults(func=cmd_fidelity)
 

@@ -78,10 +78,14 @@ def evaluate_fidelity(
     dataset_path: str | Path,
     device: str = "auto",
     labels: dict[str, Any] | None = None,
-    precision: str = "fp32",
+    precision: str = "auto",
     batch_size: int = 1000,
 ) -> dict[str, Any]:
-    """Load both checkpoints, run them on the test set and return the fidelity record."""
+    """Load both checkpoints, run them on the test set and return the fidelity record.
+
+    ``precision`` defaults to the engine's ``auto``, so that the student's accuracy here equals its
+    test@best in metrics.json; the metrics themselves are computed from float32 logits.
+    """
     runtime = {**RUNTIME_DEFAULTS, "device": device, "precision": precision}
     placement: Placement = make_placement(runtime)
     data = load_dataset(dataset_path)

@@ -20,7 +20,8 @@ def main(snakemake: Any) -> None:
     labels = json.loads(snakemake.params.labels)
     with lease_device(lease["device"], lease["slots_per_gpu"], lease["lock_dir"]) as device:
         record = evaluate_fidelity(
-            snakemake.input.student, snakemake.input.teacher, snakemake.input.data, device=device, labels=labels
+            snakemake.input.student, snakemake.input.teacher, snakemake.input.data, device=device, labels=labels,
+            precision=snakemake.config["runtime"]["precision"],  # the precision the runs were evaluated in
         )
     write_fidelity(record, snakemake.output[0])
     log.info("fidelity %s: agreement %.4f, student %.4f, teacher %.4f", labels.get("run_id"),
