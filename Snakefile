@@ -17,6 +17,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/teachers.smk"
 include: "workflow/rules/students.smk"
+include: "workflow/rules/analysis_common.smk"
 include: "workflow/rules/analysis.smk"
 
 

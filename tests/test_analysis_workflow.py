@@ -22,6 +22,7 @@ def all_run_metrics(wildcards=None): return METRICS
 def all_fidelity_files(wildcards=None): return FIDELITY
 def code_digest(*modules, scripts=()): return "test"
 report: {workflow_rst!r}
+include: {rules_common!r}
 include: {rules!r}
 rule all:
     input: analysis_targets
@@ -36,7 +37,8 @@ def test_analysis_rules_and_report(tmp_path):
     m, f = make_study(tmp_path / "runs", seeds=(0, 1))
     (tmp_path / "Snakefile").write_text(SNAKEFILE.format(
         src=str(REPO / "src"), metrics=[str(p) for p in m], fidelity=[str(p) for p in f],
-        workflow_rst=str(REPO / "workflow/report/workflow.rst"), rules=str(REPO / "workflow/rules/analysis.smk")))
+        workflow_rst=str(REPO / "workflow/report/workflow.rst"), rules=str(REPO / "workflow/rules/analysis.smk"),
+        rules_common=str(REPO / "workflow/rules/analysis_common.smk")))
     run = [sys.executable, "-m", "snakemake", "--cores", "2", "--quiet"]
     proc = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -123,7 +123,8 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     m, f = make_study(work / "runs", seeds=(0, 1))
     (work / "Snakefile").write_text(SNAKEFILE.format(
         src=str(REPO / "src"), metrics=[str(p) for p in m], fidelity=[str(p) for p in f],
-        workflow_rst=str(REPORT_RST / "workflow.rst"), rules=str(REPO / "workflow/rules/analysis.smk")))
+        workflow_rst=str(REPORT_RST / "workflow.rst"), rules=str(REPO / "workflow/rules/analysis.smk"),
+        rules_common=str(REPO / "workflow/rules/analysis_common.smk")))
     run = [sys.executable, "-m", "snakemake", "--cores", "2", "--quiet"]
     for extra in ([], ["--report", "results/report.html"]):
         proc = subprocess.run(run + extra, cwd=work, capture_output=True, text=True, timeout=300,

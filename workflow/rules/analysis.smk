@@ -1,6 +1,6 @@
 # Results stage: tidy run table -> statistics -> figures / LaTeX tables -> paper-vs-reproduction.
-# Uses from common.smk: all_run_metrics(), all_fidelity_files(), code_digest() and the analysis_*
-# helpers (analysis_targets(), analysis_metric(), reference_zip(); kept there so rule files hold only rules). Optional config keys
+# Uses from common.smk: all_run_metrics(), all_fidelity_files(), code_digest(); from analysis_common.smk
+# analysis_targets(), analysis_metric(), reference_zip() and the output names. Optional config keys
 # (docs/design.md, "Analysis API"): analysis.metric (test_best | test_final | val_acc, default test_best),
 # analysis.reference_zip (path of the paper's results zip; the comparison runs only when it is set).
 # Every rule is CPU-only and light; plotting code is hashed apart from the statistics so that a plotting
