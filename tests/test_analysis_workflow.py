@@ -30,15 +30,20 @@ rule all:
 """
 
 
+def write_analysis_snakefile(work: Path, metrics: list[Path], fidelity: list[Path]) -> None:
+    """A Snakefile in ``work`` that runs the real analysis rules on the given run files."""
+    (work / "Snakefile").write_text(SNAKEFILE.format(
+        src=str(REPO / "src"), metrics=[str(p) for p in metrics], fidelity=[str(p) for p in fidelity],
+        workflow_rst=str(REPO / "workflow/report/workflow.rst"), rules=str(REPO / "workflow/rules/analysis.smk"),
+        rules_common=str(REPO / "workflow/rules/analysis_common.smk")))
+
+
 @pytest.mark.slow
 def test_analysis_rules_and_report(tmp_path):
     if shutil.which("snakemake") is None:
         pytest.skip("snakemake not installed")
     m, f = make_study(tmp_path / "runs", seeds=(0, 1))
-    (tmp_path / "Snakefile").write_text(SNAKEFILE.format(
-        src=str(REPO / "src"), metrics=[str(p) for p in m], fidelity=[str(p) for p in f],
-        workflow_rst=str(REPO / "workflow/report/workflow.rst"), rules=str(REPO / "workflow/rules/analysis.smk"),
-        rules_common=str(REPO / "workflow/rules/analysis_common.smk")))
+    write_analysis_snakefile(tmp_path, m, f)
     run = [sys.executable, "-m", "snakemake", "--cores", "2", "--quiet"]
     proc = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from _chromium import HeadlessChromium, find_chromium
 from test_analysis_helpers import make_study
-from test_analysis_workflow import REPO, SNAKEFILE
+from test_analysis_workflow import REPO, write_analysis_snakefile
 
 pytestmark = pytest.mark.slow
 
@@ -121,10 +121,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip("snakemake not installed")
     work = tmp_path_factory.mktemp("report")
     m, f = make_study(work / "runs", seeds=(0, 1))
-    (work / "Snakefile").write_text(SNAKEFILE.format(
-        src=str(REPO / "src"), metrics=[str(p) for p in m], fidelity=[str(p) for p in f],
-        workflow_rst=str(REPORT_RST / "workflow.rst"), rules=str(REPO / "workflow/rules/analysis.smk"),
-        rules_common=str(REPO / "workflow/rules/analysis_common.smk")))
+    write_analysis_snakefile(work, m, f)
     run = [sys.executable, "-m", "snakemake", "--cores", "2", "--quiet"]
     for extra in ([], ["--report", "results/report.html"]):
         proc = subprocess.run(run + extra, cwd=work, capture_output=True, text=True, timeout=300,
