@@ -19,7 +19,6 @@ when it is known. A table goes to stdout, everything to JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
