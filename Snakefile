@@ -23,6 +23,6 @@ include: "workflow/rules/analysis.smk"
 
 # The default target must live in the main Snakefile (Snakemake ignores default targets of includes).
 rule all:
+    default_target: True
     input:
         study_targets,
-    default_target: True

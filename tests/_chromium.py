@@ -9,6 +9,7 @@ every navigation, evaluates JavaScript, polls for conditions and takes screensho
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import json
 import os
@@ -118,14 +119,26 @@ class HeadlessChromium:
             os.dup2(w, 4)
 
         self._stderr_path = str(Path(self._profile) / "chromium-stderr.log")
-        args = [self.executable, *FLAGS, f"--user-data-dir={self._profile}",
-                f"--window-size={self.width},{self.height}", "--remote-debugging-pipe", "about:blank"]
+        args = [
+            self.executable,
+            *FLAGS,
+            f"--user-data-dir={self._profile}",
+            f"--window-size={self.width},{self.height}",
+            "--remote-debugging-pipe",
+            "about:blank",
+        ]
         try:
             with open(self._stderr_path, "wb") as stderr:
                 # preexec_fn only moves two descriptors; no thread of ours runs yet
-                self._proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                              stderr=stderr, preexec_fn=child_fds, pass_fds=(3, 4),  # noqa: PLW1509
-                                              start_new_session=True)
+                self._proc = subprocess.Popen(
+                    args,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=stderr,
+                    preexec_fn=child_fds,
+                    pass_fds=(3, 4),
+                    start_new_session=True,
+                )
         finally:
             os.close(to_chrome_r)
             os.close(from_chrome_w)
@@ -136,8 +149,13 @@ class HeadlessChromium:
         self._session = self.send("Target.attachToTarget", targetId=page, flatten=True, session=False)["sessionId"]
         for domain in ("Runtime", "Log", "Page"):
             self.send(f"{domain}.enable")
-        self.send("Emulation.setDeviceMetricsOverride", width=self.width, height=self.height,
-                  deviceScaleFactor=1, mobile=False)
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            width=self.width,
+            height=self.height,
+            deviceScaleFactor=1,
+            mobile=False,
+        )
 
     def _wait_for_page(self) -> str:
         deadline = time.monotonic() + self.timeout
@@ -156,10 +174,8 @@ class HeadlessChromium:
                     self._post({"id": self._new_id(), "method": "Browser.close"})
                 self._proc.wait(timeout=10)
             except (OSError, subprocess.TimeoutExpired):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(self._proc.pid, 9)
-                except ProcessLookupError:
-                    pass
                 self._proc.wait(timeout=10)
             self._proc = None
         if self._write_fd >= 0:
@@ -203,8 +219,9 @@ class HeadlessChromium:
         except queue.Empty:
             raise ChromiumError(f"no answer from Chromium in {timeout:.0f} s\n{self.stderr_tail()}") from None
         if message is None:
-            raise ChromiumError(f"Chromium closed its pipe (exit {self._proc.poll() if self._proc else None})\n"
-                                f"{self.stderr_tail()}")
+            raise ChromiumError(
+                f"Chromium closed its pipe (exit {self._proc.poll() if self._proc else None})\n{self.stderr_tail()}"
+            )
         return message
 
     def send(self, method: str, *, session: bool = True, **params: Any) -> dict[str, Any]:
@@ -239,7 +256,9 @@ class HeadlessChromium:
         elif method == "Log.entryAdded":
             entry = params.get("entry", {})
             if entry.get("level") == "error":
-                self.problems.append(PageProblem(f"log ({entry.get('source')})", f"{entry.get('text')} {entry.get('url', '')}"))
+                self.problems.append(
+                    PageProblem(f"log ({entry.get('source')})", f"{entry.get('text')} {entry.get('url', '')}")
+                )
 
     def drain(self) -> None:
         """Record the events that arrived since the last command."""

@@ -16,10 +16,25 @@ PAIRS = [("resnet34", "resnet18"), ("resnet50", "resnet18"), ("resnet50", "resne
 PARAMS = {"resnet18": 11_173_962, "resnet34": 21_282_122, "resnet50": 23_520_842}
 
 
-def metrics(stage: str, run_id: str, student: str, seed: int, acc: float, *, teacher: str | None = None,
-            method: str = "baseline", alpha: float | None = None, temperature: float | None = None,
-            stem: str = "cifar", clip_scope: str = "all", epochs: int = 4, synthetic: bool = True,
-            width: int = 16, val_acc: float | None = None, proj: float | None = None) -> dict[str, Any]:
+def metrics(
+    stage: str,
+    run_id: str,
+    student: str,
+    seed: int,
+    acc: float,
+    *,
+    teacher: str | None = None,
+    method: str = "baseline",
+    alpha: float | None = None,
+    temperature: float | None = None,
+    stem: str = "cifar",
+    clip_scope: str = "all",
+    epochs: int = 4,
+    synthetic: bool = True,
+    width: int = 16,
+    val_acc: float | None = None,
+    proj: float | None = None,
+) -> dict[str, Any]:
     """A metrics.json dict in the schema of docs/design.md (accuracies as fractions)."""
     method_cfg: dict[str, Any] = {"name": method}
     if alpha is not None:
@@ -28,42 +43,92 @@ def metrics(stage: str, run_id: str, student: str, seed: int, acc: float, *, tea
         method_cfg["temperature"] = temperature
     if method == "feature":
         method_cfg["beta"] = 0.5
-    history = [{"epoch": e + 1, "lr": 0.1, "loss": 1.0 / (e + 1), "loss_ce": 1.0, "loss_kd": 0.0,
-                "train_acc": min(1.0, acc * (e + 1) / epochs), "val_acc": min(1.0, (val_acc or acc) * (e + 1) / epochs),
-                "grad_norm_mean": 1.0, "grad_norm_max": 2.0, "proj_grad_norm_mean": proj,
-                "proj_grad_norm_max": None if proj is None else proj * (1 + 0.1 * e), "seconds": 1.0,
-                "images_per_s": 100.0} for e in range(epochs)]
+    history = [
+        {
+            "epoch": e + 1,
+            "lr": 0.1,
+            "loss": 1.0 / (e + 1),
+            "loss_ce": 1.0,
+            "loss_kd": 0.0,
+            "train_acc": min(1.0, acc * (e + 1) / epochs),
+            "val_acc": min(1.0, (val_acc or acc) * (e + 1) / epochs),
+            "grad_norm_mean": 1.0,
+            "grad_norm_max": 2.0,
+            "proj_grad_norm_mean": proj,
+            "proj_grad_norm_max": None if proj is None else proj * (1 + 0.1 * e),
+            "seconds": 1.0,
+            "images_per_s": 100.0,
+        }
+        for e in range(epochs)
+    ]
     labels = {"stage": stage, "run_id": run_id}
     return {
-        "schema_version": 1, "kind": "train",
-        "config": {"data": "d.pt", "model": {"arch": student, "width": width, "stem": stem},
-                   "teacher": None if teacher is None else {"arch": teacher, "width": width, "stem": "cifar", "checkpoint": "t.pt"},
-                   "method": method_cfg,
-                   "train": {"epochs": epochs, "seed": seed, "clip_scope": clip_scope, "clip_norm": 1.0},
-                   "labels": labels},
+        "schema_version": 1,
+        "kind": "train",
+        "config": {
+            "data": "d.pt",
+            "model": {"arch": student, "width": width, "stem": stem},
+            "teacher": None
+            if teacher is None
+            else {"arch": teacher, "width": width, "stem": "cifar", "checkpoint": "t.pt"},
+            "method": method_cfg,
+            "train": {"epochs": epochs, "seed": seed, "clip_scope": clip_scope, "clip_norm": 1.0},
+            "labels": labels,
+        },
         "labels": labels,
         "environment": {"device": "cpu", "device_name": "cpu"},
-        "data": {"fingerprint": "x", "source": {"kind": "synthetic" if synthetic else "folder"}, "synthetic": synthetic,
-                 "n_train": 450, "n_val": 50, "n_test": 100},
+        "data": {
+            "fingerprint": "x",
+            "source": {"kind": "synthetic" if synthetic else "folder"},
+            "synthetic": synthetic,
+            "n_train": 450,
+            "n_val": 50,
+            "n_test": 100,
+        },
         "model": {"arch": student, "width": width, "stem": stem, "params": PARAMS.get(student, 1000)},
-        "teacher": None if teacher is None else {"arch": teacher, "width": width, "stem": "cifar",
-                                                 "params": PARAMS.get(teacher, 2000), "checkpoint": "t.pt"},
+        "teacher": None
+        if teacher is None
+        else {
+            "arch": teacher,
+            "width": width,
+            "stem": "cifar",
+            "params": PARAMS.get(teacher, 2000),
+            "checkpoint": "t.pt",
+        },
         "history": history,
-        "results": {"best_val_acc": val_acc if val_acc is not None else acc, "best_epoch": epochs,
-                    "final_val_acc": val_acc if val_acc is not None else acc, "test_acc_best": acc,
-                    "test_acc_final": acc - 0.001, "grad_norm_max": 2.0,
-                    "proj_grad_norm_max": None if proj is None else proj * (1 + 0.1 * (epochs - 1)),
-                    "train_seconds": 3.0, "epochs": epochs},
+        "results": {
+            "best_val_acc": val_acc if val_acc is not None else acc,
+            "best_epoch": epochs,
+            "final_val_acc": val_acc if val_acc is not None else acc,
+            "test_acc_best": acc,
+            "test_acc_final": acc - 0.001,
+            "grad_norm_max": 2.0,
+            "proj_grad_norm_max": None if proj is None else proj * (1 + 0.1 * (epochs - 1)),
+            "train_seconds": 3.0,
+            "epochs": epochs,
+        },
     }
 
 
 def fidelity(run: dict[str, Any], teacher: str, agreement: float, kl: float) -> dict[str, Any]:
     """A fidelity.json dict for run ``run`` against ``teacher``."""
-    return {"schema_version": 1, "kind": "fidelity", "student": {"arch": run["model"]["arch"], "checkpoint": "s.pt"},
-            "teacher": {"arch": teacher, "checkpoint": "t.pt"}, "teacher_arch": teacher,
-            "student_test_acc": run["results"]["test_acc_best"], "teacher_test_acc": 0.96,
-            "top1_agreement": agreement, "kl_t1": kl, "kl_t4": kl / 10, "ece_student": 0.02, "ece_teacher": 0.03,
-            "per_class_acc_student": {}, "per_class_acc_teacher": {}, "labels": dict(run["labels"])}
+    return {
+        "schema_version": 1,
+        "kind": "fidelity",
+        "student": {"arch": run["model"]["arch"], "checkpoint": "s.pt"},
+        "teacher": {"arch": teacher, "checkpoint": "t.pt"},
+        "teacher_arch": teacher,
+        "student_test_acc": run["results"]["test_acc_best"],
+        "teacher_test_acc": 0.96,
+        "top1_agreement": agreement,
+        "kl_t1": kl,
+        "kl_t4": kl / 10,
+        "ece_student": 0.02,
+        "ece_teacher": 0.03,
+        "per_class_acc_student": {},
+        "per_class_acc_teacher": {},
+        "labels": dict(run["labels"]),
+    }
 
 
 def default_acc(stage: str, student: str, teacher: str | None, method: str, seed: int) -> float:
@@ -75,15 +140,22 @@ def default_acc(stage: str, student: str, teacher: str | None, method: str, seed
     return base + noise + bonus + wiggle
 
 
-def make_study(root: Path, seeds: tuple[int, ...] = (0, 1, 2), teacher_seeds: tuple[int, ...] = (0, 1),
-               acc: Callable[..., float] = default_acc, with_fidelity: bool = True,
-               **kwargs: Any) -> tuple[list[Path], list[Path]]:
+def make_study(
+    root: Path,
+    seeds: tuple[int, ...] = (0, 1, 2),
+    teacher_seeds: tuple[int, ...] = (0, 1),
+    acc: Callable[..., float] = default_acc,
+    with_fidelity: bool = True,
+    **kwargs: Any,
+) -> tuple[list[Path], list[Path]]:
     """Write a small study under ``root``; return (metrics paths, fidelity paths)."""
     runs: dict[str, dict[str, Any]] = {}
     fids: dict[str, dict[str, Any]] = {}
     for t in sorted({t for t, _ in PAIRS}):
         for s in teacher_seeds:
-            runs[f"teachers/{t}/seed{s}"] = metrics("teacher", f"teachers/{t}/seed{s}", t, s, acc("teacher", t, None, "baseline", s), epochs=6, **kwargs)
+            runs[f"teachers/{t}/seed{s}"] = metrics(
+                "teacher", f"teachers/{t}/seed{s}", t, s, acc("teacher", t, None, "baseline", s), epochs=6, **kwargs
+            )
     for st in sorted({s for _, s in PAIRS}):
         for s in seeds:
             rid = f"baselines/{st}/seed{s}"
@@ -95,23 +167,65 @@ def make_study(root: Path, seeds: tuple[int, ...] = (0, 1, 2), teacher_seeds: tu
             grid = [(a, T) for a in (0.5, 0.9) for T in ((2.0, 4.0) if m == "logit" else (None,))]
             for k, (a, T) in enumerate(grid):
                 rid = f"select/{t}-{st}/{m}/g{k}/seed0"
-                runs[rid] = metrics("select", rid, st, 0, 0.9, teacher=t, method=m, alpha=a, temperature=T,
-                                    val_acc=0.90 + 0.001 * k, **kwargs)
+                runs[rid] = metrics(
+                    "select",
+                    rid,
+                    st,
+                    0,
+                    0.9,
+                    teacher=t,
+                    method=m,
+                    alpha=a,
+                    temperature=T,
+                    val_acc=0.90 + 0.001 * k,
+                    **kwargs,
+                )
             a, T = grid[-1]
             for s in seeds:
                 rid = f"final/{t}-{st}/{m}/seed{s}"
-                runs[rid] = metrics("final", rid, st, s, acc("final", st, t, m, s), teacher=t, method=m, alpha=a,
-                                    temperature=T, proj=0.5 if m == "feature" else None, **kwargs)
-                fids[f"{rid}/fidelity.json"] = fidelity(runs[rid], t, 0.92 + 0.001 * s + (0.01 if m == "logit" else 0), 0.2)
+                runs[rid] = metrics(
+                    "final",
+                    rid,
+                    st,
+                    s,
+                    acc("final", st, t, m, s),
+                    teacher=t,
+                    method=m,
+                    alpha=a,
+                    temperature=T,
+                    proj=0.5 if m == "feature" else None,
+                    **kwargs,
+                )
+                fids[f"{rid}/fidelity.json"] = fidelity(
+                    runs[rid], t, 0.92 + 0.001 * s + (0.01 if m == "logit" else 0), 0.2
+                )
     for arch in ("resnet18", "resnet34"):
         for s in seeds[:2]:
             rid = f"stem/{arch}-imagenet/seed{s}"
-            runs[rid] = metrics("stem", rid, arch, s, acc("baseline", arch, None, "baseline", s) - 0.05 - 0.002 * s,
-                                stem="imagenet", **kwargs)
+            runs[rid] = metrics(
+                "stem",
+                rid,
+                arch,
+                s,
+                acc("baseline", arch, None, "baseline", s) - 0.05 - 0.002 * s,
+                stem="imagenet",
+                **kwargs,
+            )
     for s in seeds:
         rid = f"clip/resnet50-resnet18/feature/seed{s}"
-        runs[rid] = metrics("clip", rid, "resnet18", s, acc("final", "resnet18", "resnet50", "feature", s) - 0.001,
-                            teacher="resnet50", method="feature", alpha=0.9, clip_scope="student_only", proj=3.0, **kwargs)
+        runs[rid] = metrics(
+            "clip",
+            rid,
+            "resnet18",
+            s,
+            acc("final", "resnet18", "resnet50", "feature", s) - 0.001,
+            teacher="resnet50",
+            method="feature",
+            alpha=0.9,
+            clip_scope="student_only",
+            proj=3.0,
+            **kwargs,
+        )
     mpaths, fpaths = [], []
     for rid, data in runs.items():
         p = root / rid / "metrics.json"

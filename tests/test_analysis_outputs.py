@@ -7,9 +7,9 @@ import subprocess
 
 import pandas as pd
 import pytest
+from test_analysis_helpers import make_study
 
 from kdcore.analysis import compare, figures, latex, stats, table
-from test_analysis_helpers import make_study
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +54,13 @@ def test_latex_tables_and_compile(study, tmp_path):
         pytest.skip("pdflatex not installed")
     names = [p.name for p in written] + ["comparison.tex"]
     (tmp_path / "doc.tex").write_text(latex.document(names))
-    proc = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "doc.tex"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stdout[-2000:]
     assert (tmp_path / "doc.pdf").stat().st_size > 1000
 
@@ -88,5 +93,9 @@ def test_comparison_interval_matches_welch(study):
     assert row["difference"] == pytest.approx(1.0)
     assert (row["interval_low"], row["interval_high"]) == pytest.approx((ci.low, ci.high))
     assert row["within"] == bool(ci.low <= 0 <= ci.high)
-    one = compare.compare_to_reference(ours[ours["seed"] == 0], paper).query("quantity == 'baseline R18 accuracy'").iloc[0]
+    one = (
+        compare.compare_to_reference(ours[ours["seed"] == 0], paper)
+        .query("quantity == 'baseline R18 accuracy'")
+        .iloc[0]
+    )
     assert one["ours_n"] == 1 and pd.notna(one["interval_low"])  # prediction interval from the paper's spread

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
+from test_analysis_helpers import make_study
 
 from kdcore.analysis import stats as S
 from kdcore.analysis.table import build_run_table
 from kdcore.errors import DataError
-from test_analysis_helpers import make_study
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +34,9 @@ def test_comparisons_against_scipy(runs):
     comp = S.kd_comparisons(runs)
     assert len(comp) == 6  # 3 pairs x 2 methods
     row = comp[(comp["pair"] == "resnet50-resnet34") & (comp["method"] == "feature")].iloc[0]
-    kd = runs[(runs["stage"] == "final") & (runs["pair"] == "resnet50-resnet34") & (runs["method"] == "feature")].sort_values("seed")
+    kd = runs[
+        (runs["stage"] == "final") & (runs["pair"] == "resnet50-resnet34") & (runs["method"] == "feature")
+    ].sort_values("seed")
     base = runs[(runs["stage"] == "baseline") & (runs["student"] == "resnet34")].sort_values("seed")
     x, y = kd["test_best"].to_numpy(), base["test_best"].to_numpy()
     welch = stats.ttest_ind(x, y, equal_var=False)
@@ -50,9 +52,17 @@ def test_comparisons_against_scipy(runs):
     d = (x.mean() - y.mean()) / sp
     assert row["cohen_d"] == pytest.approx(d)
     assert row["hedges_g"] == pytest.approx(d * (1 - 3 / (4 * 10 - 9)))
-    boot = stats.bootstrap((x, y), lambda a, b, axis=-1: a.mean(axis) - b.mean(axis), n_resamples=S.N_BOOT,
-                           method="percentile", rng=np.random.default_rng(S.BOOT_SEED), vectorized=True)
-    assert (row["boot_low"], row["boot_high"]) == pytest.approx((boot.confidence_interval.low, boot.confidence_interval.high))
+    boot = stats.bootstrap(
+        (x, y),
+        lambda a, b, axis=-1: a.mean(axis) - b.mean(axis),
+        n_resamples=S.N_BOOT,
+        method="percentile",
+        rng=np.random.default_rng(S.BOOT_SEED),
+        vectorized=True,
+    )
+    assert (row["boot_low"], row["boot_high"]) == pytest.approx(
+        (boot.confidence_interval.low, boot.confidence_interval.high)
+    )
     assert row["p_holm"] == pytest.approx(S.holm(comp["p_welch"].to_numpy())[row.name])
 
 
@@ -60,7 +70,9 @@ def test_paired_design_uses_shared_seeds_only(runs):
     # drop two baseline seeds: Welch uses 5 vs 3 runs, the paired test the 3 shared seeds
     sub = runs[~((runs["stage"] == "baseline") & runs["seed"].isin([3, 4]))]
     row = S.kd_comparisons(sub).query("pair == 'resnet34-resnet18' and method == 'logit'").iloc[0]
-    kd = sub[(sub["stage"] == "final") & (sub["pair"] == "resnet34-resnet18") & (sub["method"] == "logit")].set_index("seed")["test_best"]
+    kd = sub[(sub["stage"] == "final") & (sub["pair"] == "resnet34-resnet18") & (sub["method"] == "logit")].set_index(
+        "seed"
+    )["test_best"]
     base = sub[(sub["stage"] == "baseline") & (sub["student"] == "resnet18")].set_index("seed")["test_best"]
     assert row["n_treated"] == 5 and row["n_control"] == 3 and row["n_paired"] == 3
     assert row["p_welch"] == pytest.approx(stats.ttest_ind(kd, base, equal_var=False).pvalue)
@@ -121,7 +133,9 @@ def test_stem_and_clip_ablations(runs):
     clip = S.clip_ablation(runs).iloc[0]
     assert clip["proj_grad_norm_max_bugged"] == pytest.approx(3.0 * 1.3)
     assert clip["proj_grad_norm_max_corrected"] == pytest.approx(0.5 * 1.3)
-    fix = runs[(runs["stage"] == "final") & (runs["pair"] == "resnet50-resnet18") & (runs["method"] == "feature")]["test_best"]
+    fix = runs[(runs["stage"] == "final") & (runs["pair"] == "resnet50-resnet18") & (runs["method"] == "feature")][
+        "test_best"
+    ]
     bug = runs[runs["stage"] == "clip"]["test_best"]
     assert clip["p_welch"] == pytest.approx(stats.ttest_ind(fix, bug, equal_var=False).pvalue)
 

@@ -5,11 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
-
-from kdcore.analysis.table import (RUN_COLUMNS, build_fidelity_table, build_history_table, build_run_table,
-                                   read_table, write_run_tables)
-from kdcore.errors import DataError
 from test_analysis_helpers import make_study, metrics
+
+from kdcore.analysis.table import (
+    RUN_COLUMNS,
+    build_fidelity_table,
+    build_history_table,
+    build_run_table,
+    read_table,
+    write_run_tables,
+)
+from kdcore.errors import DataError
 
 
 def test_run_table_rows_and_units(tmp_path):
@@ -20,7 +26,12 @@ def test_run_table_rows_and_units(tmp_path):
     row = runs[runs["run_id"] == "final/resnet50-resnet34/feature/seed1"].iloc[0]
     raw = json.loads((tmp_path / "final/resnet50-resnet34/feature/seed1/metrics.json").read_text())
     assert row["test_best"] == pytest.approx(100 * raw["results"]["test_acc_best"])
-    assert (row["teacher"], row["student"], row["pair"], row["method"]) == ("resnet50", "resnet34", "resnet50-resnet34", "feature")
+    assert (row["teacher"], row["student"], row["pair"], row["method"]) == (
+        "resnet50",
+        "resnet34",
+        "resnet50-resnet34",
+        "feature",
+    )
     assert row["agreement"] == pytest.approx(100 * 0.921) and row["kl_t1"] == pytest.approx(0.2)
     assert (row["seed"], row["clip_scope"], row["data_source"], row["synthetic"]) == (1, "all", "synthetic", True)
     assert row["seconds"] == 3.0 and row["device"] == "cpu"
@@ -48,13 +59,16 @@ def test_history_and_roundtrip(tmp_path):
     assert (back["teacher"].fillna("x") != "x").all() and back.loc[back["stage"] == "teacher", "teacher"].eq("").all()
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda d: d["labels"].update(stage="bogus"), "labels.stage"),
-    (lambda d: d["labels"].pop("run_id"), "labels.run_id"),
-    (lambda d: d["results"].update(test_acc_best=94.5), "results.test_acc_best"),
-    (lambda d: d["config"]["train"].pop("seed"), "config.train.seed"),
-    (lambda d: d.update(kind="fidelity"), "kind"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d["labels"].update(stage="bogus"), "labels.stage"),
+        (lambda d: d["labels"].pop("run_id"), "labels.run_id"),
+        (lambda d: d["results"].update(test_acc_best=94.5), "results.test_acc_best"),
+        (lambda d: d["config"]["train"].pop("seed"), "config.train.seed"),
+        (lambda d: d.update(kind="fidelity"), "kind"),
+    ],
+)
 def test_bad_metrics_name_file_and_field(tmp_path, mutate, message):
     data = metrics("baseline", "b/s0", "resnet18", 0, 0.9)
     mutate(data)
@@ -68,7 +82,7 @@ def test_bad_metrics_name_file_and_field(tmp_path, mutate, message):
 def test_duplicate_run_id_and_orphan_fidelity(tmp_path):
     m, f = make_study(tmp_path)
     with pytest.raises(DataError, match="already used"):
-        build_run_table(m + [m[0]], [])
+        build_run_table([*m, m[0]], [])
     with pytest.raises(DataError, match="matches no metrics.json"):
         build_run_table([p for p in m if "final" not in str(p)], f)
     bad = tmp_path / "broken.json"

@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from test_analysis_helpers import make_study
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,10 +31,16 @@ rule all:
 
 def write_analysis_snakefile(work: Path, metrics: list[Path], fidelity: list[Path]) -> None:
     """A Snakefile in ``work`` that runs the real analysis rules on the given run files."""
-    (work / "Snakefile").write_text(SNAKEFILE.format(
-        src=str(REPO / "src"), metrics=[str(p) for p in metrics], fidelity=[str(p) for p in fidelity],
-        workflow_rst=str(REPO / "workflow/report/workflow.rst"), rules=str(REPO / "workflow/rules/analysis.smk"),
-        rules_common=str(REPO / "workflow/rules/analysis_common.smk")))
+    (work / "Snakefile").write_text(
+        SNAKEFILE.format(
+            src=str(REPO / "src"),
+            metrics=[str(p) for p in metrics],
+            fidelity=[str(p) for p in fidelity],
+            workflow_rst=str(REPO / "workflow/report/workflow.rst"),
+            rules=str(REPO / "workflow/rules/analysis.smk"),
+            rules_common=str(REPO / "workflow/rules/analysis_common.smk"),
+        )
+    )
 
 
 @pytest.mark.slow
@@ -51,7 +56,7 @@ def test_analysis_rules_and_report(tmp_path):
         assert (tmp_path / f"results/figures/{name}.pdf").is_file()
     assert (tmp_path / "results/tables/main_results.tex").is_file()
     assert (tmp_path / "results/benchmarks/analysis/stats.tsv").is_file()
-    proc = subprocess.run(run + ["--report", "report.html"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([*run, "--report", "report.html"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     html = (tmp_path / "report.html").read_text(errors="replace")
     assert "gain_vs_capacity.png" in html and "main_results.tex" in html

@@ -32,12 +32,24 @@ def test_prepare_train_fidelity_end_to_end(tmp_path):
     assert "epoch 1/1" in done.stderr and "ETA" in done.stderr
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["results"]["epochs"] == 1
     done = run_cli(
-        "fidelity", "--student", "run/best.pt", "--teacher", "run/final.pt", "--data", "data.pt",
-        "--out", "fid.json", "--device", "cpu", cwd=tmp_path,
+        "fidelity",
+        "--student",
+        "run/best.pt",
+        "--teacher",
+        "run/final.pt",
+        "--data",
+        "data.pt",
+        "--out",
+        "fid.json",
+        "--device",
+        "cpu",
+        cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
     record = json.loads((tmp_path / "fid.json").read_text())
-    assert 0 <= record["top1_agreement"] <= 1 and set(record["per_class_acc_student"]) == set(record["per_class_acc_teacher"])
+    assert 0 <= record["top1_agreement"] <= 1 and set(record["per_class_acc_student"]) == set(
+        record["per_class_acc_teacher"]
+    )
 
 
 @pytest.mark.parametrize(
@@ -45,8 +57,10 @@ def test_prepare_train_fidelity_end_to_end(tmp_path):
     [
         ({"data": "data.pt", "model": {"arch": "vgg11"}}, "'model.arch': 'vgg11' is not allowed"),
         ({"data": "missing.pt", "model": {"arch": "resnet18", "width": 4}}, "prepared dataset not found: missing.pt"),
-        ({"data": "data.pt", "model": {"arch": "resnet18"}, "method": {"name": "logit", "alpha": 0.5}},
-         "config key 'teacher' is required by method 'logit'"),
+        (
+            {"data": "data.pt", "model": {"arch": "resnet18"}, "method": {"name": "logit", "alpha": 0.5}},
+            "config key 'teacher' is required by method 'logit'",
+        ),
     ],
 )
 def test_bad_input_gives_one_error_line_and_exit_2(tmp_path, run, message):
@@ -61,9 +75,25 @@ def test_bad_input_gives_one_error_line_and_exit_2(tmp_path, run, message):
 def test_benchmark_quick_mode_runs_and_writes_parsable_json(tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run(
-        [sys.executable, "-m", "kdcore.bench", "--quick", "--steps", "2", "--width", "4", "--workers", "1",
-         "--device", "cpu", "--out", str(out)],
-        capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "-m",
+            "kdcore.bench",
+            "--quick",
+            "--steps",
+            "2",
+            "--width",
+            "4",
+            "--workers",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr
     result = json.loads(out.read_text())

@@ -26,7 +26,10 @@ def tree(tmp_path: Path) -> Path:
     write(src, "pkg/__init__.py", '"""pkg."""\n')
     write(src, "pkg/util.py", "X = 1\n")
     write(src, "pkg/other.py", "import os\nimport pkg.util\n")
-    write(src, "pkg/engine.py", """\
+    write(
+        src,
+        "pkg/engine.py",
+        """\
         from __future__ import annotations
         import importlib
         from pkg import util
@@ -35,7 +38,8 @@ def tree(tmp_path: Path) -> Path:
         def run(name):
             from pkg.lazy import g  # imported inside a function: still static
             return importlib.import_module(f"pkg.methods.{name}")
-        """)
+        """,
+    )
     write(src, "pkg/sub/__init__.py", "from .. import other\n")
     write(src, "pkg/sub/deep.py", "def f():\n    return 2\n")
     write(src, "pkg/lazy.py", "def g():\n    return 3\n")
@@ -69,8 +73,11 @@ def test_unknown_module_and_syntax_error_are_named(tree: Path) -> None:
 
 def test_digest_ignores_comments_and_formatting(tree: Path) -> None:
     before = code_digest(["pkg.methods.feature"], tree)
-    write(tree, "pkg/methods/feature.py",
-          "# a comment\nfrom pkg.util import X   # trailing\n\n\n\ndef loss(a,\n         b):\n    return (a-b)**2\n")
+    write(
+        tree,
+        "pkg/methods/feature.py",
+        "# a comment\nfrom pkg.util import X   # trailing\n\n\n\ndef loss(a,\n         b):\n    return (a-b)**2\n",
+    )
     assert code_digest(["pkg.methods.feature"], tree) == before
 
 

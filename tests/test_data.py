@@ -318,7 +318,18 @@ def test_folder_path_errors(tmp_path: Path) -> None:
 class _FakeCIFAR10:
     """Stands in for torchvision.datasets.CIFAR10 (no download possible in tests)."""
 
-    classes: ClassVar[list[str]] = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    classes: ClassVar[list[str]] = [
+        "airplane",
+        "automobile",
+        "bird",
+        "cat",
+        "deer",
+        "dog",
+        "frog",
+        "horse",
+        "ship",
+        "truck",
+    ]
 
     def __init__(self, root: str, train: bool, download: bool) -> None:
         if not Path(root, "cifar-10-batches-py").is_dir():

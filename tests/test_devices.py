@@ -50,8 +50,10 @@ def _max_concurrency(rows: list[dict]) -> dict[str, int]:
     """Largest number of simultaneous holders per device."""
     result: dict[str, int] = {}
     for device in {r["device"] for r in rows}:
-        events = sorted([(r["start"], 1) for r in rows if r["device"] == device]
-                        + [(r["end"], -1) for r in rows if r["device"] == device])
+        events = sorted(
+            [(r["start"], 1) for r in rows if r["device"] == device]
+            + [(r["end"], -1) for r in rows if r["device"] == device]
+        )
         level = peak = 0
         for _, step in events:
             level += step
@@ -98,9 +100,8 @@ def test_crashed_holder_releases_its_lease(tmp_path: Path) -> None:
 def test_lease_is_released_after_the_block_and_on_error(tmp_path: Path) -> None:
     with lease_device("cuda:1", lock_dir=tmp_path, gpu_ids=GPUS, timeout_seconds=0) as device:
         assert device == "cuda:1"
-    with pytest.raises(RuntimeError):
-        with lease_device("cuda:1", lock_dir=tmp_path, gpu_ids=GPUS, timeout_seconds=0):
-            raise RuntimeError("job failed")
+    with pytest.raises(RuntimeError), lease_device("cuda:1", lock_dir=tmp_path, gpu_ids=GPUS, timeout_seconds=0):
+        raise RuntimeError("job failed")
     with lease_device("cuda:1", lock_dir=tmp_path, gpu_ids=GPUS, timeout_seconds=0) as device:
         assert device == "cuda:1"
 
@@ -111,15 +112,12 @@ def test_cpu_without_gpus_and_bad_requests(tmp_path: Path) -> None:
     with lease_device("cpu", lock_dir=tmp_path, gpu_ids=GPUS) as device:
         assert device == "cpu"
     assert not list(tmp_path.iterdir())  # CPU leases take no locks
-    with pytest.raises(ConfigError, match="no CUDA GPU"):
-        with lease_device("cuda", lock_dir=tmp_path, gpu_ids=[]):
-            pass
-    with pytest.raises(ConfigError, match="cuda:5"):
-        with lease_device("cuda:5", lock_dir=tmp_path, gpu_ids=GPUS):
-            pass
-    with pytest.raises(ConfigError, match="tpu"):
-        with lease_device("tpu", lock_dir=tmp_path, gpu_ids=GPUS):
-            pass
+    with pytest.raises(ConfigError, match="no CUDA GPU"), lease_device("cuda", lock_dir=tmp_path, gpu_ids=[]):
+        pass
+    with pytest.raises(ConfigError, match="cuda:5"), lease_device("cuda:5", lock_dir=tmp_path, gpu_ids=GPUS):
+        pass
+    with pytest.raises(ConfigError, match="tpu"), lease_device("tpu", lock_dir=tmp_path, gpu_ids=GPUS):
+        pass
     with pytest.raises(ConfigError, match="slots_per_gpu"):
         with lease_device("auto", slots_per_gpu=0, lock_dir=tmp_path, gpu_ids=GPUS):
             pass

@@ -39,9 +39,9 @@ def test_logit_kd_matches_hand_computation():
     t = [[3.0, 1.0, 0.0], [0.0, 0.0, 2.0]]
     temperature = 2.0
     kl = 0.0
-    for srow, trow in zip(s, t):
+    for srow, trow in zip(s, t, strict=False):
         ps, pt = softmax(srow, temperature), softmax(trow, temperature)
-        kl += sum(q * math.log(q / p) for p, q in zip(ps, pt))
+        kl += sum(q * math.log(q / p) for p, q in zip(ps, pt, strict=False))
     expected = temperature**2 * kl / len(s)
     got = logit_kd_loss(torch.tensor(s), torch.tensor(t), temperature)
     assert got.item() == pytest.approx(expected, rel=1e-6)
@@ -81,7 +81,7 @@ def test_feature_kd_matches_hand_computation():
 def test_feature_kd_averages_over_stages_and_normalises_by_teacher_std():
     a, b = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
     c, d = torch.randn(2, 5, 2, 2), torch.randn(2, 5, 2, 2)
-    kd, mse, cos = feature_kd_loss([a, c], [b, d], beta=0.0)
+    kd, mse, _cos = feature_kd_loss([a, c], [b, d], beta=0.0)
     assert mse.item() == pytest.approx(((a - b) ** 2).mean().add(((c - d) ** 2).mean()).item() / 2, rel=1e-5)
     assert kd.item() == pytest.approx(mse.item())
     _, mse_norm, cos_norm = feature_kd_loss([a], [b], beta=0.5, normalize=True)
@@ -132,7 +132,11 @@ def test_feature_method_gradient_reaches_student_features_and_projections():
         ("logit", {"temperature": 0}, r"'method.temperature': 0 must be a number > 0"),
         ("logit", {"temperature": -2.0}, r"'method.temperature'"),
         ("feature", {"beta": -1}, r"'method.beta'"),
-        ("feature", {"temperature": 4}, r"unknown config key 'method.temperature'.*allowed: name, alpha, beta, normalize"),
+        (
+            "feature",
+            {"temperature": 4},
+            r"unknown config key 'method.temperature'.*allowed: name, alpha, beta, normalize",
+        ),
         ("baseline", {"alpha": 0.5}, r"unknown config key 'method.alpha'"),
     ],
 )

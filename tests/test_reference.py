@@ -14,18 +14,53 @@ from kdcore.errors import DataError
 from kdcore.reference import import_reference
 
 
-def _result(model: str, seed: int, *, teacher: str | None = None, kd: str = "none", alpha: float = 0.5,
-            temperature: float = 4.0, stem: str = "cifar", acc: float = 0.95, epochs: int = 3,
-            no_proj_clip: bool | None = None) -> dict:
-    out = {"model": model, "teacher": teacher, "kd_type": kd, "alpha": alpha, "temperature": temperature,
-           "feat_beta": 0.5, "stem": stem, "seed": seed, "epochs": epochs, "best_val_acc": acc + 0.004,
-           "best_val_epoch": epochs, "test_acc_best": acc, "test_acc_final": acc - 0.001,
-           "history": [{"epoch": e + 1, "val_acc": acc * (e + 1) / epochs, "loss_ce": 1.0, "loss_kd": 0.1,
-                        "loss_total": 1.1, "train_acc": 0.5, "grad_norm_max": 3.0,
-                        **({"proj_grad_norm_max": 0.2} if no_proj_clip else {})} for e in range(epochs)]}
+def _result(
+    model: str,
+    seed: int,
+    *,
+    teacher: str | None = None,
+    kd: str = "none",
+    alpha: float = 0.5,
+    temperature: float = 4.0,
+    stem: str = "cifar",
+    acc: float = 0.95,
+    epochs: int = 3,
+    no_proj_clip: bool | None = None,
+) -> dict:
+    out = {
+        "model": model,
+        "teacher": teacher,
+        "kd_type": kd,
+        "alpha": alpha,
+        "temperature": temperature,
+        "feat_beta": 0.5,
+        "stem": stem,
+        "seed": seed,
+        "epochs": epochs,
+        "best_val_acc": acc + 0.004,
+        "best_val_epoch": epochs,
+        "test_acc_best": acc,
+        "test_acc_final": acc - 0.001,
+        "history": [
+            {
+                "epoch": e + 1,
+                "val_acc": acc * (e + 1) / epochs,
+                "loss_ce": 1.0,
+                "loss_kd": 0.1,
+                "loss_total": 1.1,
+                "train_acc": 0.5,
+                "grad_norm_max": 3.0,
+                **({"proj_grad_norm_max": 0.2} if no_proj_clip else {}),
+            }
+            for e in range(epochs)
+        ],
+    }
     if no_proj_clip is not None:
-        out.update(no_proj_clip=no_proj_clip, grad_norm_max_overall=3.0,
-                   proj_grad_norm_max_overall=0.2 if no_proj_clip else 0.0)
+        out.update(
+            no_proj_clip=no_proj_clip,
+            grad_norm_max_overall=3.0,
+            proj_grad_norm_max_overall=0.2 if no_proj_clip else 0.0,
+        )
     return out
 
 
@@ -40,17 +75,26 @@ def _members() -> dict[str, object]:
     m: dict[str, object] = {
         "runs/teachers/r50/seed0/results.json": _result("resnet50", 0, epochs=4),
         "runs/final/baseline/resnet18/seed0/results.json": _result("resnet18", 0, acc=0.94),
-        "runs/final/resnet50_to_resnet18_feature/seed0/results.json":
-            _result("resnet18", 0, teacher="resnet50", kd="feature", alpha=0.7, acc=0.945, no_proj_clip=False),
-        "runs/final/resnet50_to_resnet18_feature/seed0/fidelity.json":
-            {"student_arch": "resnet18", "teacher_arch": "resnet50", "student_test_acc": 0.945,
-             "teacher_test_acc": 0.95, "top1_agreement": 0.953, "kl_t1": 0.18, "kl_t4": 0.03,
-             "per_class_acc": {"cat": 0.9}},
-        "runs/select/resnet50_to_resnet18/logit/a0.3_t2/seed0/results.json":
-            _result("resnet18", 0, teacher="resnet50", kd="logit", alpha=0.3, temperature=2.0),
+        "runs/final/resnet50_to_resnet18_feature/seed0/results.json": _result(
+            "resnet18", 0, teacher="resnet50", kd="feature", alpha=0.7, acc=0.945, no_proj_clip=False
+        ),
+        "runs/final/resnet50_to_resnet18_feature/seed0/fidelity.json": {
+            "student_arch": "resnet18",
+            "teacher_arch": "resnet50",
+            "student_test_acc": 0.945,
+            "teacher_test_acc": 0.95,
+            "top1_agreement": 0.953,
+            "kl_t1": 0.18,
+            "kl_t4": 0.03,
+            "per_class_acc": {"cat": 0.9},
+        },
+        "runs/select/resnet50_to_resnet18/logit/a0.3_t2/seed0/results.json": _result(
+            "resnet18", 0, teacher="resnet50", kd="logit", alpha=0.3, temperature=2.0
+        ),
         "runs/stem_ablation/resnet18_imagenet/seed0/results.json": _result("resnet18", 0, stem="imagenet", acc=0.88),
-        "runs/bug_ablation/resnet50_to_resnet18/feature_bugged/a0.7/seed0/results.json":
-            _result("resnet18", 0, teacher="resnet50", kd="feature", alpha=0.7, no_proj_clip=True),
+        "runs/bug_ablation/resnet50_to_resnet18/feature_bugged/a0.7/seed0/results.json": _result(
+            "resnet18", 0, teacher="resnet50", kd="feature", alpha=0.7, no_proj_clip=True
+        ),
     }
     return m
 
@@ -76,13 +120,20 @@ def test_import_small_zip(tmp_path):
     assert runs.loc["teacher/resnet50/seed0", "epochs"] == 4
 
 
-@pytest.mark.parametrize("member, data, message", [
-    ("runs/final/baseline/resnet18/seed0/results.json", "{not json", "not valid JSON"),
-    ("runs/final/baseline/resnet18/seed0/results.json", {"model": "resnet18"}, "missing field"),
-    ("runs/final/baseline/resnet18/seed0/results.json", _result("resnet34", 0), "disagrees with the path"),
-    ("runs/elsewhere/x/seed0/results.json", _result("resnet18", 0), "no known run layout"),
-    ("runs/final/baseline/resnet18/seed0/results.json", {**_result("resnet18", 0), "test_acc_best": 95.0}, "fraction"),
-])
+@pytest.mark.parametrize(
+    "member, data, message",
+    [
+        ("runs/final/baseline/resnet18/seed0/results.json", "{not json", "not valid JSON"),
+        ("runs/final/baseline/resnet18/seed0/results.json", {"model": "resnet18"}, "missing field"),
+        ("runs/final/baseline/resnet18/seed0/results.json", _result("resnet34", 0), "disagrees with the path"),
+        ("runs/elsewhere/x/seed0/results.json", _result("resnet18", 0), "no known run layout"),
+        (
+            "runs/final/baseline/resnet18/seed0/results.json",
+            {**_result("resnet18", 0), "test_acc_best": 95.0},
+            "fraction",
+        ),
+    ],
+)
 def test_malformed_member_is_named(tmp_path, member, data, message):
     members = _members()
     members[member] = data

@@ -88,7 +88,7 @@ def figure_caption_openings(figures: list[str]) -> dict[str, str]:
     parts = re.split(r"\{%-?\s*(.*?)\s*-?%\}", (REPORT_RST / "figure.rst").read_text())
     branches: dict[str, str] = {}
     else_text = ""
-    for tag, text in zip(parts[1::2], parts[2::2]):
+    for tag, text in zip(parts[1::2], parts[2::2], strict=False):
         match = re.fullmatch(r'(?:el)?if snakemake\.wildcards\.figure == "(\w+)"', tag)
         if match:
             branches[match.group(1)] = _norm(text)[:40]
@@ -124,8 +124,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_analysis_snakefile(work, m, f)
     run = [sys.executable, "-m", "snakemake", "--cores", "2", "--quiet"]
     for extra in ([], ["--report", "results/report.html"]):
-        proc = subprocess.run(run + extra, cwd=work, capture_output=True, text=True, timeout=300,
-                              check=False)
+        proc = subprocess.run(run + extra, cwd=work, capture_output=True, text=True, timeout=300, check=False)
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert (work / "results/report.html").is_file()
     return work
@@ -178,8 +177,9 @@ def test_report_opens_without_errors(browser: HeadlessChromium) -> None:
     browser.wait_for("__kd.content().querySelector('svg, canvas') !== null")
     assert_no_problems(browser)
     # nothing beyond the bundled libraries' own warnings was logged
-    assert all(kind in ("warning", "info", "log", "debug") for kind, _ in browser.console_messages), \
+    assert all(kind in ("warning", "info", "log", "debug") for kind, _ in browser.console_messages), (
         browser.console_messages
+    )
 
 
 def test_every_figure_renders_with_its_caption(browser: HeadlessChromium, report: Path, tmp_path: Path) -> None:
@@ -211,7 +211,7 @@ def test_every_figure_renders_with_its_caption(browser: HeadlessChromium, report
     pixels = matplotlib.image.imread(shot)
     assert pixels.shape[:2] == (browser.height, browser.width)
     left, top, width, height = (int(v) for v in box)
-    inside = pixels[top:top + height, left:left + width, :3].reshape(-1, 3)
+    inside = pixels[top : top + height, left : left + width, :3].reshape(-1, 3)
     assert len({tuple(p) for p in inside[:: max(1, len(inside) // 20000)]}) > 50
 
 

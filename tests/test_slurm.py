@@ -156,7 +156,12 @@ def test_profile_names_only_rules_of_the_workflow() -> None:
 
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text(encoding="utf-8"))
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--list-rules"], check=False, capture_output=True, text=True, cwd=REPO, timeout=120
+        [sys.executable, "-m", "snakemake", "--list-rules"],
+        check=False,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     workflow_rules = set(proc.stdout.split())
@@ -185,7 +190,9 @@ class StudyRuns:
 
 def scontrol_job(jobid: str) -> dict[str, str]:
     """``scontrol show job`` of one job as a key -> value dict."""
-    out = subprocess.run(["scontrol", "-o", "show", "job", jobid], check=False, capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        ["scontrol", "-o", "show", "job", jobid], check=False, capture_output=True, text=True, timeout=30
+    )
     assert out.returncode == 0, f"scontrol show job {jobid}: {out.stderr}"
     return dict(re.findall(r"(\w+)=(\S*)", out.stdout))
 
@@ -251,7 +258,7 @@ def study_runs(tmp_path_factory: pytest.TempPathFactory) -> StudyRuns:
     assert local.returncode == 0, "local run failed:\n" + (base / "local.log").read_text(encoding="utf-8")[-6000:]
     for jobid, logfile in re.findall(r"submitted with SLURM jobid (\d+) \(log: ([^)]+)\)", runs.slurm_log):
         part = next(part for part in Path(logfile).parts if part.startswith(("rule_", "group_")))
-        runs.submitted[jobid] = part[len("rule_"):] if part.startswith("rule_") else "group:" + part[len("group_"):]
+        runs.submitted[jobid] = part[len("rule_") :] if part.startswith("rule_") else "group:" + part[len("group_") :]
     return runs
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from test_workflow_helpers import REPO, Plan, append_code, copy_workflow, dry_run, snakemake
 
 pytestmark = pytest.mark.slow
@@ -116,9 +115,11 @@ def test_deleting_one_final_run_reruns_only_it_and_dependents(smoke: Smoke, tmp_
     assert plan.of("train_final") == [wanted] and plan.of("fidelity_final") == [wanted]
     assert plan.counts["analysis_run_table"] == 1
     # and a real run does exactly that: the run is back, untouched runs keep their files
-    untouched = [root / "results/runs/final/resnet34-resnet18/feature/seed0/best.pt",
-                 root / "results/runs/teachers/resnet34/seed0/best.pt",
-                 root / "results/runs/baselines/resnet18/seed1/fidelity-resnet34.json"]
+    untouched = [
+        root / "results/runs/final/resnet34-resnet18/feature/seed0/best.pt",
+        root / "results/runs/teachers/resnet34/seed0/best.pt",
+        root / "results/runs/baselines/resnet18/seed1/fidelity-resnet34.json",
+    ]
     before = {p: p.stat().st_mtime_ns for p in untouched}
     snakemake(root, "--configfile", SMOKE, "--cores", "2", timeout=600)
     assert (root / "results/runs/final/resnet34-resnet18/feature/seed1/metrics.json").is_file()
@@ -174,8 +175,14 @@ def test_comment_and_format_changes_rerun_nothing(smoke: Smoke, tmp_path: Path) 
 
 def test_placement_settings_rerun_nothing(smoke: Smoke, tmp_path: Path) -> None:
     root = smoke.copy(tmp_path / "wf")
-    overlay = {"compute": {"device": "cpu", "slots_per_gpu": 2, "lock_dir": str(tmp_path / "locks"),
-                           "threads": {"train": 2, "fidelity": 2, "light": 2},
-                           "mem_mb": {"train": 3000, "fidelity": 3000, "light": 3000}}}
+    overlay = {
+        "compute": {
+            "device": "cpu",
+            "slots_per_gpu": 2,
+            "lock_dir": str(tmp_path / "locks"),
+            "threads": {"train": 2, "fidelity": 2, "light": 2},
+            "mem_mb": {"train": 3000, "fidelity": 3000, "light": 3000},
+        }
+    }
     (root / "config/placement.yaml").write_text(yaml.safe_dump(overlay), encoding="utf-8")
     assert dry_run(root, "--configfile", SMOKE, "config/placement.yaml").counts == {}

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from test_workflow_helpers import REPO, Plan, copy_workflow, dry_run, snakemake
 
 TRAINING_RULES = ("train_teacher", "train_baseline", "train_select", "train_final", "train_stem", "train_clip")
@@ -136,7 +135,9 @@ def test_study_without_selection_v1_style(workdir: Path) -> None:
     ],
 )
 def test_bad_config_fails_before_any_job_naming_the_key(workdir: Path, overlay: dict, expected: str) -> None:
-    proc = snakemake(workdir, "-n", "--cores", "1", "--configfile", write_overlay(workdir, "bad.yaml", overlay), check=False)
+    proc = snakemake(
+        workdir, "-n", "--cores", "1", "--configfile", write_overlay(workdir, "bad.yaml", overlay), check=False
+    )
     assert proc.returncode != 0
     output = proc.stdout + proc.stderr
     assert expected in output

@@ -130,7 +130,9 @@ def build_case(case: Case, width: int, runtime: dict[str, Any], batch_size: int)
     return cfg, method, student, teacher, trainable
 
 
-def step_flops(student: nn.Module, teacher: nn.Module | None, method_name: str, batch_size: int, device: torch.device) -> float:
+def step_flops(
+    student: nn.Module, teacher: nn.Module | None, method_name: str, batch_size: int, device: torch.device
+) -> float:
     """FLOPs of one training step (student forward+backward, teacher forward), counted at fp32."""
     x = torch.randn(batch_size, 3, 32, 32, device=device)
     need_features = method_name == "feature"
@@ -145,7 +147,9 @@ def step_flops(student: nn.Module, teacher: nn.Module | None, method_name: str, 
     return float(counter.get_total_flops())
 
 
-def time_fast_path(case: Case, width: int, batch_size: int, steps: int, warmup: int, runtime: dict[str, Any]) -> dict[str, Any]:
+def time_fast_path(
+    case: Case, width: int, batch_size: int, steps: int, warmup: int, runtime: dict[str, Any]
+) -> dict[str, Any]:
     """Images/s of the engine's own epoch loop on ``steps`` batches (after one warm-up epoch)."""
     cfg, method, student, teacher, trainable = build_case(case, width, runtime, batch_size)
     placement = make_placement(cfg["runtime"])
@@ -206,7 +210,9 @@ def time_standard_recipe(
     """Images/s of the standard recipe: DataLoader + PIL transforms, fp32, a host sync per step."""
     import torchvision.transforms as T
 
-    cfg, method, student, teacher, trainable = build_case(case, width, {"device": str(device), "precision": "fp32"}, batch_size)
+    _cfg, method, student, teacher, trainable = build_case(
+        case, width, {"device": str(device), "precision": "fp32"}, batch_size
+    )
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
@@ -260,13 +266,22 @@ def time_standard_recipe(
 
 
 def run_benchmark(
-    cases: list[Case], width: int, batch_size: int, steps: int, warmup: int, device: str, workers: int, threads: int | None,
+    cases: list[Case],
+    width: int,
+    batch_size: int,
+    steps: int,
+    warmup: int,
+    device: str,
+    workers: int,
+    threads: int | None,
     compile_model: bool = False,
 ) -> dict[str, Any]:
     if threads:
         torch.set_num_threads(threads)
     runtime = {"device": device, "compile": compile_model}
-    placement = make_placement(resolve_config({"data": "-", "model": {"arch": "resnet18"}, "runtime": runtime})["runtime"])
+    placement = make_placement(
+        resolve_config({"data": "-", "model": {"arch": "resnet18"}, "runtime": runtime})["runtime"]
+    )
     dev = placement.device
     name = device_name(dev)
     # One discarded pass first: the process's first training steps pay one-off costs (thread pools,
@@ -315,7 +330,10 @@ def run_benchmark(
     }
 
 
-HEADER = f"{'case':<28}{'fast img/s':>11}{'std img/s':>11}{'ratio':>7}{'fast s/ep':>10}{'std s/ep':>10}{'TFLOP/s':>9}{'util':>7}{'mem MB':>8}"
+HEADER = (
+    f"{'case':<28}{'fast img/s':>11}{'std img/s':>11}{'ratio':>7}"
+    f"{'fast s/ep':>10}{'std s/ep':>10}{'TFLOP/s':>9}{'util':>7}{'mem MB':>8}"
+)
 
 
 def format_row(row: dict[str, Any]) -> str:
@@ -336,7 +354,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--steps", type=int, help="timed steps per case (default 50; 3 with --quick)")
     parser.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 10; 1 with --quick)")
-    parser.add_argument("--workers", type=int, default=None, help="DataLoader workers of the standard recipe (default 4, capped by CPUs)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="DataLoader workers of the standard recipe (default 4, capped by CPUs)",
+    )
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--compile", action="store_true", help="torch.compile the student on the fast path")
     parser.add_argument("--out", type=Path, help="JSON file to write")

@@ -17,7 +17,7 @@ import ast
 import hashlib
 import os
 from collections.abc import Iterable
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from kdcore.errors import KDCoreError
@@ -39,7 +39,7 @@ def _is_package(module: str, src_root: Path) -> bool:
     return path is not None and path.name == "__init__.py"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _parse(text: str, filename: str) -> ast.Module:
     """Parse Python source (cached by content)."""
     try:
@@ -90,10 +90,7 @@ def direct_imports(module: str, src_root: str | os.PathLike[str]) -> list[str]:
             for alias in node.names:
                 add(alias.name)
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = _resolve_relative(module, is_package, node.level, node.module)
-            else:
-                base = node.module or ""
+            base = _resolve_relative(module, is_package, node.level, node.module) if node.level else node.module or ""
             if not base:
                 continue
             add(base)

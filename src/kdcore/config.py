@@ -61,9 +61,7 @@ def _fill(section: str, given: Mapping[str, Any] | None, defaults: Mapping[str, 
         raise ConfigError(f"config key '{section}' must be a mapping, got {type(given).__name__}")
     unknown = sorted(set(given) - set(defaults))
     if unknown:
-        raise ConfigError(
-            f"unknown config key '{section}.{unknown[0]}' (allowed: {', '.join(sorted(defaults))})"
-        )
+        raise ConfigError(f"unknown config key '{section}.{unknown[0]}' (allowed: {', '.join(sorted(defaults))})")
     out = {}
     for key, default in defaults.items():
         value = given.get(key, default)
@@ -75,9 +73,7 @@ def _fill(section: str, given: Mapping[str, Any] | None, defaults: Mapping[str, 
 
 def check_choice(key: str, value: Any, allowed: tuple[Any, ...]) -> Any:
     if value not in allowed:
-        raise ConfigError(
-            f"config key '{key}': {value!r} is not allowed (allowed: {', '.join(map(str, allowed))})"
-        )
+        raise ConfigError(f"config key '{key}': {value!r} is not allowed (allowed: {', '.join(map(str, allowed))})")
     return value
 
 

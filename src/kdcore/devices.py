@@ -144,7 +144,12 @@ def lease_device(
                 device = f"cuda:{index}"
                 LOGGER.info(
                     "device lease: %s (gpu %s, slot %d of %d, lock %s, waited %.0f s)",
-                    device, ids[index], slot, slots_per_gpu, path, time.monotonic() - started,
+                    device,
+                    ids[index],
+                    slot,
+                    slots_per_gpu,
+                    path,
+                    time.monotonic() - started,
                 )
                 yield device
             finally:

@@ -132,9 +132,7 @@ def load_teacher(teacher_spec: dict[str, Any]) -> nn.Module:
 
 # ----------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def predict_logits(
-    model: nn.Module, images: torch.Tensor, placement: Placement, batch_size: int
-) -> torch.Tensor:
+def predict_logits(model: nn.Module, images: torch.Tensor, placement: Placement, batch_size: int) -> torch.Tensor:
     """Float32 logits of ``model`` (in eval mode) for uint8 ``images`` on the device."""
     was_training = model.training
     model.eval()
@@ -147,7 +145,9 @@ def predict_logits(
     return torch.cat(outputs) if outputs else torch.empty(0)
 
 
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, placement: Placement, batch_size: int) -> float:
+def accuracy(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, placement: Placement, batch_size: int
+) -> float:
     if images.shape[0] == 0:
         return float("nan")
     logits = predict_logits(model, images, placement, batch_size)
@@ -184,8 +184,8 @@ class EpochAccumulator:
     def summary(self) -> tuple[dict[str, float], dict[str, float], int]:
         names = list(self.sums)
         stacked = torch.stack([self.sums[n] for n in names] + [self.maxima[n] for n in names]).cpu().tolist()
-        sums = dict(zip(names, stacked[: len(names)]))
-        maxima = dict(zip(names, stacked[len(names) :]))
+        sums = dict(zip(names, stacked[: len(names)], strict=False))
+        maxima = dict(zip(names, stacked[len(names) :], strict=False))
         bad = -1 if self.first_bad_step is None else int(self.first_bad_step.item())
         return sums, maxima, bad
 
@@ -370,7 +370,11 @@ def git_commit() -> str | None:
             ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
         ).stdout.strip()
         dirty = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--", "."], capture_output=True, text=True, timeout=5
+            ["git", "-C", str(here), "status", "--porcelain", "--", "."],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
@@ -420,7 +424,7 @@ def try_resume(path: Path, state: RunState, digest: str) -> int:
 
 
 def format_eta(seconds: float) -> str:
-    seconds = int(round(seconds))
+    seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
@@ -492,8 +496,15 @@ def train_run(config: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
             remaining = elapsed / (epoch + 1 - start_epoch) * (train["epochs"] - epoch - 1)
             log.info(
                 "epoch %d/%d loss %.4f (ce %.4f kd %.4f) train %.2f%% val %.2f%% lr %.4g %.0f img/s ETA %s",
-                epoch + 1, train["epochs"], entry["loss"], entry["loss_ce"], entry["loss_kd"],
-                100 * entry["train_acc"], 100 * entry["val_acc"], entry["lr"], entry["images_per_s"],
+                epoch + 1,
+                train["epochs"],
+                entry["loss"],
+                entry["loss_ce"],
+                entry["loss_kd"],
+                100 * entry["train_acc"],
+                100 * entry["val_acc"],
+                entry["lr"],
+                entry["images_per_s"],
                 format_eta(remaining),
             )
 
@@ -540,6 +551,9 @@ def train_run(config: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
     resume_path.unlink(missing_ok=True)
     log.info(
         "done: best val %.2f%% (epoch %d), test@best %.2f%%, test@final %.2f%%",
-        100 * state.best_val_acc, state.best_epoch, 100 * test_best, 100 * test_final,
+        100 * state.best_val_acc,
+        state.best_epoch,
+        100 * test_best,
+        100 * test_final,
     )
     return metrics

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import re
 import zipfile
-from functools import lru_cache
+from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -56,9 +56,7 @@ _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("baseline", re.compile(rf"^runs/final/baseline/(?P<student>{_ARCH})/{_SEED}$")),
     (
         "final",
-        re.compile(
-            rf"^runs/final/(?P<teacher>{_ARCH})_to_(?P<student>{_ARCH})_(?P<method>logit|feature)/{_SEED}$"
-        ),
+        re.compile(rf"^runs/final/(?P<teacher>{_ARCH})_to_(?P<student>{_ARCH})_(?P<method>logit|feature)/{_SEED}$"),
     ),
     ("stem", re.compile(rf"^runs/stem_ablation/(?P<student>{_ARCH})_(?P<stem>cifar|imagenet)/{_SEED}$")),
     (
@@ -69,11 +67,21 @@ _PATTERNS: list[tuple[str, re.Pattern[str]]] = [
         ),
     ),
 ]
-_REQUIRED = ("model", "teacher", "kd_type", "seed", "epochs", "best_val_acc", "best_val_epoch",
-             "test_acc_best", "test_acc_final", "history")
+_REQUIRED = (
+    "model",
+    "teacher",
+    "kd_type",
+    "seed",
+    "epochs",
+    "best_val_acc",
+    "best_val_epoch",
+    "test_acc_best",
+    "test_acc_final",
+    "history",
+)
 
 
-@lru_cache(maxsize=None)
+@cache
 def param_count(arch: str, stem: str = "cifar", num_classes: int = 10) -> int:
     """Number of parameters of torchvision's ``arch`` with a CIFAR (3x3, no max-pool) or ImageNet stem."""
     import torch
@@ -102,8 +110,10 @@ def classify_member(member: str) -> tuple[str, dict[str, str]]:
             if "tdir" in fields:
                 fields["student"] = _TEACHER_DIRS[fields.pop("tdir")]
             return stage, fields
-    raise DataError(f"paper zip member {member!r}: path matches no known run layout (runs/teachers, "
-                    "runs/select, runs/final, runs/stem_ablation, runs/bug_ablation)")
+    raise DataError(
+        f"paper zip member {member!r}: path matches no known run layout (runs/teachers, "
+        "runs/select, runs/final, runs/stem_ablation, runs/bug_ablation)"
+    )
 
 
 def _method_name(kd_type: str, member: str) -> str:
@@ -113,8 +123,9 @@ def _method_name(kd_type: str, member: str) -> str:
     return names[kd_type]
 
 
-def _run_id(stage: str, student: str, teacher: str | None, method: str, stem: str, seed: int,
-            alpha: float, temperature: float) -> str:
+def _run_id(
+    stage: str, student: str, teacher: str | None, method: str, stem: str, seed: int, alpha: float, temperature: float
+) -> str:
     """Readable path-like id of a run, e.g. ``final/resnet50-resnet34/feature/seed3``."""
     pair = f"{teacher}-{student}" if teacher else student
     if stage == "select":
@@ -175,21 +186,35 @@ def convert_result(raw: dict[str, Any], member: str) -> dict[str, Any]:
     for h in history_in:
         if "epoch" not in h or "val_acc" not in h:
             raise DataError(f"paper zip member {member!r}: a history entry lacks epoch or val_acc")
-        history.append({
-            "epoch": int(h["epoch"]), "lr": None, "loss": h.get("loss_total"), "loss_ce": h.get("loss_ce"),
-            "loss_kd": h.get("loss_kd"), "train_acc": h.get("train_acc"), "val_acc": h["val_acc"],
-            "grad_norm_mean": None, "grad_norm_max": h.get("grad_norm_max"),
-            "proj_grad_norm_mean": None, "proj_grad_norm_max": h.get("proj_grad_norm_max"),
-            "seconds": None, "images_per_s": None,
-        })
-    labels = {"stage": stage, "run_id": run_id, "source": SOURCE_LABEL, "zip_member": member,
-              "method": method}
+        history.append(
+            {
+                "epoch": int(h["epoch"]),
+                "lr": None,
+                "loss": h.get("loss_total"),
+                "loss_ce": h.get("loss_ce"),
+                "loss_kd": h.get("loss_kd"),
+                "train_acc": h.get("train_acc"),
+                "val_acc": h["val_acc"],
+                "grad_norm_mean": None,
+                "grad_norm_max": h.get("grad_norm_max"),
+                "proj_grad_norm_mean": None,
+                "proj_grad_norm_max": h.get("proj_grad_norm_max"),
+                "seconds": None,
+                "images_per_s": None,
+            }
+        )
+    labels = {"stage": stage, "run_id": run_id, "source": SOURCE_LABEL, "zip_member": member, "method": method}
     if teacher:
         labels["pair"] = f"{teacher}-{student}"
     teacher_block = None
     if teacher:
-        teacher_block = {"arch": teacher, "width": PAPER_WIDTH, "stem": "cifar",
-                         "params": param_count(teacher, "cifar"), "checkpoint": None}
+        teacher_block = {
+            "arch": teacher,
+            "width": PAPER_WIDTH,
+            "stem": "cifar",
+            "params": param_count(teacher, "cifar"),
+            "checkpoint": None,
+        }
     clip_scope = "student_only" if raw.get("no_proj_clip", False) else "all"
     return {
         "schema_version": 1,
@@ -197,16 +222,25 @@ def convert_result(raw: dict[str, Any], member: str) -> dict[str, Any]:
         "config": {
             "data": SOURCE_LABEL,
             "model": {"arch": student, "width": PAPER_WIDTH, "stem": stem},
-            "teacher": None if teacher_block is None else
-            {"arch": teacher, "width": PAPER_WIDTH, "stem": "cifar", "checkpoint": None},
+            "teacher": None
+            if teacher_block is None
+            else {"arch": teacher, "width": PAPER_WIDTH, "stem": "cifar", "checkpoint": None},
             "method": method_cfg,
             "train": {"epochs": int(raw["epochs"]), "seed": seed, "clip_scope": clip_scope},
             "labels": labels,
         },
         "labels": labels,
-        "environment": {"torch": None, "torchvision": None, "python": None, "device": "cuda",
-                        "device_name": PAPER_DEVICE, "precision": None, "threads": None,
-                        "git_commit": None, "hostname": None},
+        "environment": {
+            "torch": None,
+            "torchvision": None,
+            "python": None,
+            "device": "cuda",
+            "device_name": PAPER_DEVICE,
+            "precision": None,
+            "threads": None,
+            "git_commit": None,
+            "hostname": None,
+        },
         "data": dict(PAPER_DATA),
         "model": {"arch": student, "width": PAPER_WIDTH, "stem": stem, "params": param_count(student, stem)},
         "teacher": teacher_block,
@@ -229,8 +263,7 @@ def convert_result(raw: dict[str, Any], member: str) -> dict[str, Any]:
 
 def convert_fidelity(raw: Any, member: str, metrics: dict[str, Any]) -> dict[str, Any]:
     """Convert one paper ``fidelity.json`` into kdcore's fidelity dict, labelled like its student run."""
-    need = ("student_arch", "teacher_arch", "student_test_acc", "teacher_test_acc", "top1_agreement",
-            "kl_t1", "kl_t4")
+    need = ("student_arch", "teacher_arch", "student_test_acc", "teacher_test_acc", "top1_agreement", "kl_t1", "kl_t4")
     if not isinstance(raw, dict):
         raise DataError(f"paper zip member {member!r}: expected a JSON object")
     missing = [k for k in need if k not in raw]

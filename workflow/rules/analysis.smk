@@ -6,6 +6,7 @@
 # Every rule is CPU-only and light; plotting code is hashed apart from the statistics so that a plotting
 # edit re-runs only figure jobs.
 
+
 wildcard_constraints:
     figure="|".join(ANALYSIS_FIGURE_NAMES),
 
@@ -18,14 +19,14 @@ rule analysis_run_table:
         runs=report(f"{ANALYSIS_TABLES}/runs.csv", caption="../report/runs.rst", category="Tables"),
         fidelity=f"{ANALYSIS_TABLES}/fidelity.csv",
         history=f"{ANALYSIS_TABLES}/history.csv",
-    params:
-        code=code_digest("kdcore.analysis.table", scripts=("analysis_table.py", "_common.py")),
     log:
         "results/logs/analysis/run_table.log",
     benchmark:
         "results/benchmarks/analysis/run_table.tsv"
     conda:
         "../envs/kdcore.yaml"
+    params:
+        code=code_digest("kdcore.analysis.table", scripts=("analysis_table.py", "_common.py")),
     script:
         "../scripts/analysis_table.py"
 
@@ -40,15 +41,15 @@ rule analysis_stats:
         selection=report(f"{ANALYSIS_TABLES}/selection.csv", caption="../report/selection.rst", category="Tables"),
         stem_ablation=f"{ANALYSIS_TABLES}/stem_ablation.csv",
         clip_ablation=f"{ANALYSIS_TABLES}/clip_ablation.csv",
-    params:
-        metric=analysis_metric(),
-        code=code_digest("kdcore.analysis.stats", "kdcore.analysis.table", scripts=("analysis_stats.py", "_common.py")),
     log:
         "results/logs/analysis/stats.log",
     benchmark:
         "results/benchmarks/analysis/stats.tsv"
     conda:
         "../envs/kdcore.yaml"
+    params:
+        metric=analysis_metric(),
+        code=code_digest("kdcore.analysis.stats", "kdcore.analysis.table", scripts=("analysis_stats.py", "_common.py")),
     script:
         "../scripts/analysis_stats.py"
 
@@ -69,16 +70,16 @@ rule analysis_figure:
             category="Figures",
             labels=lambda w: {"figure": w.figure},
         ),
-    params:
-        figure=lambda w: w.figure,
-        metric=analysis_metric(),
-        code=code_digest("kdcore.analysis.figures", scripts=("analysis_figure.py", "_common.py")),
     log:
         "results/logs/analysis/figure-{figure}.log",
     benchmark:
         "results/benchmarks/analysis/figure-{figure}.tsv"
     conda:
         "../envs/kdcore.yaml"
+    params:
+        figure=lambda w: w.figure,
+        metric=analysis_metric(),
+        code=code_digest("kdcore.analysis.figures", scripts=("analysis_figure.py", "_common.py")),
     script:
         "../scripts/analysis_figure.py"
 
@@ -94,19 +95,23 @@ rule analysis_latex:
         clip_ablation=f"{ANALYSIS_TABLES}/clip_ablation.csv",
     output:
         [
-            report(f"{ANALYSIS_TABLES}/{name}.tex", caption="../report/latex.rst", category="LaTeX tables",
-                   labels={"table": name})
+            report(
+                f"{ANALYSIS_TABLES}/{name}.tex",
+                caption="../report/latex.rst",
+                category="LaTeX tables",
+                labels={"table": name},
+            )
             for name in ANALYSIS_TEX_TABLES
         ],
-    params:
-        metric=analysis_metric(),
-        code=code_digest("kdcore.analysis.latex", "kdcore.analysis.stats", scripts=("analysis_latex.py", "_common.py")),
     log:
         "results/logs/analysis/latex.log",
     benchmark:
         "results/benchmarks/analysis/latex.tsv"
     conda:
         "../envs/kdcore.yaml"
+    params:
+        metric=analysis_metric(),
+        code=code_digest("kdcore.analysis.latex", "kdcore.analysis.stats", scripts=("analysis_latex.py", "_common.py")),
     script:
         "../scripts/analysis_latex.py"
 
@@ -119,14 +124,14 @@ rule analysis_reference:
         runs=f"{ANALYSIS_REFERENCE}/tables/runs.csv",
         fidelity=f"{ANALYSIS_REFERENCE}/tables/fidelity.csv",
         history=f"{ANALYSIS_REFERENCE}/tables/history.csv",
-    params:
-        code=code_digest("kdcore.reference", "kdcore.analysis.table", scripts=("analysis_reference.py", "_common.py")),
     log:
         "results/logs/analysis/reference.log",
     benchmark:
         "results/benchmarks/analysis/reference.tsv"
     conda:
         "../envs/kdcore.yaml"
+    params:
+        code=code_digest("kdcore.reference", "kdcore.analysis.table", scripts=("analysis_reference.py", "_common.py")),
     script:
         "../scripts/analysis_reference.py"
 
@@ -138,14 +143,16 @@ rule analysis_comparison:
     output:
         csv=report(f"{ANALYSIS_TABLES}/comparison.csv", caption="../report/comparison.rst", category="Tables"),
         tex=f"{ANALYSIS_TABLES}/comparison.tex",
-    params:
-        metric=analysis_metric(),
-        code=code_digest("kdcore.analysis.compare", "kdcore.analysis.latex", scripts=("analysis_compare.py", "_common.py")),
     log:
         "results/logs/analysis/comparison.log",
     benchmark:
         "results/benchmarks/analysis/comparison.tsv"
     conda:
         "../envs/kdcore.yaml"
+    params:
+        metric=analysis_metric(),
+        code=code_digest(
+            "kdcore.analysis.compare", "kdcore.analysis.latex", scripts=("analysis_compare.py", "_common.py")
+        ),
     script:
         "../scripts/analysis_compare.py"

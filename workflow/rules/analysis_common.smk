@@ -6,7 +6,15 @@ ANALYSIS_FIGURES = "results/figures"
 ANALYSIS_REFERENCE = "results/reference"
 ANALYSIS_FIGURE_NAMES = ["gain_vs_capacity", "convergence", "fidelity", "stem_ablation", "clip_ablation"]
 ANALYSIS_STAT_TABLES = ["cells", "comparisons", "selection", "stem_ablation", "clip_ablation"]
-ANALYSIS_TEX_TABLES = ["main_results", "kd_statistics", "teachers", "fidelity", "stem_ablation", "clip_ablation", "selection"]
+ANALYSIS_TEX_TABLES = [
+    "main_results",
+    "kd_statistics",
+    "teachers",
+    "fidelity",
+    "stem_ablation",
+    "clip_ablation",
+    "selection",
+]
 
 
 def analysis_setting(key: str, default):

@@ -16,7 +16,6 @@ if str(SRC) not in sys.path:
 
 from kdcore.codehash import code_digest as _code_digest
 
-
 RUNS = "results/runs"
 DATASET = "results/data/dataset.pt"
 RUN_FILES = ("metrics.json", "best.pt", "final.pt")
@@ -114,17 +113,13 @@ def check_study() -> None:
         )
     for method, spec in config["methods"].items():
         if not selection_enabled() and not spec.get("fixed"):
-            raise StudyConfigError(
-                f"config key 'methods.{method}.fixed' is required when selection.enabled is false"
-            )
+            raise StudyConfigError(f"config key 'methods.{method}.fixed' is required when selection.enabled is false")
         names = [name for name, _ in grid_points(method)]
         if len(set(names)) != len(names):
             raise StudyConfigError(f"config key 'methods.{method}.grid': two grid points share a name")
     clip = config["ablations"].get("clip") or {}
     if clip.get("enabled") and clip["method"] not in config["methods"]:
-        raise StudyConfigError(
-            f"config key 'ablations.clip.method': {clip['method']!r} is not a key of methods"
-        )
+        raise StudyConfigError(f"config key 'ablations.clip.method': {clip['method']!r} is not a key of methods")
     if clip.get("enabled") and not selection_enabled() and not config["methods"][clip["method"]].get("fixed"):
         raise StudyConfigError(f"config key 'methods.{clip['method']}.fixed' is required by ablations.clip")
 
@@ -167,11 +162,15 @@ def winner_file(teacher: str, student: str, method: str) -> str:
 
 # ----------------------------------------------------------------------------- targets
 def teacher_metrics() -> list[str]:
-    return [run_outputs("teacher", arch=a, seed=s)["metrics"] for a in teacher_archs() for s in config["teachers"]["seeds"]]
+    return [
+        run_outputs("teacher", arch=a, seed=s)["metrics"] for a in teacher_archs() for s in config["teachers"]["seeds"]
+    ]
 
 
 def baseline_metrics() -> list[str]:
-    return [run_outputs("baseline", student=a, seed=s)["metrics"] for a in student_archs() for s in config["final"]["seeds"]]
+    return [
+        run_outputs("baseline", student=a, seed=s)["metrics"] for a in student_archs() for s in config["final"]["seeds"]
+    ]
 
 
 def select_metrics(teacher: str | None = None, student: str | None = None, method: str | None = None) -> list[str]:
@@ -200,7 +199,9 @@ def winner_files() -> list[str]:
 def final_metrics() -> list[str]:
     return [
         run_outputs("final", teacher=t, student=s, method=m, seed=seed)["metrics"]
-        for t, s in pairs() for m in kd_methods() for seed in config["final"]["seeds"]
+        for t, s in pairs()
+        for m in kd_methods()
+        for seed in config["final"]["seeds"]
     ]
 
 
@@ -232,7 +233,9 @@ def fidelity_final_files() -> list[str]:
         return []
     return [
         f"{run_dir('final', teacher=t, student=s, method=m, seed=seed)}/fidelity.json"
-        for t, s in pairs() for m in kd_methods() for seed in config["final"]["seeds"]
+        for t, s in pairs()
+        for m in kd_methods()
+        for seed in config["final"]["seeds"]
     ]
 
 
@@ -242,7 +245,9 @@ def fidelity_baseline_files() -> list[str]:
         return []
     return [
         f"{run_dir('baseline', student=s, seed=seed)}/fidelity-{t}.json"
-        for s in student_archs() for t in unique(t for t, s2 in pairs() if s2 == s) for seed in config["final"]["seeds"]
+        for s in student_archs()
+        for t in unique(t for t, s2 in pairs() if s2 == s)
+        for seed in config["final"]["seeds"]
     ]
 
 
@@ -274,7 +279,9 @@ def training_code(method: str) -> str:
     """Digest of what a training job of ``method`` executes: the engine, the method, the script.
     (kdcore.devices is left out on purpose: the lease decides where a job runs, not what it computes;
     likewise the compute section of the config is read by the scripts, not passed as params.)"""
-    return code_digest("kdcore.engine", "kdcore.methods", f"kdcore.methods.{method}", scripts=("train.py", "_common.py"))
+    return code_digest(
+        "kdcore.engine", "kdcore.methods", f"kdcore.methods.{method}", scripts=("train.py", "_common.py")
+    )
 
 
 def fidelity_code() -> str:
@@ -283,20 +290,38 @@ def fidelity_code() -> str:
 
 
 # ----------------------------------------------------------------------------- run configs
-def run_config(stage: str, run_id: str, arch: str, seed, epochs_kind: str, *, stem: str = "cifar",
-               teacher: str | None = None, method: str = "baseline", method_params: dict | None = None,
-               clip_scope: str = "all", extra_labels: dict | None = None) -> str:
+def run_config(
+    stage: str,
+    run_id: str,
+    arch: str,
+    seed,
+    epochs_kind: str,
+    *,
+    stem: str = "cifar",
+    teacher: str | None = None,
+    method: str = "baseline",
+    method_params: dict | None = None,
+    clip_scope: str = "all",
+    extra_labels: dict | None = None,
+) -> str:
     """The run config (docs/design.md) of one training job as canonical JSON, without device/threads,
     which the job sets from its lease. Hyper-parameters chosen by selection are added at job time."""
     width = config["model"]["width"]
     cfg = {
         "data": DATASET,
         "model": {"arch": arch, "width": width, "stem": stem},
-        "teacher": None if teacher is None else {
-            "arch": teacher, "width": width, "stem": "cifar", "checkpoint": teacher_checkpoint(teacher)
-        },
+        "teacher": (
+            None
+            if teacher is None
+            else {"arch": teacher, "width": width, "stem": "cifar", "checkpoint": teacher_checkpoint(teacher)}
+        ),
         "method": {"name": method, **(method_params or {})},
-        "train": {**config["train"], "epochs": config["epochs"][epochs_kind], "seed": int(seed), "clip_scope": clip_scope},
+        "train": {
+            **config["train"],
+            "epochs": config["epochs"][epochs_kind],
+            "seed": int(seed),
+            "clip_scope": clip_scope,
+        },
         "runtime": dict(config["runtime"]),
         "labels": {"stage": stage, "run_id": run_id, **(extra_labels or {})},
     }
@@ -340,17 +365,21 @@ def data_source_files(wildcards) -> list[str]:
 
 def selection_candidates(w) -> str:
     """JSON list of the grid points of one (pair, method) with the metrics files of their runs."""
-    return json.dumps([
-        {
-            "hp": hp,
-            "params": params,
-            "metrics": [
-                run_outputs("select", teacher=w.teacher, student=w.student, method=w.method, hp=hp, seed=s)["metrics"]
-                for s in config["selection"]["seeds"]
-            ],
-        }
-        for hp, params in grid_points(w.method)
-    ])
+    return json.dumps(
+        [
+            {
+                "hp": hp,
+                "params": params,
+                "metrics": [
+                    run_outputs("select", teacher=w.teacher, student=w.student, method=w.method, hp=hp, seed=s)[
+                        "metrics"
+                    ]
+                    for s in config["selection"]["seeds"]
+                ],
+            }
+            for hp, params in grid_points(w.method)
+        ]
+    )
 
 
 def stem_epochs_kind(arch: str, seed) -> str:

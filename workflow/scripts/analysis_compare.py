@@ -6,11 +6,16 @@ Outputs: ``csv``, ``tex``.
 
 from _common import setup
 
-log = setup(snakemake)  # noqa: F821
+log = setup(snakemake)
 
 from kdcore.analysis.compare import write_comparison  # noqa: E402
 from kdcore.analysis.table import read_table  # noqa: E402
 
-comp = write_comparison(read_table(snakemake.input.ours), read_table(snakemake.input.paper),  # noqa: F821
-                        snakemake.output.csv, snakemake.output.tex, snakemake.params.metric)  # noqa: F821
+comp = write_comparison(
+    read_table(snakemake.input.ours),
+    read_table(snakemake.input.paper),
+    snakemake.output.csv,
+    snakemake.output.tex,
+    snakemake.params.metric,
+)
 log.info("comparison: %s", comp["status"].value_counts().to_dict())

@@ -8,12 +8,16 @@ from pathlib import Path
 
 from _common import setup
 
-log = setup(snakemake)  # noqa: F821
+log = setup(snakemake)
 
 from kdcore.analysis.figures import write_figure  # noqa: E402
 
-written = write_figure(snakemake.params.figure, Path(snakemake.input.runs).parent, snakemake.output.pdf,  # noqa: F821
-                       snakemake.params.metric)  # noqa: F821
-if Path(snakemake.output.png) not in written:  # noqa: F821
-    raise RuntimeError(f"figure written to {written}, the rule declares {snakemake.output.png}")  # noqa: F821
-log.info("figure %s written", snakemake.params.figure)  # noqa: F821
+written = write_figure(
+    snakemake.params.figure,
+    Path(snakemake.input.runs).parent,
+    snakemake.output.pdf,
+    snakemake.params.metric,
+)
+if Path(snakemake.output.png) not in written:
+    raise RuntimeError(f"figure written to {written}, the rule declares {snakemake.output.png}")
+log.info("figure %s written", snakemake.params.figure)

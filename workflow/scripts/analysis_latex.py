@@ -8,14 +8,14 @@ from pathlib import Path
 
 from _common import setup
 
-log = setup(snakemake)  # noqa: F821
+log = setup(snakemake)
 
 from kdcore.analysis.latex import write_all  # noqa: E402
 from kdcore.analysis.stats import METRIC_LABELS  # noqa: E402
 
-out_dir = Path(snakemake.output[0]).parent  # noqa: F821
-written = write_all(Path(snakemake.input.runs).parent, out_dir, METRIC_LABELS[snakemake.params.metric])  # noqa: F821
-missing = {str(p) for p in snakemake.output} - {str(p) for p in written}  # noqa: F821
+out_dir = Path(snakemake.output[0]).parent
+written = write_all(Path(snakemake.input.runs).parent, out_dir, METRIC_LABELS[snakemake.params.metric])
+missing = {str(p) for p in snakemake.output} - {str(p) for p in written}
 if missing:
     raise RuntimeError(f"LaTeX tables not written: {sorted(missing)}")
 log.info("LaTeX tables written: %s", ", ".join(str(p) for p in written))

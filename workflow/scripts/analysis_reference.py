@@ -8,13 +8,14 @@ from pathlib import Path
 
 from _common import setup
 
-log = setup(snakemake)  # noqa: F821
+log = setup(snakemake)
 
 from kdcore.analysis.table import write_run_tables  # noqa: E402
 from kdcore.reference import import_reference  # noqa: E402
 
-runs_dir = Path(snakemake.output.runs_dir)  # noqa: F821
-n = import_reference(snakemake.input.zip, runs_dir)  # noqa: F821
-write_run_tables(sorted(runs_dir.rglob("metrics.json")), sorted(runs_dir.rglob("fidelity.json")),
-                 Path(snakemake.output.runs).parent)  # noqa: F821
-log.info("imported %d paper runs from %s", n, snakemake.input.zip)  # noqa: F821
+runs_dir = Path(snakemake.output.runs_dir)
+n = import_reference(snakemake.input.zip, runs_dir)
+write_run_tables(
+    sorted(runs_dir.rglob("metrics.json")), sorted(runs_dir.rglob("fidelity.json")), Path(snakemake.output.runs).parent
+)
+log.info("imported %d paper runs from %s", n, snakemake.input.zip)

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from _common import setup
 
-log = setup(snakemake)  # noqa: F821
+log = setup(snakemake)
 
 from kdcore.analysis.stats import write_statistics  # noqa: E402
 from kdcore.analysis.table import read_table  # noqa: E402
 
-runs = read_table(snakemake.input.runs)  # noqa: F821
-written = write_statistics(runs, Path(snakemake.output.summary).parent, snakemake.params.metric)  # noqa: F821
+runs = read_table(snakemake.input.runs)
+written = write_statistics(runs, Path(snakemake.output.summary).parent, snakemake.params.metric)
 log.info("statistics of %d runs written: %s", len(runs), ", ".join(str(p) for p in written.values()))

@@ -9,14 +9,14 @@ from pathlib import Path
 
 from _common import setup
 
-log = setup(snakemake)  # noqa: F821
+log = setup(snakemake)
 
 from kdcore.analysis.table import write_run_tables  # noqa: E402
 
-out_dir = Path(snakemake.output.runs).parent  # noqa: F821
-written = write_run_tables(list(snakemake.input.metrics), list(snakemake.input.fidelity), out_dir)  # noqa: F821
+out_dir = Path(snakemake.output.runs).parent
+written = write_run_tables(list(snakemake.input.metrics), list(snakemake.input.fidelity), out_dir)
 for key, path in written.items():
-    expected = Path(getattr(snakemake.output, key))  # noqa: F821
+    expected = Path(getattr(snakemake.output, key))
     if path != expected:
         raise RuntimeError(f"output {key}: wrote {path}, the rule declares {expected}")
-log.info("run table: %d metrics files, %d fidelity files", len(snakemake.input.metrics), len(snakemake.input.fidelity))  # noqa: F821
+log.info("run table: %d metrics files, %d fidelity files", len(snakemake.input.metrics), len(snakemake.input.fidelity))

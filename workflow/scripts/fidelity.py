@@ -1,6 +1,7 @@
 """Workflow script: fidelity of a student checkpoint against a teacher checkpoint on the test set.
 
-Inputs: ``student``, ``teacher`` (best.pt files), ``data``. Params: ``labels``. Device lease options: config["compute"] (not params: placement never reruns a job).
+Inputs: ``student``, ``teacher`` (best.pt files), ``data``. Params: ``labels``.
+Device lease options: config["compute"] (not params: placement never reruns a job).
 Output: one fidelity.json (kdcore.fidelity record, written atomically).
 """
 
@@ -20,13 +21,22 @@ def main(snakemake: Any) -> None:
     labels = json.loads(snakemake.params.labels)
     with lease_device(lease["device"], lease["slots_per_gpu"], lease["lock_dir"]) as device:
         record = evaluate_fidelity(
-            snakemake.input.student, snakemake.input.teacher, snakemake.input.data, device=device, labels=labels,
+            snakemake.input.student,
+            snakemake.input.teacher,
+            snakemake.input.data,
+            device=device,
+            labels=labels,
             precision=snakemake.config["runtime"]["precision"],  # the precision the runs were evaluated in
         )
     write_fidelity(record, snakemake.output[0])
-    log.info("fidelity %s: agreement %.4f, student %.4f, teacher %.4f", labels.get("run_id"),
-             record["top1_agreement"], record["student_test_acc"], record["teacher_test_acc"])
+    log.info(
+        "fidelity %s: agreement %.4f, student %.4f, teacher %.4f",
+        labels.get("run_id"),
+        record["top1_agreement"],
+        record["student_test_acc"],
+        record["teacher_test_acc"],
+    )
 
 
 if __name__ == "__main__" and "snakemake" in globals():
-    main(snakemake)  # noqa: F821 - injected by Snakemake
+    main(snakemake)

@@ -19,4 +19,4 @@ def main(snakemake: Any) -> None:
 
 
 if __name__ == "__main__" and "snakemake" in globals():
-    main(snakemake)  # noqa: F821 - injected by Snakemake
+    main(snakemake)

@@ -20,7 +20,9 @@ def apply_winner(config: dict[str, Any], winner_path: str) -> dict[str, Any]:
 
     winner = json.loads(Path(winner_path).read_text(encoding="utf-8"))
     if winner.get("method") != config["method"]["name"]:
-        raise ConfigError(f"{winner_path}: selection is for method {winner.get('method')!r}, run is {config['method']['name']!r}")
+        raise ConfigError(
+            f"{winner_path}: selection is for method {winner.get('method')!r}, run is {config['method']['name']!r}"
+        )
     config = dict(config)
     config["method"] = {**config["method"], **winner["winner"]["params"]}
     config["labels"] = {**config["labels"], "hp": winner["winner"]["hp"]}
@@ -44,8 +46,13 @@ def main(snakemake: Any) -> None:
         config["runtime"]["device"] = device
         metrics = train_run(config, out_dir)
     results = metrics["results"]
-    log.info("finished %s: best val %.4f, test@best %.4f", config["labels"]["run_id"], results["best_val_acc"], results["test_acc_best"])
+    log.info(
+        "finished %s: best val %.4f, test@best %.4f",
+        config["labels"]["run_id"],
+        results["best_val_acc"],
+        results["test_acc_best"],
+    )
 
 
 if __name__ == "__main__" and "snakemake" in globals():
-    main(snakemake)  # noqa: F821 - injected by Snakemake
+    main(snakemake)

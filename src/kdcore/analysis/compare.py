@@ -22,8 +22,23 @@ from scipy import stats
 
 from kdcore.analysis.stats import describe, kd_comparisons
 
-COLUMNS = ["quantity", "quantity_tex", "kind", "paper_mean", "paper_std", "paper_n", "ours_mean", "ours_std",
-           "ours_n", "difference", "interval_low", "interval_high", "within", "status", "reason"]
+COLUMNS = [
+    "quantity",
+    "quantity_tex",
+    "kind",
+    "paper_mean",
+    "paper_std",
+    "paper_n",
+    "ours_mean",
+    "ours_std",
+    "ours_n",
+    "difference",
+    "interval_low",
+    "interval_high",
+    "within",
+    "status",
+    "reason",
+]
 
 
 def _short(arch: str) -> str:
@@ -44,8 +59,9 @@ def reduced_scale_reasons(ours: pd.DataFrame, paper: pd.DataFrame) -> list[str]:
     return reasons
 
 
-def combined_interval(diff: float, se_o: float, df_o: float, se_p: float, df_p: float,
-                      confidence: float = 0.95) -> tuple[float, float]:
+def combined_interval(
+    diff: float, se_o: float, df_o: float, se_p: float, df_p: float, confidence: float = 0.95
+) -> tuple[float, float]:
     """Welch interval of a difference of two independent estimates (each with its SE and degrees of freedom)."""
     if not all(np.isfinite([diff, se_o, df_o, se_p, df_p])) or df_o <= 0 or df_p <= 0:
         return math.nan, math.nan
@@ -57,12 +73,26 @@ def combined_interval(diff: float, se_o: float, df_o: float, se_p: float, df_p: 
     return diff - half, diff + half
 
 
-def _row(quantity: str, tex: str, kind: str, paper: dict[str, Any], ours: dict[str, Any], se_df: tuple,
-         reasons: list[str]) -> dict[str, Any]:
-    row = {"quantity": quantity, "quantity_tex": tex, "kind": kind, "paper_mean": paper["mean"],
-           "paper_std": paper["std"], "paper_n": paper["n"], "ours_mean": ours["mean"], "ours_std": ours["std"],
-           "ours_n": ours["n"], "difference": math.nan, "interval_low": math.nan, "interval_high": math.nan,
-           "within": None, "status": "compared", "reason": ""}
+def _row(
+    quantity: str, tex: str, kind: str, paper: dict[str, Any], ours: dict[str, Any], se_df: tuple, reasons: list[str]
+) -> dict[str, Any]:
+    row = {
+        "quantity": quantity,
+        "quantity_tex": tex,
+        "kind": kind,
+        "paper_mean": paper["mean"],
+        "paper_std": paper["std"],
+        "paper_n": paper["n"],
+        "ours_mean": ours["mean"],
+        "ours_std": ours["std"],
+        "ours_n": ours["n"],
+        "difference": math.nan,
+        "interval_low": math.nan,
+        "interval_high": math.nan,
+        "within": None,
+        "status": "compared",
+        "reason": "",
+    }
     if ours["n"] == 0:
         row.update(status="missing in ours")
         return row
@@ -90,32 +120,64 @@ def _acc_se_df(o: dict[str, Any], p: dict[str, Any]) -> tuple:
     return (se_o, df_o, p["std"] / math.sqrt(p["n"]) if p["n"] >= 2 else math.nan, p["n"] - 1)
 
 
+def _where(df: pd.DataFrame, **equal: object) -> pd.DataFrame:
+    """The rows of ``df`` whose columns equal the given values."""
+    mask = pd.Series(True, index=df.index)
+    for column, value in equal.items():
+        mask &= df[column] == value
+    return df[mask]
+
+
 def compare_to_reference(ours: pd.DataFrame, paper: pd.DataFrame, metric: str = "test_best") -> pd.DataFrame:
     """The comparison table (columns :data:`COLUMNS`) of run table ``ours`` against the paper's run table."""
     rows = []
     for stage, label in (("teacher", "teacher"), ("baseline", "baseline")):
         archs = sorted(set(paper.loc[paper["stage"] == stage, "student"]), key=lambda a: int(a.replace("resnet", "")))
         for arch in archs:
-            sel = lambda df: df[(df["stage"] == stage) & (df["student"] == arch) & (df["stem"] == "cifar")]  # noqa: E731
-            o_runs, p_runs = sel(ours), sel(paper)
+            match = {"stage": stage, "student": arch, "stem": "cifar"}
+            o_runs, p_runs = _where(ours, **match), _where(paper, **match)
             o, p = describe(o_runs[metric]), describe(p_runs[metric])
-            rows.append(_row(f"{label} {_short(arch)} accuracy", f"{label.capitalize()} {_short(arch)}", "accuracy",
-                             p, o, _acc_se_df(o, p), reduced_scale_reasons(o_runs, p_runs) if len(o_runs) else []))
+            rows.append(
+                _row(
+                    f"{label} {_short(arch)} accuracy",
+                    f"{label.capitalize()} {_short(arch)}",
+                    "accuracy",
+                    p,
+                    o,
+                    _acc_se_df(o, p),
+                    reduced_scale_reasons(o_runs, p_runs) if len(o_runs) else [],
+                )
+            )
     comp_p = kd_comparisons(paper, metric)
     comp_o = kd_comparisons(ours, metric) if (ours["stage"] == "final").any() else comp_p.iloc[0:0]
     for _, cp in comp_p.iterrows():
         name = f"{_short(cp['teacher'])}->{_short(cp['student'])} {cp['method']}"
         tex = f"{_short(cp['teacher'])}$\\rightarrow${_short(cp['student'])} {cp['method']}"
-        final = lambda df: df[(df["stage"] == "final") & (df["pair"] == cp["pair"]) & (df["method"] == cp["method"])]  # noqa: E731
-        base = lambda df: df[(df["stage"] == "baseline") & (df["student"] == cp["student"]) & (df["stem"] == "cifar")]  # noqa: E731
-        o_runs, p_runs = final(ours), final(paper)
+        final_match = {"stage": "final", "pair": cp["pair"], "method": cp["method"]}
+        base_match = {"stage": "baseline", "student": cp["student"], "stem": "cifar"}
+        o_runs, p_runs = _where(ours, **final_match), _where(paper, **final_match)
         o, p = describe(o_runs[metric]), describe(p_runs[metric])
-        reasons = reduced_scale_reasons(pd.concat([o_runs, base(ours)]), pd.concat([p_runs, base(paper)])) if len(o_runs) else []
+        reasons = (
+            reduced_scale_reasons(
+                pd.concat([o_runs, _where(ours, **base_match)]), pd.concat([p_runs, _where(paper, **base_match)])
+            )
+            if len(o_runs)
+            else []
+        )
         rows.append(_row(f"{name} accuracy", f"{tex} acc.", "accuracy", p, o, _acc_se_df(o, p), reasons))
         co = comp_o[(comp_o["pair"] == cp["pair"]) & (comp_o["method"] == cp["method"])]
-        go = {"mean": co["gain"].iloc[0], "std": math.nan, "n": int(co["n_treated"].iloc[0])} if len(co) else {"mean": math.nan, "std": math.nan, "n": 0}
+        go = (
+            {"mean": co["gain"].iloc[0], "std": math.nan, "n": int(co["n_treated"].iloc[0])}
+            if len(co)
+            else {"mean": math.nan, "std": math.nan, "n": 0}
+        )
         gp = {"mean": cp["gain"], "std": math.nan, "n": int(cp["n_treated"])}
-        se_df = ((co["se"].iloc[0] if len(co) else math.nan), (co["df"].iloc[0] if len(co) else math.nan), cp["se"], cp["df"])
+        se_df = (
+            (co["se"].iloc[0] if len(co) else math.nan),
+            (co["df"].iloc[0] if len(co) else math.nan),
+            cp["se"],
+            cp["df"],
+        )
         row = _row(f"{name} gain (pp)", f"{tex} gain", "gain", gp, go, se_df, reasons)
         if row["status"] == "compared" and row["within"] is None:
             row["reason"] = "gain interval needs at least 2 seeds per arm on both sides"
@@ -123,8 +185,13 @@ def compare_to_reference(ours: pd.DataFrame, paper: pd.DataFrame, metric: str = 
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
-def write_comparison(ours_runs: pd.DataFrame, paper_runs: pd.DataFrame, csv_path: str | Path, tex_path: str | Path,
-                     metric: str = "test_best") -> pd.DataFrame:
+def write_comparison(
+    ours_runs: pd.DataFrame,
+    paper_runs: pd.DataFrame,
+    csv_path: str | Path,
+    tex_path: str | Path,
+    metric: str = "test_best",
+) -> pd.DataFrame:
     """Write the comparison table as CSV and LaTeX; return it."""
     from kdcore.analysis.latex import comparison
     from kdcore.analysis.table import write_table

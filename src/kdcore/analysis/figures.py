@@ -14,19 +14,27 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.lines import Line2D
+from matplotlib.ticker import MaxNLocator
 
-from kdcore.analysis.table import stem_arms  # noqa: E402
-from kdcore.atomic import atomic_path  # noqa: E402
+from kdcore.analysis.table import stem_arms
+from kdcore.atomic import atomic_path
 
-OKABE_ITO = {"orange": "#E69F00", "sky": "#56B4E9", "green": "#009E73", "yellow": "#F0E442",
-             "blue": "#0072B2", "vermillion": "#D55E00", "purple": "#CC79A7", "black": "#000000",
-             "grey": "#7F7F7F"}
+OKABE_ITO = {
+    "orange": "#E69F00",
+    "sky": "#56B4E9",
+    "green": "#009E73",
+    "yellow": "#F0E442",
+    "blue": "#0072B2",
+    "vermillion": "#D55E00",
+    "purple": "#CC79A7",
+    "black": "#000000",
+    "grey": "#7F7F7F",
+}
 TEACHER_STYLE = {  # colour, marker
     "resnet34": (OKABE_ITO["orange"], "o"),
     "resnet50": (OKABE_ITO["blue"], "s"),
@@ -39,8 +47,10 @@ METHOD_STYLE = {  # colour, line style, marker
     "feature": (OKABE_ITO["purple"], "-.", "^"),
 }
 METHOD_LABEL = {"baseline": "Baseline (CE)", "logit": "Logit-KD", "feature": "Feature-KD"}
-STEM_STYLE = {"cifar": (OKABE_ITO["blue"], "o", "CIFAR stem (3x3 conv)"),
-              "imagenet": (OKABE_ITO["vermillion"], "s", "ImageNet stem (7x7 conv + max-pool)")}
+STEM_STYLE = {
+    "cifar": (OKABE_ITO["blue"], "o", "CIFAR stem (3x3 conv)"),
+    "imagenet": (OKABE_ITO["vermillion"], "s", "ImageNet stem (7x7 conv + max-pool)"),
+}
 SIG_NOTE = "* Welch p < 0.05 (uncorrected)   \u2020 Holm-adjusted p < 0.05"
 
 
@@ -57,8 +67,15 @@ def pair_label(pair: str) -> str:
 
 def _style() -> None:
     sns.set_theme(context="paper", style="whitegrid", font_scale=1.15)
-    plt.rcParams.update({"pdf.fonttype": 42, "savefig.bbox": "tight", "savefig.dpi": 200,
-                         "axes.titleweight": "bold", "legend.frameon": True})
+    plt.rcParams.update(
+        {
+            "pdf.fonttype": 42,
+            "savefig.bbox": "tight",
+            "savefig.dpi": 200,
+            "axes.titleweight": "bold",
+            "legend.frameon": True,
+        }
+    )
 
 
 def save_figure(fig: plt.Figure, pdf_path: str | Path) -> list[Path]:
@@ -88,7 +105,9 @@ def _sig_marks(row: pd.Series) -> str:
     return marks
 
 
-def gain_vs_capacity(comparisons: pd.DataFrame, pdf_path: str | Path, metric_label: str = "test acc @ best val") -> list[Path]:
+def gain_vs_capacity(
+    comparisons: pd.DataFrame, pdf_path: str | Path, metric_label: str = "test acc @ best val"
+) -> list[Path]:
     """KD gain (pp, 95% Welch CI) of every pair and method against student parameters; teachers by colour+marker."""
     _style()
     methods = [m for m in ("logit", "feature") if m in set(comparisons.get("method", []))] or ["logit", "feature"]
@@ -99,13 +118,16 @@ def gain_vs_capacity(comparisons: pd.DataFrame, pdf_path: str | Path, metric_lab
             _empty(ax, "no final KD runs")
         return save_figure(fig, pdf_path)
     students = comparisons.drop_duplicates("student").sort_values("student_params")
-    teachers = sorted(comparisons["teacher"].unique(), key=lambda t: comparisons.loc[comparisons["teacher"] == t, "teacher_params"].iloc[0])
+    teachers = sorted(
+        comparisons["teacher"].unique(),
+        key=lambda t: comparisons.loc[comparisons["teacher"] == t, "teacher_params"].iloc[0],
+    )
     span = float(students["student_params"].max() - students["student_params"].min()) / 1e6 or 10.0
     offsets = {t: (i - (len(teachers) - 1) / 2) * 0.06 * span for i, t in enumerate(teachers)}
     lo = np.nanmin(comparisons[["ci_low", "gain"]].to_numpy())
     hi = np.nanmax(comparisons[["ci_high", "gain"]].to_numpy())
     pad = 0.12 * (hi - lo if hi > lo else 1.0)
-    for ax, method in zip(axes, methods):
+    for ax, method in zip(axes, methods, strict=False):
         sub = comparisons[comparisons["method"] == method]
         ax.axhline(0, color="0.2", lw=1.0, zorder=1)
         for teacher in teachers:
@@ -119,27 +141,69 @@ def gain_vs_capacity(comparisons: pd.DataFrame, pdf_path: str | Path, metric_lab
             err = np.where(np.isnan(err), 0.0, err)
             if len(rows) > 1:
                 ax.plot(x, y, color=colour, lw=1.2, ls=":", zorder=2)
-            ax.errorbar(x, y, yerr=err, fmt=marker, color=colour, ms=8, capsize=4, lw=1.6,
-                        markeredgecolor="black", markeredgewidth=0.6, zorder=3)
-            for xi, (_, r) in zip(x, rows.iterrows()):
+            ax.errorbar(
+                x,
+                y,
+                yerr=err,
+                fmt=marker,
+                color=colour,
+                ms=8,
+                capsize=4,
+                lw=1.6,
+                markeredgecolor="black",
+                markeredgewidth=0.6,
+                zorder=3,
+            )
+            for xi, (_, r) in zip(x, rows.iterrows(), strict=False):
                 marks = _sig_marks(r)
                 top = r["ci_high"] if pd.notna(r["ci_high"]) else r["gain"]
                 if marks:
-                    ax.text(xi, top + 0.02 * (hi - lo + 1e-9), marks, ha="center", va="bottom", fontsize=14,
-                            fontweight="bold", color=colour)
+                    ax.text(
+                        xi,
+                        top + 0.02 * (hi - lo + 1e-9),
+                        marks,
+                        ha="center",
+                        va="bottom",
+                        fontsize=14,
+                        fontweight="bold",
+                        color=colour,
+                    )
         ax.set_title(METHOD_LABEL[method])
         ax.set_xticks(students["student_params"].to_numpy() / 1e6)
-        ax.set_xticklabels([f"{short(s)}\n{p / 1e6:.1f}M" for s, p in zip(students["student"], students["student_params"])])
-        ax.set_xlim(students["student_params"].min() / 1e6 - 0.35 * span, students["student_params"].max() / 1e6 + 0.35 * span)
+        ax.set_xticklabels(
+            [
+                f"{short(s)}\n{p / 1e6:.1f}M"
+                for s, p in zip(students["student"], students["student_params"], strict=False)
+            ]
+        )
+        ax.set_xlim(
+            students["student_params"].min() / 1e6 - 0.35 * span, students["student_params"].max() / 1e6 + 0.35 * span
+        )
         ax.set_xlabel("student capacity (parameters)")
         ax.set_ylim(lo - pad, hi + 2 * pad)
     axes[0].set_ylabel(f"KD gain over baseline (pp, {metric_label})\nmean \u00b1 95% CI (Welch)")
-    handles = [Line2D([], [], color=TEACHER_STYLE.get(t, (OKABE_ITO["grey"], "D"))[0],
-                      marker=TEACHER_STYLE.get(t, (OKABE_ITO["grey"], "D"))[1], ls=":", ms=8,
-                      markeredgecolor="black", label=f"teacher {short(t)}") for t in teachers]
+    handles = [
+        Line2D(
+            [],
+            [],
+            color=TEACHER_STYLE.get(t, (OKABE_ITO["grey"], "D"))[0],
+            marker=TEACHER_STYLE.get(t, (OKABE_ITO["grey"], "D"))[1],
+            ls=":",
+            ms=8,
+            markeredgecolor="black",
+            label=f"teacher {short(t)}",
+        )
+        for t in teachers
+    ]
     fig.legend(handles=handles, loc="upper center", ncol=len(handles), bbox_to_anchor=(0.5, 1.06))
-    fig.text(0.5, -0.04, SIG_NOTE + "   (n seeds per cell: " + ", ".join(
-        sorted({f"{int(n)}" for n in comparisons["n_treated"]})) + ")", ha="center", fontsize=9, color="0.25")
+    fig.text(
+        0.5,
+        -0.04,
+        SIG_NOTE + "   (n seeds per cell: " + ", ".join(sorted({f"{int(n)}" for n in comparisons["n_treated"]})) + ")",
+        ha="center",
+        fontsize=9,
+        color="0.25",
+    )
     fig.tight_layout()
     return save_figure(fig, pdf_path)
 
@@ -149,7 +213,9 @@ def _curve(history: pd.DataFrame, run_ids: Any, column: str = "val_acc") -> pd.D
     return h.groupby("epoch")[column].agg(["mean", "std", "count"]).reset_index()
 
 
-def convergence(runs: pd.DataFrame, history: pd.DataFrame, pdf_path: str | Path, zoom_fraction: float = 0.3) -> list[Path]:
+def convergence(
+    runs: pd.DataFrame, history: pd.DataFrame, pdf_path: str | Path, zoom_fraction: float = 0.3
+) -> list[Path]:
     """Validation accuracy per epoch (mean \u00b1 std over seeds) per pair: baseline, Logit-KD, Feature-KD curves
     and the teacher's best val accuracy (mean over its seeds) as a dotted line. Lower row zooms into the
     last ``zoom_fraction`` of training, where the methods differ by tenths of a point."""
@@ -157,8 +223,9 @@ def convergence(runs: pd.DataFrame, history: pd.DataFrame, pdf_path: str | Path,
     final = runs[(runs["stage"] == "final") & (runs["method"] != "baseline") & (runs["clip_scope"] == "all")]
     pairs = sorted(final["pair"].unique(), key=lambda p: (p.split("-")[1], p))
     ncol = max(len(pairs), 1)
-    fig, axes = plt.subplots(2, ncol, figsize=(4.2 * ncol, 6.6), squeeze=False, sharey="row",
-                             gridspec_kw={"height_ratios": [1, 1.2]})
+    fig, axes = plt.subplots(
+        2, ncol, figsize=(4.2 * ncol, 6.6), squeeze=False, sharey="row", gridspec_kw={"height_ratios": [1, 1.2]}
+    )
     if not pairs:
         for ax in axes.ravel():
             _empty(ax, "no final KD runs")
@@ -183,13 +250,22 @@ def convergence(runs: pd.DataFrame, history: pd.DataFrame, pdf_path: str | Path,
                 n = int(c["count"].max())
                 ax.plot(c["epoch"], c["mean"], color=colour, ls=ls, lw=1.5, label=f"{METHOD_LABEL[m]} (n={n})")
                 if n > 1:
-                    ax.fill_between(c["epoch"], c["mean"] - c["std"], c["mean"] + c["std"], color=colour, alpha=0.18, lw=0)
+                    ax.fill_between(
+                        c["epoch"], c["mean"] - c["std"], c["mean"] + c["std"], color=colour, alpha=0.18, lw=0
+                    )
             if len(t_val):
                 ax.axhline(t_val.mean(), color="0.35", ls=":", lw=1.6)
                 if row == 1:
-                    ax.annotate(f"teacher {short(teacher)} (n={len(t_val)})", (0.02, t_val.mean()),
-                                xycoords=("axes fraction", "data"), xytext=(0, 3), textcoords="offset points",
-                                fontsize=8, color="0.3", va="bottom")
+                    ax.annotate(
+                        f"teacher {short(teacher)} (n={len(t_val)})",
+                        (0.02, t_val.mean()),
+                        xycoords=("axes fraction", "data"),
+                        xytext=(0, 3),
+                        textcoords="offset points",
+                        fontsize=8,
+                        color="0.3",
+                        va="bottom",
+                    )
             if row == 0:
                 ax.set_title(pair_label(pair))
             else:
@@ -206,8 +282,10 @@ def convergence(runs: pd.DataFrame, history: pd.DataFrame, pdf_path: str | Path,
     axes[1, 0].set_ylabel(f"val accuracy (%)\nlast {int(zoom_fraction * 100)}% of epochs")
     for ax in axes.ravel():
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
-    handles = [Line2D([], [], color=METHOD_STYLE[m][0], ls=METHOD_STYLE[m][1], lw=2, label=METHOD_LABEL[m])
-               for m in ("baseline", "logit", "feature")]
+    handles = [
+        Line2D([], [], color=METHOD_STYLE[m][0], ls=METHOD_STYLE[m][1], lw=2, label=METHOD_LABEL[m])
+        for m in ("baseline", "logit", "feature")
+    ]
     handles.append(Line2D([], [], color="0.35", ls=":", lw=2, label="teacher best val acc"))
     fig.legend(handles=handles, loc="upper center", ncol=4, bbox_to_anchor=(0.5, 1.04))
     fig.text(0.5, -0.02, "lines: mean over seeds; bands: \u00b1 1 std", ha="center", fontsize=9, color="0.25")
@@ -232,13 +310,17 @@ def fidelity(comparisons: pd.DataFrame, fidelity_table: pd.DataFrame, pdf_path: 
         return agg
 
     agg = summarise(kd, ["pair", "teacher", "student", "method"]).merge(
-        comparisons[["pair", "method", "gain", "ci_low", "ci_high"]], on=["pair", "method"], how="left")
+        comparisons[["pair", "method", "gain", "ci_low", "ci_high"]], on=["pair", "method"], how="left"
+    )
     cagg = summarise(ctl, ["pair", "teacher", "student"]) if not ctl.empty else None
     students = sorted(agg["student"].unique(), key=lambda a: int(a.replace("resnet", "")))
-    fig, axes = plt.subplots(2, len(students), figsize=(5.0 * len(students), 7.4), sharey="row", sharex=True, squeeze=False)
+    fig, axes = plt.subplots(
+        2, len(students), figsize=(5.0 * len(students), 7.4), sharey="row", sharex=True, squeeze=False
+    )
     for j, student in enumerate(students):
-        for i, (col, label) in enumerate((("agreement", "top-1 agreement with teacher (%)"),
-                                          ("kl_t1", "KL(teacher \u2016 student), T = 1"))):
+        for i, (col, label) in enumerate(
+            (("agreement", "top-1 agreement with teacher (%)"), ("kl_t1", "KL(teacher \u2016 student), T = 1"))
+        ):
             ax = axes[i, j]
             ax.axvline(0, color="0.2", lw=1.0)
             for _, r in agg[agg["student"] == student].iterrows():
@@ -246,14 +328,38 @@ def fidelity(comparisons: pd.DataFrame, fidelity_table: pd.DataFrame, pdf_path: 
                 filled = r["method"] == "logit"
                 xerr = [[r["gain"] - r["ci_low"]], [r["ci_high"] - r["gain"]]] if pd.notna(r["ci_low"]) else None
                 yerr = None if pd.isna(r[f"{col}_std"]) else r[f"{col}_std"]
-                ax.errorbar(r["gain"], r[f"{col}_mean"], xerr=xerr, yerr=yerr, fmt=marker, ms=10, color=colour,
-                            mfc=colour if filled else "white", mec=colour, mew=2.0, capsize=3, lw=1.0,
-                            elinewidth=0.9, alpha=0.9, zorder=3)
+                ax.errorbar(
+                    r["gain"],
+                    r[f"{col}_mean"],
+                    xerr=xerr,
+                    yerr=yerr,
+                    fmt=marker,
+                    ms=10,
+                    color=colour,
+                    mfc=colour if filled else "white",
+                    mec=colour,
+                    mew=2.0,
+                    capsize=3,
+                    lw=1.0,
+                    elinewidth=0.9,
+                    alpha=0.9,
+                    zorder=3,
+                )
             if cagg is not None:
                 for _, r in cagg[cagg["student"] == student].iterrows():
                     _, marker = TEACHER_STYLE.get(r["teacher"], (OKABE_ITO["grey"], "D"))
-                    ax.errorbar(0, r[f"{col}_mean"], yerr=None if pd.isna(r[f"{col}_std"]) else r[f"{col}_std"],
-                                fmt=marker, ms=10, color="0.45", mfc="0.8", mec="0.3", capsize=3, zorder=2)
+                    ax.errorbar(
+                        0,
+                        r[f"{col}_mean"],
+                        yerr=None if pd.isna(r[f"{col}_std"]) else r[f"{col}_std"],
+                        fmt=marker,
+                        ms=10,
+                        color="0.45",
+                        mfc="0.8",
+                        mec="0.3",
+                        capsize=3,
+                        zorder=2,
+                    )
             if i == 0:
                 ax.set_title(f"student {short(student)}")
             else:
@@ -261,13 +367,26 @@ def fidelity(comparisons: pd.DataFrame, fidelity_table: pd.DataFrame, pdf_path: 
             if j == 0:
                 ax.set_ylabel(label)
     teachers = sorted(set(agg["teacher"]), key=lambda t: int(t.replace("resnet", "")))
-    handles = [Line2D([], [], ls="", marker=TEACHER_STYLE.get(t, (None, "D"))[1], ms=9,
-                      color=TEACHER_STYLE.get(t, (OKABE_ITO["grey"], "D"))[0], label=f"teacher {short(t)}")
-               for t in teachers]
-    handles += [Line2D([], [], ls="", marker="o", ms=9, color="0.3", mfc="0.3", label="Logit-KD (filled)"),
-                Line2D([], [], ls="", marker="o", ms=9, color="0.3", mfc="white", mew=2.0, label="Feature-KD (open)")]
+    handles = [
+        Line2D(
+            [],
+            [],
+            ls="",
+            marker=TEACHER_STYLE.get(t, (None, "D"))[1],
+            ms=9,
+            color=TEACHER_STYLE.get(t, (OKABE_ITO["grey"], "D"))[0],
+            label=f"teacher {short(t)}",
+        )
+        for t in teachers
+    ]
+    handles += [
+        Line2D([], [], ls="", marker="o", ms=9, color="0.3", mfc="0.3", label="Logit-KD (filled)"),
+        Line2D([], [], ls="", marker="o", ms=9, color="0.3", mfc="white", mew=2.0, label="Feature-KD (open)"),
+    ]
     if cagg is not None:
-        handles.append(Line2D([], [], ls="", marker="o", ms=9, color="0.45", mfc="0.8", label="baseline vs teacher (control)"))
+        handles.append(
+            Line2D([], [], ls="", marker="o", ms=9, color="0.45", mfc="0.8", label="baseline vs teacher (control)")
+        )
     fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 4), bbox_to_anchor=(0.5, 1.07), fontsize=9)
     note = "vertical bars: \u00b1 1 std over seeds; horizontal bars: 95% CI of the gain"
     if cagg is None:
@@ -277,7 +396,9 @@ def fidelity(comparisons: pd.DataFrame, fidelity_table: pd.DataFrame, pdf_path: 
     return save_figure(fig, pdf_path)
 
 
-def stem_ablation(runs: pd.DataFrame, stem_stats: pd.DataFrame, pdf_path: str | Path, metric: str = "test_best") -> list[Path]:
+def stem_ablation(
+    runs: pd.DataFrame, stem_stats: pd.DataFrame, pdf_path: str | Path, metric: str = "test_best"
+) -> list[Path]:
     """Test accuracy per architecture with the CIFAR and the ImageNet stem (seeds as dots, mean as a bar
     marker), annotated with the CIFAR - ImageNet difference and its 95% CI."""
     _style()
@@ -307,23 +428,35 @@ def stem_ablation(runs: pd.DataFrame, stem_stats: pd.DataFrame, pdf_path: str | 
     ax.set_xticks(range(len(archs)))
     epochs = st.groupby("student")["epochs"].max()
     ep_note = epochs.nunique() > 1
-    ax.set_xticklabels([f"{short(a)}\n(n={len(arms[a][1])} per stem"
-                        + (f", {int(epochs[a])} ep)" if ep_note else ")") for a in archs])
+    ax.set_xticklabels(
+        [f"{short(a)}\n(n={len(arms[a][1])} per stem" + (f", {int(epochs[a])} ep)" if ep_note else ")") for a in archs]
+    )
     lo, hi = st[metric].min(), st[metric].max()
     ax.set_ylim(lo - 1.0, hi + 2.2)
     ax.set_ylabel("test accuracy (%)")
-    handles = [Line2D([], [], ls="", marker=STEM_STYLE[s][1], color=STEM_STYLE[s][0], mec="black", ms=8,
-                      label=STEM_STYLE[s][2]) for s in ("cifar", "imagenet")]
+    handles = [
+        Line2D(
+            [], [], ls="", marker=STEM_STYLE[s][1], color=STEM_STYLE[s][0], mec="black", ms=8, label=STEM_STYLE[s][2]
+        )
+        for s in ("cifar", "imagenet")
+    ]
     ax.legend(handles=handles, loc="center", bbox_to_anchor=(0.42, 0.5), fontsize=9)
     ax.set_title("Stem ablation (no teacher)")
-    fig.text(0.5, -0.03, "dots: seeds; bars: mean; \u0394: CIFAR minus ImageNet stem, 95% Welch CI", ha="center",
-             fontsize=9, color="0.25")
+    fig.text(
+        0.5,
+        -0.03,
+        "dots: seeds; bars: mean; \u0394: CIFAR minus ImageNet stem, 95% Welch CI",
+        ha="center",
+        fontsize=9,
+        color="0.25",
+    )
     fig.tight_layout()
     return save_figure(fig, pdf_path)
 
 
-def clip_ablation(runs: pd.DataFrame, history: pd.DataFrame, clip_stats: pd.DataFrame, pdf_path: str | Path,
-                  metric: str = "test_best") -> list[Path]:
+def clip_ablation(
+    runs: pd.DataFrame, history: pd.DataFrame, clip_stats: pd.DataFrame, pdf_path: str | Path, metric: str = "test_best"
+) -> list[Path]:
     """(a) test accuracy of the bugged arm (projection gradients not clipped) and the corrected arm;
     (b) maximum pre-clip projection gradient norm per epoch (mean \u00b1 std over seeds)."""
     _style()
@@ -335,11 +468,15 @@ def clip_ablation(runs: pd.DataFrame, history: pd.DataFrame, clip_stats: pd.Data
     r = clip_stats.iloc[0]
     pair, method = r["pair"], r["method"]
     bug = runs[(runs["stage"] == "clip") & (runs["pair"] == pair) & (runs["method"] == method)]
-    fix = runs[(runs["stage"] == "final") & (runs["pair"] == pair) & (runs["method"] == method) & (runs["clip_scope"] == "all")]
-    arms = [("bugged\n(student-only clip)", bug, OKABE_ITO["vermillion"], "s"),
-            ("corrected\n(clip all params)", fix, OKABE_ITO["blue"], "o")]
+    fix = runs[
+        (runs["stage"] == "final") & (runs["pair"] == pair) & (runs["method"] == method) & (runs["clip_scope"] == "all")
+    ]
+    arms = [
+        ("bugged\n(student-only clip)", bug, OKABE_ITO["vermillion"], "s"),
+        ("corrected\n(clip all params)", fix, OKABE_ITO["blue"], "o"),
+    ]
     ax = axes[0]
-    for i, (label, df, colour, marker) in enumerate(arms):
+    for i, (_label, df, colour, marker) in enumerate(arms):
         v = df[metric].to_numpy()
         if v.size == 0:
             continue
@@ -350,7 +487,11 @@ def clip_ablation(runs: pd.DataFrame, history: pd.DataFrame, clip_stats: pd.Data
     ax.set_xticklabels([a[0] for a in arms])
     ax.set_xlim(-0.6, 1.6)
     ax.set_ylabel("test accuracy (%)")
-    ci = f", 95% CI [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}], Welch p = {r['p_welch']:.2f}" if pd.notna(r.get("ci_low")) else ""
+    ci = (
+        f", 95% CI [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}], Welch p = {r['p_welch']:.2f}"
+        if pd.notna(r.get("ci_low"))
+        else ""
+    )
     diff = f"corrected \u2212 bugged = {r['diff']:+.2f} pp" if pd.notna(r.get("diff")) else ""
     ax.set_title(f"{pair_label(pair)} {METHOD_LABEL[method]}", fontsize=11)
     ax.text(0.5, -0.28, diff + ci, transform=ax.transAxes, ha="center", fontsize=9, color="0.25")
@@ -361,15 +502,28 @@ def clip_ablation(runs: pd.DataFrame, history: pd.DataFrame, clip_stats: pd.Data
         c = c[c["mean"].notna()]
         if c.empty:
             continue
-        ax.plot(c["epoch"], c["mean"], color=colour, lw=1.5, marker=marker, markevery=max(len(c) // 10, 1),
-                label=label.replace("\n", " "))
+        ax.plot(
+            c["epoch"],
+            c["mean"],
+            color=colour,
+            lw=1.5,
+            marker=marker,
+            markevery=max(len(c) // 10, 1),
+            label=label.replace("\n", " "),
+        )
         if c["count"].max() > 1:
             ax.fill_between(c["epoch"], c["mean"] - c["std"], c["mean"] + c["std"], color=colour, alpha=0.2, lw=0)
         drawn.append(label)
     missing = [a[0].split("\n")[0] for a in arms if a[0] not in drawn]
     clip_norm = pd.concat([bug, fix]).get("clip_norm", pd.Series(dtype=float)).dropna()
     if drawn and len(clip_norm):
-        ax.axhline(float(clip_norm.iloc[0]), color="0.2", ls="--", lw=1.2, label=f"clip threshold ({float(clip_norm.iloc[0]):g})")
+        ax.axhline(
+            float(clip_norm.iloc[0]),
+            color="0.2",
+            ls="--",
+            lw=1.2,
+            label=f"clip threshold ({float(clip_norm.iloc[0]):g})",
+        )
     if drawn:
         ax.legend(loc="best", fontsize=9)
         ax.set_xlabel("epoch")
@@ -377,8 +531,15 @@ def clip_ablation(runs: pd.DataFrame, history: pd.DataFrame, clip_stats: pd.Data
         ax.set_ylabel("max pre-clip projection grad norm")
         ax.set_ylim(bottom=0)
         if missing:
-            ax.text(0.98, 0.04, f"not recorded for the {' / '.join(missing)} arm", transform=ax.transAxes,
-                    ha="right", fontsize=9, color="0.3")
+            ax.text(
+                0.98,
+                0.04,
+                f"not recorded for the {' / '.join(missing)} arm",
+                transform=ax.transAxes,
+                ha="right",
+                fontsize=9,
+                color="0.3",
+            )
     else:
         _empty(ax, "projection gradient norms not recorded")
     ax.set_title("Projection gradient norm per epoch (mean \u00b1 std)", fontsize=11)
@@ -398,7 +559,9 @@ def write_figure(name: str, tables_dir: str | Path, pdf_path: str | Path, metric
     if name not in FIGURES:
         raise ConfigError(f"figure {name!r} is not one of {', '.join(FIGURES)}")
     tables_dir = Path(tables_dir)
-    label = {"test_best": "test acc @ best val", "test_final": "final test acc", "val_acc": "best val acc"}.get(metric, metric)
+    label = {"test_best": "test acc @ best val", "test_final": "final test acc", "val_acc": "best val acc"}.get(
+        metric, metric
+    )
     if name == "gain_vs_capacity":
         return gain_vs_capacity(read_table(tables_dir / "comparisons.csv"), pdf_path, label)
     if name == "convergence":
@@ -406,6 +569,13 @@ def write_figure(name: str, tables_dir: str | Path, pdf_path: str | Path, metric
     if name == "fidelity":
         return fidelity(read_table(tables_dir / "comparisons.csv"), read_table(tables_dir / "fidelity.csv"), pdf_path)
     if name == "stem_ablation":
-        return stem_ablation(read_table(tables_dir / "runs.csv"), read_table(tables_dir / "stem_ablation.csv"), pdf_path, metric)
-    return clip_ablation(read_table(tables_dir / "runs.csv"), read_table(tables_dir / "history.csv"),
-                         read_table(tables_dir / "clip_ablation.csv"), pdf_path, metric)
+        return stem_ablation(
+            read_table(tables_dir / "runs.csv"), read_table(tables_dir / "stem_ablation.csv"), pdf_path, metric
+        )
+    return clip_ablation(
+        read_table(tables_dir / "runs.csv"),
+        read_table(tables_dir / "history.csv"),
+        read_table(tables_dir / "clip_ablation.csv"),
+        pdf_path,
+        metric,
+    )

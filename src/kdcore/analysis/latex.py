@@ -66,15 +66,27 @@ def gain_cell(row: Any) -> str:
     return f"{row['gain']:+.2f}{ci}{sig(row)}"
 
 
-def _styled(df: pd.DataFrame, bold: np.ndarray | None, caption: str, label: str, column_format: str | None = None,
-            note: str | None = None) -> str:
+def _styled(
+    df: pd.DataFrame,
+    bold: np.ndarray | None,
+    caption: str,
+    label: str,
+    column_format: str | None = None,
+    note: str | None = None,
+) -> str:
     """A string table as booktabs LaTeX; ``bold`` is a boolean mask of cells to set in bold."""
     styler = df.style.hide(axis="index")
     if bold is not None and bold.any():
         mask = pd.DataFrame(bold, index=df.index, columns=df.columns)
         styler = styler.apply(lambda _: np.where(mask, BOLD, ""), axis=None)
-    tex = styler.to_latex(hrules=True, caption=caption, label=label, position="tbp", position_float="centering",
-                          column_format=column_format or "l" * df.shape[1])
+    tex = styler.to_latex(
+        hrules=True,
+        caption=caption,
+        label=label,
+        position="tbp",
+        position_float="centering",
+        column_format=column_format or "l" * df.shape[1],
+    )
     if note:
         tex = tex.replace(r"\end{table}", f"\\par\\smallskip{{\\footnotesize {note}}}\n\\end{{table}}")
     return tex
@@ -102,12 +114,16 @@ def main_results(comparisons: pd.DataFrame, cells: pd.DataFrame, runs: pd.DataFr
         accs = {"baseline": b["mean"] if b is not None else math.nan}
         accs.update({m: g["mean_treated"] if g is not None else math.nan for m, g in gains.items()})
         best = max(accs, key=lambda m: -np.inf if pd.isna(accs[m]) else accs[m])
-        rows.append({"Pair": pair_tex(pair),
-                     "Teacher": pm(t["mean"], t["std"]) if t is not None else "--",
-                     "Baseline": pm(b["mean"], b["std"]) if b is not None else "--",
-                     "Logit-KD gain": gain_cell(gains["logit"]),
-                     "Feature-KD gain": gain_cell(gains["feature"]),
-                     "Best": METHOD_TEX[best]})
+        rows.append(
+            {
+                "Pair": pair_tex(pair),
+                "Teacher": pm(t["mean"], t["std"]) if t is not None else "--",
+                "Baseline": pm(b["mean"], b["std"]) if b is not None else "--",
+                "Logit-KD gain": gain_cell(gains["logit"]),
+                "Feature-KD gain": gain_cell(gains["feature"]),
+                "Best": METHOD_TEX[best],
+            }
+        )
         gain_vals = [gains[m]["gain"] if gains[m] is not None else -np.inf for m in ("logit", "feature")]
         k = int(np.argmax(gain_vals))
         flag = [False] * 6
@@ -116,9 +132,11 @@ def main_results(comparisons: pd.DataFrame, cells: pd.DataFrame, runs: pd.DataFr
         bold.append(flag)
     df = pd.DataFrame(rows)
     n = sorted({int(x) for x in comparisons["n_treated"]}) if not comparisons.empty else []
-    caption = (f"Main results ({metric_label}, \\%). Teacher and baseline: mean $\\pm$ std over seeds; gains: KD "
-               f"minus baseline in pp with 95\\% Welch CI (n = {', '.join(map(str, n))} seeds per cell). "
-               "The larger positive gain per pair is bold; Best is the method with the highest mean accuracy.")
+    caption = (
+        f"Main results ({metric_label}, \\%). Teacher and baseline: mean $\\pm$ std over seeds; gains: KD "
+        f"minus baseline in pp with 95\\% Welch CI (n = {', '.join(map(str, n))} seeds per cell). "
+        "The larger positive gain per pair is bold; Best is the method with the highest mean accuracy."
+    )
     return _styled(df, np.array(bold) if bold else None, caption, "tab:main", "lccccc", SIG_FOOT)
 
 
@@ -126,24 +144,38 @@ def kd_statistics(comparisons: pd.DataFrame) -> str:
     """Every statistic of every KD cell against its baseline."""
     rows = []
     for _, r in comparisons.sort_values(["student", "pair", "method"]).iterrows():
-        rows.append({"Pair": pair_tex(r["pair"]), "Method": METHOD_TEX[r["method"]],
-                     "n": f"{int(r['n_treated'])}/{int(r['n_control'])}",
-                     "Gain": f"{r['gain']:+.2f}{sig(r)}", "SE": num(r["se"]),
-                     "95\\% CI (t)": f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]" if pd.notna(r["ci_low"]) else "--",
-                     "95\\% CI (boot)": f"[{r['boot_low']:+.2f}, {r['boot_high']:+.2f}]" if pd.notna(r["boot_low"]) else "--",
-                     "$p$ Welch": pval(r["p_welch"]), "$p$ paired": pval(r["p_paired"]), "$p$ Holm": pval(r["p_holm"]),
-                     "Hedges $g$": num(r["hedges_g"]),
-                     "$n_{80\\%}$": "--" if pd.isna(r["seeds_80_power"]) else str(int(r["seeds_80_power"]))})
+        rows.append(
+            {
+                "Pair": pair_tex(r["pair"]),
+                "Method": METHOD_TEX[r["method"]],
+                "n": f"{int(r['n_treated'])}/{int(r['n_control'])}",
+                "Gain": f"{r['gain']:+.2f}{sig(r)}",
+                "SE": num(r["se"]),
+                "95\\% CI (t)": f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]" if pd.notna(r["ci_low"]) else "--",
+                "95\\% CI (boot)": f"[{r['boot_low']:+.2f}, {r['boot_high']:+.2f}]"
+                if pd.notna(r["boot_low"])
+                else "--",
+                "$p$ Welch": pval(r["p_welch"]),
+                "$p$ paired": pval(r["p_paired"]),
+                "$p$ Holm": pval(r["p_holm"]),
+                "Hedges $g$": num(r["hedges_g"]),
+                "$n_{80\\%}$": "--" if pd.isna(r["seeds_80_power"]) else str(int(r["seeds_80_power"])),
+            }
+        )
     df = pd.DataFrame(rows)
     bold = _mask(df)
     if not df.empty and comparisons["p_welch"].notna().any():
         order = comparisons.sort_values(["student", "pair", "method"]).reset_index(drop=True)
         bold[:, list(df.columns).index("$p$ Welch")] = (order["p_welch"] < 0.05).to_numpy()
-    caption = ("KD gain over the student baseline (pp): standard error, 95\\% CIs (Welch t and percentile "
-               "bootstrap), Welch and paired (shared seeds) t-test $p$, Holm-adjusted Welch $p$ over all "
-               "cells, Hedges $g$ and the seeds per arm needed for 80\\% power at the observed effect. "
-               "$p<0.05$ in bold.")
-    return _styled(df, bold, caption, "tab:kd-stats", "llc" + "c" * (df.shape[1] - 3) if not df.empty else None, SIG_FOOT)
+    caption = (
+        "KD gain over the student baseline (pp): standard error, 95\\% CIs (Welch t and percentile "
+        "bootstrap), Welch and paired (shared seeds) t-test $p$, Holm-adjusted Welch $p$ over all "
+        "cells, Hedges $g$ and the seeds per arm needed for 80\\% power at the observed effect. "
+        "$p<0.05$ in bold."
+    )
+    return _styled(
+        df, bold, caption, "tab:kd-stats", "llc" + "c" * (df.shape[1] - 3) if not df.empty else None, SIG_FOOT
+    )
 
 
 def teachers(cells: pd.DataFrame, runs: pd.DataFrame) -> str:
@@ -153,17 +185,27 @@ def teachers(cells: pd.DataFrame, runs: pd.DataFrame) -> str:
     t["epochs"] = t["student"].map(runs[runs["stage"] == "teacher"].groupby("student")["epochs"].max())
     val = runs[runs["stage"] == "teacher"].groupby("student")["val_acc"].agg(["mean", "std"])
     t = t.sort_values("params")
-    df = pd.DataFrame({"Teacher": [short(a) for a in t["student"]],
-                       "Params (M)": [num(p / 1e6, "{:.1f}") for p in t["params"]],
-                       "Epochs": [str(int(e)) for e in t["epochs"]],
-                       "n": [str(int(n)) for n in t["n"]],
-                       "Test acc (\\%)": [pm(m, s) for m, s in zip(t["mean"], t["std"])],
-                       "Best val acc (\\%)": [pm(val.loc[a, "mean"], val.loc[a, "std"]) for a in t["student"]]})
+    df = pd.DataFrame(
+        {
+            "Teacher": [short(a) for a in t["student"]],
+            "Params (M)": [num(p / 1e6, "{:.1f}") for p in t["params"]],
+            "Epochs": [str(int(e)) for e in t["epochs"]],
+            "n": [str(int(n)) for n in t["n"]],
+            "Test acc (\\%)": [pm(m, s) for m, s in zip(t["mean"], t["std"], strict=False)],
+            "Best val acc (\\%)": [pm(val.loc[a, "mean"], val.loc[a, "std"]) for a in t["student"]],
+        }
+    )
     bold = _mask(df)
     if len(t):
         bold[int(np.argmax(t["mean"].to_numpy())), 4] = True
-    return _styled(df, bold, "Teachers: test accuracy at the best val epoch and best val accuracy, mean $\\pm$ std "
-                   "over seeds. Highest test accuracy in bold.", "tab:teachers", "lrrccc")
+    return _styled(
+        df,
+        bold,
+        "Teachers: test accuracy at the best val epoch and best val accuracy, mean $\\pm$ std "
+        "over seeds. Highest test accuracy in bold.",
+        "tab:teachers",
+        "lrrccc",
+    )
 
 
 def fidelity(fidelity_table: pd.DataFrame) -> str:
@@ -171,18 +213,25 @@ def fidelity(fidelity_table: pd.DataFrame) -> str:
     if fidelity_table.empty:
         df = pd.DataFrame({"Pair": ["--"], "Student": ["no fidelity measurements"]})
         return _styled(df, None, "Student-teacher fidelity: no measurements.", "tab:fidelity")
-    f = fidelity_table.assign(arm=np.where(fidelity_table["control"].astype(bool), "baseline", fidelity_table["method"]))
+    f = fidelity_table.assign(
+        arm=np.where(fidelity_table["control"].astype(bool), "baseline", fidelity_table["method"])
+    )
     g = f.groupby(["pair", "student", "arm"])
     agg = g[["student_acc", "agreement", "kl_t1", "kl_t4"]].agg(["mean", "std"])
     n = g.size()
     rows, raw = [], []
     for (pair, student, arm), r in agg.iterrows():
-        rows.append({"Pair": pair_tex(pair), "Student": METHOD_TEX[arm] + (" (control)" if arm == "baseline" else ""),
-                     "n": str(int(n.loc[(pair, student, arm)])),
-                     "Student acc (\\%)": pm(r[("student_acc", "mean")], r[("student_acc", "std")]),
-                     "Agreement (\\%)": pm(r[("agreement", "mean")], r[("agreement", "std")]),
-                     "KL $T{=}1$": pm(r[("kl_t1", "mean")], r[("kl_t1", "std")], 3),
-                     "KL $T{=}4$": pm(r[("kl_t4", "mean")], r[("kl_t4", "std")], 4)})
+        rows.append(
+            {
+                "Pair": pair_tex(pair),
+                "Student": METHOD_TEX[arm] + (" (control)" if arm == "baseline" else ""),
+                "n": str(int(n.loc[(pair, student, arm)])),
+                "Student acc (\\%)": pm(r[("student_acc", "mean")], r[("student_acc", "std")]),
+                "Agreement (\\%)": pm(r[("agreement", "mean")], r[("agreement", "std")]),
+                "KL $T{=}1$": pm(r[("kl_t1", "mean")], r[("kl_t1", "std")], 3),
+                "KL $T{=}4$": pm(r[("kl_t4", "mean")], r[("kl_t4", "std")], 4),
+            }
+        )
         raw.append([r[("agreement", "mean")], r[("kl_t1", "mean")], r[("kl_t4", "mean")]])
     df = pd.DataFrame(rows)
     raw = np.array(raw, dtype=float)
@@ -190,101 +239,172 @@ def fidelity(fidelity_table: pd.DataFrame) -> str:
     for j, col, best in ((0, 4, np.nanargmax), (1, 5, np.nanargmin), (2, 6, np.nanargmin)):
         if np.isfinite(raw[:, j]).any():
             bold[int(best(raw[:, j])), col] = True
-    return _styled(df, bold, "Student-teacher fidelity on the test set: top-1 agreement and KL(teacher$\\|$student) "
-                   "at $T=1$ and $T=4$, mean $\\pm$ std over seeds. Control rows: baseline students (no teacher) "
-                   "measured against the same teacher. Highest agreement and lowest KL in bold.", "tab:fidelity",
-                   "llcccc" + "c")
+    return _styled(
+        df,
+        bold,
+        "Student-teacher fidelity on the test set: top-1 agreement and KL(teacher$\\|$student) "
+        "at $T=1$ and $T=4$, mean $\\pm$ std over seeds. Control rows: baseline students (no teacher) "
+        "measured against the same teacher. Highest agreement and lowest KL in bold.",
+        "tab:fidelity",
+        "llcccc" + "c",
+    )
 
 
 def stem(stem_stats: pd.DataFrame, metric_label: str) -> str:
     """CIFAR vs ImageNet stem per architecture with the difference and its 95% CI."""
     if stem_stats.empty:
-        return _styled(pd.DataFrame({"Arch": ["--"], "Note": ["no stem-ablation runs"]}), None,
-                       "Stem ablation: no runs.", "tab:stem")
+        return _styled(
+            pd.DataFrame({"Arch": ["--"], "Note": ["no stem-ablation runs"]}),
+            None,
+            "Stem ablation: no runs.",
+            "tab:stem",
+        )
     rows = []
     for _, r in stem_stats.iterrows():
-        rows.append({"Arch": short(r["student"]), "n": f"{int(r.get('n_cifar', 0) or 0)}/{int(r.get('n_imagenet', 0) or 0)}",
-                     "CIFAR stem": pm(r.get("mean_cifar"), r.get("std_cifar")),
-                     "ImageNet stem": pm(r.get("mean_imagenet"), r.get("std_imagenet")),
-                     "Difference (pp)": f"{r['diff']:+.2f}" if pd.notna(r.get("diff")) else "--",
-                     "95\\% CI": f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]" if pd.notna(r.get("ci_low")) else "--",
-                     "$p$ Welch": pval(r.get("p_welch"))})
+        rows.append(
+            {
+                "Arch": short(r["student"]),
+                "n": f"{int(r.get('n_cifar', 0) or 0)}/{int(r.get('n_imagenet', 0) or 0)}",
+                "CIFAR stem": pm(r.get("mean_cifar"), r.get("std_cifar")),
+                "ImageNet stem": pm(r.get("mean_imagenet"), r.get("std_imagenet")),
+                "Difference (pp)": f"{r['diff']:+.2f}" if pd.notna(r.get("diff")) else "--",
+                "95\\% CI": f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]" if pd.notna(r.get("ci_low")) else "--",
+                "$p$ Welch": pval(r.get("p_welch")),
+            }
+        )
     df = pd.DataFrame(rows)
     bold = _mask(df)
     for i, r in stem_stats.reset_index(drop=True).iterrows():
         if pd.notna(r.get("mean_cifar")) and pd.notna(r.get("mean_imagenet")):
             bold[i, 2 if r["mean_cifar"] >= r["mean_imagenet"] else 3] = True
-    return _styled(df, bold, f"Stem ablation without a teacher ({metric_label}, \\%): CIFAR stem (3$\\times$3 conv) vs "
-                   "ImageNet stem (7$\\times$7 conv and max-pool), mean $\\pm$ std; difference CIFAR minus "
-                   "ImageNet with 95\\% Welch CI (-- where a stem has one seed). Better stem in bold.", "tab:stem",
-                   "lcccccc")
+    return _styled(
+        df,
+        bold,
+        f"Stem ablation without a teacher ({metric_label}, \\%): CIFAR stem (3$\\times$3 conv) vs "
+        "ImageNet stem (7$\\times$7 conv and max-pool), mean $\\pm$ std; difference CIFAR minus "
+        "ImageNet with 95\\% Welch CI (-- where a stem has one seed). Better stem in bold.",
+        "tab:stem",
+        "lcccccc",
+    )
 
 
 def clip(clip_stats: pd.DataFrame, metric_label: str) -> str:
     """Bugged (student-only clipping) vs corrected arm with the max pre-clip projection gradient norms."""
     if clip_stats.empty:
-        return _styled(pd.DataFrame({"Pair": ["--"], "Note": ["no clip-ablation runs"]}), None,
-                       "Clip ablation: no runs.", "tab:clip")
+        return _styled(
+            pd.DataFrame({"Pair": ["--"], "Note": ["no clip-ablation runs"]}),
+            None,
+            "Clip ablation: no runs.",
+            "tab:clip",
+        )
     rows, bold = [], []
     for _, r in clip_stats.iterrows():
         for arm, label in (("bugged", "bugged (student-only clip)"), ("corrected", "corrected (clip all)")):
-            rows.append({"Pair": pair_tex(r["pair"]), "Method": METHOD_TEX[r["method"]], "Arm": label,
-                         "n": str(int(r.get(f"n_{arm}", 0) or 0)),
-                         "Test acc (\\%)": pm(r.get(f"mean_{arm}"), r.get(f"std_{arm}")),
-                         "Max proj.\\ grad norm": num(r.get(f"proj_grad_norm_max_{arm}"), "{:.3g}"),
-                         "Corrected $-$ bugged (pp)": (f"{r['diff']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
-                                                       if arm == "bugged" and pd.notna(r.get("ci_low")) else
-                                                       (f"{r['diff']:+.2f}" if arm == "bugged" and pd.notna(r.get("diff")) else "")),
-                         "$p$ Welch": pval(r.get("p_welch")) if arm == "bugged" else ""})
+            rows.append(
+                {
+                    "Pair": pair_tex(r["pair"]),
+                    "Method": METHOD_TEX[r["method"]],
+                    "Arm": label,
+                    "n": str(int(r.get(f"n_{arm}", 0) or 0)),
+                    "Test acc (\\%)": pm(r.get(f"mean_{arm}"), r.get(f"std_{arm}")),
+                    "Max proj.\\ grad norm": num(r.get(f"proj_grad_norm_max_{arm}"), "{:.3g}"),
+                    "Corrected $-$ bugged (pp)": (
+                        f"{r['diff']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
+                        if arm == "bugged" and pd.notna(r.get("ci_low"))
+                        else (f"{r['diff']:+.2f}" if arm == "bugged" and pd.notna(r.get("diff")) else "")
+                    ),
+                    "$p$ Welch": pval(r.get("p_welch")) if arm == "bugged" else "",
+                }
+            )
         better = "corrected" if (r.get("mean_corrected") or -np.inf) >= (r.get("mean_bugged") or -np.inf) else "bugged"
-        bold += [[False, False, False, False, better == "bugged", False, False, False],
-                 [False, False, False, False, better == "corrected", False, False, False]]
+        bold += [
+            [False, False, False, False, better == "bugged", False, False, False],
+            [False, False, False, False, better == "corrected", False, False, False],
+        ]
     df = pd.DataFrame(rows)
-    return _styled(df, np.array(bold), f"Clip-bug ablation ({metric_label}, \\%): the bugged arm clips only the student's "
-                   "gradients (projection heads unclipped), the corrected arm clips all trained parameters. "
-                   "Max proj.\\ grad norm: largest pre-clip projection gradient norm over all epochs and seeds "
-                   "(-- where not recorded). Difference with 95\\% Welch CI. Higher accuracy in bold.",
-                   "tab:clip", "lllcccc" + "c")
+    return _styled(
+        df,
+        np.array(bold),
+        f"Clip-bug ablation ({metric_label}, \\%): the bugged arm clips only the student's "
+        "gradients (projection heads unclipped), the corrected arm clips all trained parameters. "
+        "Max proj.\\ grad norm: largest pre-clip projection gradient norm over all epochs and seeds "
+        "(-- where not recorded). Difference with 95\\% Welch CI. Higher accuracy in bold.",
+        "tab:clip",
+        "lllcccc" + "c",
+    )
 
 
 def selection(selection_table: pd.DataFrame) -> str:
     """Every selection grid point's val accuracy; the winner of each pair x method in bold."""
     if selection_table.empty:
-        return _styled(pd.DataFrame({"Pair": ["--"], "Note": ["no selection runs"]}), None,
-                       "Hyper-parameter selection: no runs.", "tab:selection")
+        return _styled(
+            pd.DataFrame({"Pair": ["--"], "Note": ["no selection runs"]}),
+            None,
+            "Hyper-parameter selection: no runs.",
+            "tab:selection",
+        )
     s = selection_table.sort_values(["student", "pair", "method", "alpha", "temperature"]).reset_index(drop=True)
-    df = pd.DataFrame({"Pair": [pair_tex(p) for p in s["pair"]], "Method": [METHOD_TEX[m] for m in s["method"]],
-                       "$\\alpha$": [num(a, "{:g}") for a in s["alpha"]],
-                       "$T$": [num(t, "{:g}") for t in s["temperature"]],
-                       "$\\beta$": [num(b, "{:g}") for b in s["beta"]],
-                       "Val acc (\\%)": [num(v) for v in s["val_acc"]],
-                       "Used in final": ["yes" if u else "" for u in s["used_in_final"]]})
+    df = pd.DataFrame(
+        {
+            "Pair": [pair_tex(p) for p in s["pair"]],
+            "Method": [METHOD_TEX[m] for m in s["method"]],
+            "$\\alpha$": [num(a, "{:g}") for a in s["alpha"]],
+            "$T$": [num(t, "{:g}") for t in s["temperature"]],
+            "$\\beta$": [num(b, "{:g}") for b in s["beta"]],
+            "Val acc (\\%)": [num(v) for v in s["val_acc"]],
+            "Used in final": ["yes" if u else "" for u in s["used_in_final"]],
+        }
+    )
     bold = _mask(df)
     bold[:, 5] = s["winner"].to_numpy(dtype=bool)
-    return _styled(df, bold, "Hyper-parameter selection (seed 0): best val accuracy of every grid point; the winner "
-                   "of each pair and method (highest val accuracy) in bold.", "tab:selection", "llccccc")
+    return _styled(
+        df,
+        bold,
+        "Hyper-parameter selection (seed 0): best val accuracy of every grid point; the winner "
+        "of each pair and method (highest val accuracy) in bold.",
+        "tab:selection",
+        "llccccc",
+    )
 
 
 def comparison(comp: pd.DataFrame) -> str:
     """Paper vs reproduction table (see :mod:`kdcore.analysis.compare`)."""
     if comp.empty:
-        return _styled(pd.DataFrame({"Quantity": ["--"], "Note": ["nothing to compare"]}), None,
-                       "Paper vs reproduction: nothing to compare.", "tab:comparison")
+        return _styled(
+            pd.DataFrame({"Quantity": ["--"], "Note": ["nothing to compare"]}),
+            None,
+            "Paper vs reproduction: nothing to compare.",
+            "tab:comparison",
+        )
     rows = []
     for _, r in comp.iterrows():
         compared = r["status"] == "compared"
-        rows.append({"Quantity": r["quantity_tex"], "Paper": pm(r["paper_mean"], r["paper_std"]),
-                     "Ours": pm(r["ours_mean"], r["ours_std"]),
-                     "Difference": f"{r['difference']:+.2f}" if compared and pd.notna(r["difference"]) else "--",
-                     "95\\% interval": (f"[{r['interval_low']:+.2f}, {r['interval_high']:+.2f}]"
-                                        if compared and pd.notna(r["interval_low"]) else "--"),
-                     "Within": ({True: "yes", False: "no"}.get(r["within"], "--") if compared else r["status"])})
+        rows.append(
+            {
+                "Quantity": r["quantity_tex"],
+                "Paper": pm(r["paper_mean"], r["paper_std"]),
+                "Ours": pm(r["ours_mean"], r["ours_std"]),
+                "Difference": f"{r['difference']:+.2f}" if compared and pd.notna(r["difference"]) else "--",
+                "95\\% interval": (
+                    f"[{r['interval_low']:+.2f}, {r['interval_high']:+.2f}]"
+                    if compared and pd.notna(r["interval_low"])
+                    else "--"
+                ),
+                "Within": ({True: "yes", False: "no"}.get(r["within"], "--") if compared else r["status"]),
+            }
+        )
     df = pd.DataFrame(rows)
     bold = _mask(df)
     bold[:, 5] = [(r["status"] == "compared" and r["within"] is False) for _, r in comp.iterrows()]
-    return _styled(df, bold, "Paper vs reproduction: mean $\\pm$ std (accuracies in \\%, gains in pp), our minus the "
-                   "paper's value and its combined 95\\% interval (Welch); ``no'' (bold) marks a difference outside "
-                   "the interval. Reduced-scale studies are not compared.", "tab:comparison", "lcccccc")
+    return _styled(
+        df,
+        bold,
+        "Paper vs reproduction: mean $\\pm$ std (accuracies in \\%, gains in pp), our minus the "
+        "paper's value and its combined 95\\% interval (Welch); ``no'' (bold) marks a difference outside "
+        "the interval. Reduced-scale studies are not compared.",
+        "tab:comparison",
+        "lcccccc",
+    )
 
 
 TABLE_NAMES = ("main_results", "kd_statistics", "teachers", "fidelity", "stem_ablation", "clip_ablation", "selection")
@@ -309,10 +429,10 @@ def write_tables(tables: dict[str, pd.DataFrame], out_dir: str | Path, metric_la
 def document(table_files: list[str | Path]) -> str:
     """A minimal LaTeX document that inputs the given table files (for a compile check or a preview)."""
     body = "\n".join(rf"\input{{{Path(p).as_posix()}}}" for p in table_files)
-    return ("\\documentclass{article}\n\\usepackage[margin=1.5cm,landscape]{geometry}\n\\usepackage{booktabs}\n"
-            f"\\begin{{document}}\n{body}\n\\end{{document}}\n")
-
-
+    return (
+        "\\documentclass{article}\n\\usepackage[margin=1.5cm,landscape]{geometry}\n\\usepackage{booktabs}\n"
+        f"\\begin{{document}}\n{body}\n\\end{{document}}\n"
+    )
 
 
 def write_all(tables_dir: str | Path, out_dir: str | Path, metric_label: str) -> list[Path]:
@@ -320,6 +440,13 @@ def write_all(tables_dir: str | Path, out_dir: str | Path, metric_label: str) ->
     from kdcore.analysis.table import read_table
 
     tables_dir = Path(tables_dir)
-    names = {"runs": "runs", "cells": "cells", "comparisons": "comparisons", "fidelity": "fidelity",
-             "stem": "stem_ablation", "clip": "clip_ablation", "selection": "selection"}
+    names = {
+        "runs": "runs",
+        "cells": "cells",
+        "comparisons": "comparisons",
+        "fidelity": "fidelity",
+        "stem": "stem_ablation",
+        "clip": "clip_ablation",
+        "selection": "selection",
+    }
     return write_tables({k: read_table(tables_dir / f"{v}.csv") for k, v in names.items()}, out_dir, metric_label)

@@ -11,8 +11,12 @@ from collections.abc import Iterable
 from pathlib import Path
 
 
-def run_all(metrics_paths: Iterable[str | Path], fidelity_paths: Iterable[str | Path], out_root: str | Path,
-            metric: str = "test_best") -> dict[str, list[Path]]:
+def run_all(
+    metrics_paths: Iterable[str | Path],
+    fidelity_paths: Iterable[str | Path],
+    out_root: str | Path,
+    metric: str = "test_best",
+) -> dict[str, list[Path]]:
     """Tables (``out_root/tables``: CSV, summary.json, .tex) and figures (``out_root/figures``) of a study."""
     from kdcore.analysis import figures, latex, stats, table
 
@@ -22,7 +26,11 @@ def run_all(metrics_paths: Iterable[str | Path], fidelity_paths: Iterable[str | 
     runs = table.read_table(written["runs"])
     stat_paths = stats.write_statistics(runs, tables_dir, metric)
     tex = latex.write_all(tables_dir, tables_dir, stats.METRIC_LABELS[metric])
-    figs = [p for name in figures.FIGURES for p in figures.write_figure(name, tables_dir, figures_dir / f"{name}.pdf", metric)]
+    figs = [
+        p
+        for name in figures.FIGURES
+        for p in figures.write_figure(name, tables_dir, figures_dir / f"{name}.pdf", metric)
+    ]
     return {"tables": list(written.values()) + list(stat_paths.values()) + tex, "figures": figs}
 
 

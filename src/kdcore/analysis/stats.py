@@ -24,8 +24,11 @@ from kdcore.analysis.table import stem_arms
 from kdcore.errors import DataError
 
 METRICS = ("test_best", "test_final", "val_acc")
-METRIC_LABELS = {"test_best": "test accuracy at the best-val epoch", "test_final": "test accuracy after the last epoch",
-                 "val_acc": "best val accuracy"}
+METRIC_LABELS = {
+    "test_best": "test accuracy at the best-val epoch",
+    "test_final": "test accuracy after the last epoch",
+    "val_acc": "best val accuracy",
+}
 CONFIDENCE = 0.95
 ALPHA = 0.05
 POWER = 0.8
@@ -53,8 +56,14 @@ def describe(values: Any) -> dict[str, Any]:
     if n == 0:
         return {"n": 0, "mean": math.nan, "std": math.nan, "sem": math.nan, "min": math.nan, "max": math.nan}
     std = float(np.std(x, ddof=1)) if n > 1 else math.nan
-    return {"n": n, "mean": float(np.mean(x)), "std": std, "sem": float(stats.sem(x)) if n > 1 else math.nan,
-            "min": float(np.min(x)), "max": float(np.max(x))}
+    return {
+        "n": n,
+        "mean": float(np.mean(x)),
+        "std": std,
+        "sem": float(stats.sem(x)) if n > 1 else math.nan,
+        "min": float(np.min(x)),
+        "max": float(np.max(x)),
+    }
 
 
 def holm(pvalues: Any) -> np.ndarray:
@@ -111,8 +120,13 @@ def _nan_or(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-def compare_arms(treated: pd.Series, control: pd.Series, confidence: float = CONFIDENCE,
-                 n_resamples: int = N_BOOT, boot_seed: int = BOOT_SEED) -> dict[str, Any]:
+def compare_arms(
+    treated: pd.Series,
+    control: pd.Series,
+    confidence: float = CONFIDENCE,
+    n_resamples: int = N_BOOT,
+    boot_seed: int = BOOT_SEED,
+) -> dict[str, Any]:
     """Difference ``treated - control`` of two samples indexed by seed, with every statistic of the study.
 
     Keys: n_treated, n_control, mean_treated, std_treated, mean_control, std_control, diff, se, df,
@@ -123,13 +137,29 @@ def compare_arms(treated: pd.Series, control: pd.Series, confidence: float = CON
     y = control.dropna().astype(float)
     dx, dy = describe(x), describe(y)
     out: dict[str, Any] = {
-        "n_treated": dx["n"], "n_control": dy["n"], "mean_treated": dx["mean"], "std_treated": dx["std"],
-        "mean_control": dy["mean"], "std_control": dy["std"],
+        "n_treated": dx["n"],
+        "n_control": dy["n"],
+        "mean_treated": dx["mean"],
+        "std_treated": dx["std"],
+        "mean_control": dy["mean"],
+        "std_control": dy["std"],
         "diff": dx["mean"] - dy["mean"] if dx["n"] and dy["n"] else math.nan,
-        "se": math.nan, "df": math.nan, "ci_low": math.nan, "ci_high": math.nan, "boot_low": math.nan,
-        "boot_high": math.nan, "p_welch": math.nan, "n_paired": 0, "paired_diff": math.nan,
-        "paired_ci_low": math.nan, "paired_ci_high": math.nan, "p_paired": math.nan,
-        "cohen_d": math.nan, "hedges_g": math.nan, "seeds_80_power": None, "notes": [],
+        "se": math.nan,
+        "df": math.nan,
+        "ci_low": math.nan,
+        "ci_high": math.nan,
+        "boot_low": math.nan,
+        "boot_high": math.nan,
+        "p_welch": math.nan,
+        "n_paired": 0,
+        "paired_diff": math.nan,
+        "paired_ci_low": math.nan,
+        "paired_ci_high": math.nan,
+        "p_paired": math.nan,
+        "cohen_d": math.nan,
+        "hedges_g": math.nan,
+        "seeds_80_power": None,
+        "notes": [],
     }
     notes: list[str] = out["notes"]
     if dx["n"] >= 2 and dy["n"] >= 2:
@@ -143,9 +173,15 @@ def compare_arms(treated: pd.Series, control: pd.Series, confidence: float = CON
             out.update(p_welch=float(res.pvalue), df=float(res.df), ci_low=float(ci.low), ci_high=float(ci.high))
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # tiny samples: scipy warns about few distinct resamples
-                boot = stats.bootstrap((x.to_numpy(), y.to_numpy()), _mean_diff, n_resamples=n_resamples,
-                                       confidence_level=confidence, method="percentile", vectorized=True,
-                                       rng=np.random.default_rng(boot_seed))
+                boot = stats.bootstrap(
+                    (x.to_numpy(), y.to_numpy()),
+                    _mean_diff,
+                    n_resamples=n_resamples,
+                    confidence_level=confidence,
+                    method="percentile",
+                    vectorized=True,
+                    rng=np.random.default_rng(boot_seed),
+                )
             out.update(boot_low=float(boot.confidence_interval.low), boot_high=float(boot.confidence_interval.high))
             pooled = math.sqrt(((nx - 1) * dx["std"] ** 2 + (ny - 1) * dy["std"] ** 2) / (nx + ny - 2))
             d = out["diff"] / pooled
@@ -156,7 +192,7 @@ def compare_arms(treated: pd.Series, control: pd.Series, confidence: float = CON
     else:
         notes.append(f"t-test, CI, effect size, power: {NOTE_FEW}")
     shared = x.index.intersection(y.index)
-    out["n_paired"] = int(len(shared))
+    out["n_paired"] = len(shared)
     if len(shared) >= 2:
         xs, ys = x.loc[shared].to_numpy(), y.loc[shared].to_numpy()
         diffs = xs - ys
@@ -185,8 +221,10 @@ def cell_summary(runs: pd.DataFrame, metric: str = "test_best") -> pd.DataFrame:
     rows = []
     for key, grp in runs.groupby(CELL_KEYS, dropna=False, sort=True):
         d = describe(grp[metric])
-        rows.append({**dict(zip(CELL_KEYS, key)), **d, "seeds": " ".join(str(s) for s in sorted(grp["seed"]))})
-    return pd.DataFrame(rows, columns=CELL_KEYS + ["n", "mean", "std", "sem", "min", "max", "seeds"])
+        rows.append(
+            {**dict(zip(CELL_KEYS, key, strict=False)), **d, "seeds": " ".join(str(s) for s in sorted(grp["seed"]))}
+        )
+    return pd.DataFrame(rows, columns=[*CELL_KEYS, "n", "mean", "std", "sem", "min", "max", "seeds"])
 
 
 def baselines(runs: pd.DataFrame) -> pd.DataFrame:
@@ -209,19 +247,30 @@ def kd_comparisons(runs: pd.DataFrame, metric: str = "test_best", **kwargs: Any)
         b = base[base["student"] == student]
         if b.empty:
             raise DataError(f"final KD cell {pair} {method}: no baseline runs of student {student}")
-        res = compare_arms(_by_seed(grp, metric, f"{pair} {method}"), _by_seed(b, metric, f"baseline {student}"), **kwargs)
-        rows.append({"pair": pair, "teacher": teacher, "student": student, "method": method,
-                     "alpha": grp["alpha"].iloc[0], "temperature": grp["temperature"].iloc[0],
-                     "beta": grp["beta"].iloc[0], "student_params": grp["params"].iloc[0],
-                     "teacher_params": grp["teacher_params"].iloc[0], **res})
-    cols = ["pair", "teacher", "student", "method", "alpha", "temperature", "beta", "student_params",
-            "teacher_params"]
+        res = compare_arms(
+            _by_seed(grp, metric, f"{pair} {method}"), _by_seed(b, metric, f"baseline {student}"), **kwargs
+        )
+        rows.append(
+            {
+                "pair": pair,
+                "teacher": teacher,
+                "student": student,
+                "method": method,
+                "alpha": grp["alpha"].iloc[0],
+                "temperature": grp["temperature"].iloc[0],
+                "beta": grp["beta"].iloc[0],
+                "student_params": grp["params"].iloc[0],
+                "teacher_params": grp["teacher_params"].iloc[0],
+                **res,
+            }
+        )
+    cols = ["pair", "teacher", "student", "method", "alpha", "temperature", "beta", "student_params", "teacher_params"]
     df = pd.DataFrame(rows)
     if df.empty:
-        return pd.DataFrame(columns=cols + ["diff", "p_welch", "p_holm", "p_holm_paired", "notes"])
+        return pd.DataFrame(columns=[*cols, "diff", "p_welch", "p_holm", "p_holm_paired", "notes"])
     df["p_holm"] = holm(df["p_welch"])
     df["p_holm_paired"] = holm(df["p_paired"])
-    df["notes"] = df["notes"].map(lambda n: "; ".join(n))
+    df["notes"] = df["notes"].map("; ".join)
     return df.rename(columns={"diff": "gain"})
 
 
@@ -240,14 +289,45 @@ def selection_table(runs: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame
         best_idx = grp[metric].idxmax() if grp[metric].notna().any() else None
         fin = final[(final["pair"] == pair) & (final["method"] == method)]
         for idx, r in grp.iterrows():
-            used = any(_same(f["alpha"], r["alpha"]) and _same(f["temperature"], r["temperature"])
-                       and _same(f["beta"], r["beta"]) for _, f in fin.iterrows())
-            rows.append({"pair": pair, "teacher": r["teacher"], "student": r["student"], "method": method,
-                         "alpha": r["alpha"], "temperature": r["temperature"],
-                         "beta": r["beta"], "seed": r["seed"], "val_acc": r["val_acc"], "test_best": r["test_best"],
-                         "winner": idx == best_idx, "used_in_final": used})
-    return pd.DataFrame(rows, columns=["pair", "teacher", "student", "method", "alpha", "temperature", "beta",
-                                       "seed", "val_acc", "test_best", "winner", "used_in_final"])
+            used = any(
+                _same(f["alpha"], r["alpha"])
+                and _same(f["temperature"], r["temperature"])
+                and _same(f["beta"], r["beta"])
+                for _, f in fin.iterrows()
+            )
+            rows.append(
+                {
+                    "pair": pair,
+                    "teacher": r["teacher"],
+                    "student": r["student"],
+                    "method": method,
+                    "alpha": r["alpha"],
+                    "temperature": r["temperature"],
+                    "beta": r["beta"],
+                    "seed": r["seed"],
+                    "val_acc": r["val_acc"],
+                    "test_best": r["test_best"],
+                    "winner": idx == best_idx,
+                    "used_in_final": used,
+                }
+            )
+    return pd.DataFrame(
+        rows,
+        columns=[
+            "pair",
+            "teacher",
+            "student",
+            "method",
+            "alpha",
+            "temperature",
+            "beta",
+            "seed",
+            "val_acc",
+            "test_best",
+            "winner",
+            "used_in_final",
+        ],
+    )
 
 
 def stem_ablation(runs: pd.DataFrame, metric: str = "test_best", **kwargs: Any) -> pd.DataFrame:
@@ -259,14 +339,34 @@ def stem_ablation(runs: pd.DataFrame, metric: str = "test_best", **kwargs: Any) 
         if cif.empty or img.empty:
             rows.append({"student": arch, "notes": "needs runs with both stems"})
             continue
-        res = compare_arms(_by_seed(cif, metric, f"stem cifar {arch}"), _by_seed(img, metric, f"stem imagenet {arch}"), **kwargs)
+        res = compare_arms(
+            _by_seed(cif, metric, f"stem cifar {arch}"), _by_seed(img, metric, f"stem imagenet {arch}"), **kwargs
+        )
         res["notes"] = "; ".join(res["notes"])
-        rows.append({"student": arch, "params_cifar": cif["params"].iloc[0], "params_imagenet": img["params"].iloc[0],
-                     "epochs": int(grp["epochs"].max()), **res})
+        rows.append(
+            {
+                "student": arch,
+                "params_cifar": cif["params"].iloc[0],
+                "params_imagenet": img["params"].iloc[0],
+                "epochs": int(grp["epochs"].max()),
+                **res,
+            }
+        )
     df = pd.DataFrame(rows)
-    return df.rename(columns={"mean_treated": "mean_cifar", "std_treated": "std_cifar", "n_treated": "n_cifar",
-                              "mean_control": "mean_imagenet", "std_control": "std_imagenet",
-                              "n_control": "n_imagenet"}) if not df.empty else df
+    return (
+        df.rename(
+            columns={
+                "mean_treated": "mean_cifar",
+                "std_treated": "std_cifar",
+                "n_treated": "n_cifar",
+                "mean_control": "mean_imagenet",
+                "std_control": "std_imagenet",
+                "n_control": "n_imagenet",
+            }
+        )
+        if not df.empty
+        else df
+    )
 
 
 def clip_ablation(runs: pd.DataFrame, metric: str = "test_best", **kwargs: Any) -> pd.DataFrame:
@@ -278,25 +378,48 @@ def clip_ablation(runs: pd.DataFrame, metric: str = "test_best", **kwargs: Any) 
     rows = []
     for (pair, method), grp in bug.groupby(["pair", "method"], sort=True):
         fix = final[(final["pair"] == pair) & (final["method"] == method)]
-        base = {"pair": pair, "teacher": grp["teacher"].iloc[0], "student": grp["student"].iloc[0],
-                "method": method, "clip_scope_bugged": grp["clip_scope"].iloc[0],
-                "alpha_bugged": grp["alpha"].iloc[0], "alpha_corrected": fix["alpha"].iloc[0] if len(fix) else math.nan,
-                "proj_grad_norm_max_bugged": float(grp["proj_grad_norm_max"].max()),
-                "proj_grad_norm_max_corrected": float(fix["proj_grad_norm_max"].max()) if len(fix) else math.nan,
-                "proj_grad_norm_mean_of_max_bugged": float(grp["proj_grad_norm_max"].mean()),
-                "proj_grad_norm_mean_of_max_corrected": float(fix["proj_grad_norm_max"].mean()) if len(fix) else math.nan}
+        base = {
+            "pair": pair,
+            "teacher": grp["teacher"].iloc[0],
+            "student": grp["student"].iloc[0],
+            "method": method,
+            "clip_scope_bugged": grp["clip_scope"].iloc[0],
+            "alpha_bugged": grp["alpha"].iloc[0],
+            "alpha_corrected": fix["alpha"].iloc[0] if len(fix) else math.nan,
+            "proj_grad_norm_max_bugged": float(grp["proj_grad_norm_max"].max()),
+            "proj_grad_norm_max_corrected": float(fix["proj_grad_norm_max"].max()) if len(fix) else math.nan,
+            "proj_grad_norm_mean_of_max_bugged": float(grp["proj_grad_norm_max"].mean()),
+            "proj_grad_norm_mean_of_max_corrected": float(fix["proj_grad_norm_max"].mean()) if len(fix) else math.nan,
+        }
         if fix.empty:
             base["notes"] = "no corrected final runs of this pair and method"
-            base.update(n_bugged=len(grp), mean_bugged=describe(grp[metric])["mean"], std_bugged=describe(grp[metric])["std"])
+            base.update(
+                n_bugged=len(grp), mean_bugged=describe(grp[metric])["mean"], std_bugged=describe(grp[metric])["std"]
+            )
             rows.append(base)
             continue
-        res = compare_arms(_by_seed(fix, metric, f"{pair} {method} corrected"), _by_seed(grp, metric, f"{pair} {method} bugged"), **kwargs)
+        res = compare_arms(
+            _by_seed(fix, metric, f"{pair} {method} corrected"),
+            _by_seed(grp, metric, f"{pair} {method} bugged"),
+            **kwargs,
+        )
         res["notes"] = "; ".join(res["notes"])
         rows.append({**base, **res})
     df = pd.DataFrame(rows)
-    return df.rename(columns={"mean_treated": "mean_corrected", "std_treated": "std_corrected",
-                              "n_treated": "n_corrected", "mean_control": "mean_bugged", "std_control": "std_bugged",
-                              "n_control": "n_bugged"}) if not df.empty else df
+    return (
+        df.rename(
+            columns={
+                "mean_treated": "mean_corrected",
+                "std_treated": "std_corrected",
+                "n_treated": "n_corrected",
+                "mean_control": "mean_bugged",
+                "std_control": "std_bugged",
+                "n_control": "n_bugged",
+            }
+        )
+        if not df.empty
+        else df
+    )
 
 
 def _jsonable(value: Any) -> Any:
@@ -318,8 +441,9 @@ def records(df: pd.DataFrame) -> list[dict[str, Any]]:
     return [_jsonable(r) for r in df.to_dict(orient="records")]
 
 
-def build_summary(runs: pd.DataFrame, metric: str = "test_best",
-                  tables: dict[str, pd.DataFrame] | None = None) -> dict[str, Any]:
+def build_summary(
+    runs: pd.DataFrame, metric: str = "test_best", tables: dict[str, pd.DataFrame] | None = None
+) -> dict[str, Any]:
     """All statistics of the study as one JSON-ready dict (the content of summary.json); ``tables`` are
     already computed statistics tables (keys of :data:`STAT_TABLES`) to reuse."""
     check_metric(metric)
@@ -335,10 +459,13 @@ def build_summary(runs: pd.DataFrame, metric: str = "test_best",
         "confidence": CONFIDENCE,
         "alpha": ALPHA,
         "bootstrap": {"method": "percentile", "n_resamples": N_BOOT, "seed": BOOT_SEED},
-        "multiple_comparisons": {"method": "holm", "family": "all final pair x method KD cells vs baseline",
-                                 "m": int(comp["p_welch"].notna().sum()) if not comp.empty else 0},
+        "multiple_comparisons": {
+            "method": "holm",
+            "family": "all final pair x method KD cells vs baseline",
+            "m": int(comp["p_welch"].notna().sum()) if not comp.empty else 0,
+        },
         "power": {"target": POWER, "test": "two-sided two-sample t-test, equal seeds per arm, observed Cohen's d"},
-        "n_runs": int(len(runs)),
+        "n_runs": len(runs),
         "runs_per_stage": {k: int(v) for k, v in runs["stage"].value_counts().sort_index().items()},
         "sources": sorted(set(runs["source"])),
         "metric_label": METRIC_LABELS[metric],
@@ -362,9 +489,13 @@ def write_statistics(runs: pd.DataFrame, out_dir: str | Path, metric: str = "tes
 
     check_metric(metric)
     out_dir = Path(out_dir)
-    tables = {"cells": cell_summary(runs, metric), "comparisons": kd_comparisons(runs, metric),
-              "selection": selection_table(runs), "stem_ablation": stem_ablation(runs, metric),
-              "clip_ablation": clip_ablation(runs, metric)}
+    tables = {
+        "cells": cell_summary(runs, metric),
+        "comparisons": kd_comparisons(runs, metric),
+        "selection": selection_table(runs),
+        "stem_ablation": stem_ablation(runs, metric),
+        "clip_ablation": clip_ablation(runs, metric),
+    }
     paths = {name: write_table(df, out_dir / f"{name}.csv") for name, df in tables.items()}
     summary = build_summary(runs, metric, tables)
     paths["summary"] = atomic_write_json(out_dir / "summary.json", summary)

@@ -19,19 +19,77 @@ from kdcore.errors import DataError
 STAGES = ("teacher", "baseline", "select", "final", "stem", "clip")
 #: Columns of runs.csv, in order.
 RUN_COLUMNS = [
-    "stage", "run_id", "teacher", "student", "pair", "method", "alpha", "temperature", "beta", "seed",
-    "stem", "width", "clip_scope", "clip_norm", "data_source", "synthetic", "n_train", "val_acc", "test_best",
-    "test_final", "final_val_acc", "best_epoch", "agreement", "kl_t1", "kl_t4", "ece_student",
-    "teacher_test_acc", "grad_norm_max", "proj_grad_norm_max", "epochs", "seconds", "device", "params",
-    "teacher_params", "source", "path",
+    "stage",
+    "run_id",
+    "teacher",
+    "student",
+    "pair",
+    "method",
+    "alpha",
+    "temperature",
+    "beta",
+    "seed",
+    "stem",
+    "width",
+    "clip_scope",
+    "clip_norm",
+    "data_source",
+    "synthetic",
+    "n_train",
+    "val_acc",
+    "test_best",
+    "test_final",
+    "final_val_acc",
+    "best_epoch",
+    "agreement",
+    "kl_t1",
+    "kl_t4",
+    "ece_student",
+    "teacher_test_acc",
+    "grad_norm_max",
+    "proj_grad_norm_max",
+    "epochs",
+    "seconds",
+    "device",
+    "params",
+    "teacher_params",
+    "source",
+    "path",
 ]
 FIDELITY_COLUMNS = [
-    "stage", "run_id", "teacher", "student", "pair", "method", "seed", "control", "student_acc",
-    "teacher_acc", "agreement", "kl_t1", "kl_t4", "ece_student", "ece_teacher", "source", "path",
+    "stage",
+    "run_id",
+    "teacher",
+    "student",
+    "pair",
+    "method",
+    "seed",
+    "control",
+    "student_acc",
+    "teacher_acc",
+    "agreement",
+    "kl_t1",
+    "kl_t4",
+    "ece_student",
+    "ece_teacher",
+    "source",
+    "path",
 ]
 HISTORY_COLUMNS = ["run_id", "epoch", "val_acc", "train_acc", "loss", "grad_norm_max", "proj_grad_norm_max"]
-_STRING_COLUMNS = ("stage", "run_id", "teacher", "student", "pair", "method", "stem", "clip_scope",
-                   "data_source", "device", "source", "path")
+_STRING_COLUMNS = (
+    "stage",
+    "run_id",
+    "teacher",
+    "student",
+    "pair",
+    "method",
+    "stem",
+    "clip_scope",
+    "data_source",
+    "device",
+    "source",
+    "path",
+)
 
 
 def load_json(path: str | Path, kind: str) -> dict[str, Any]:
@@ -122,7 +180,10 @@ def run_record(data: dict[str, Any], path: str | Path) -> dict[str, Any]:
         "test_final": _pct(results.get("test_acc_final"), "results.test_acc_final", path),
         "final_val_acc": _pct(results.get("final_val_acc"), "results.final_val_acc", path),
         "best_epoch": _num(results.get("best_epoch")),
-        "agreement": math.nan, "kl_t1": math.nan, "kl_t4": math.nan, "ece_student": math.nan,
+        "agreement": math.nan,
+        "kl_t1": math.nan,
+        "kl_t4": math.nan,
+        "ece_student": math.nan,
         "teacher_test_acc": math.nan,
         "grad_norm_max": _num(results.get("grad_norm_max")),
         "proj_grad_norm_max": _num(results.get("proj_grad_norm_max")),
@@ -170,14 +231,29 @@ def build_fidelity_table(fidelity_paths: Iterable[str | Path], runs: pd.DataFram
     are the control: ``control`` is True for them.
     """
     records = [fidelity_record(load_json(p, "fidelity"), p) for p in fidelity_paths]
-    fid = _frame(records, ["run_id", "teacher", "student_acc", "teacher_acc", "agreement", "kl_t1", "kl_t4",
-                           "ece_student", "ece_teacher", "path"])
+    fid = _frame(
+        records,
+        [
+            "run_id",
+            "teacher",
+            "student_acc",
+            "teacher_acc",
+            "agreement",
+            "kl_t1",
+            "kl_t4",
+            "ece_student",
+            "ece_teacher",
+            "path",
+        ],
+    )
     if fid.empty:
         return _frame([], FIDELITY_COLUMNS)
     dup = fid.duplicated(["run_id", "teacher"])
     if dup.any():
         row = fid[dup].iloc[0]
-        raise DataError(f"{row['path']}: a second fidelity file for run {row['run_id']!r} and teacher {row['teacher']!r}")
+        raise DataError(
+            f"{row['path']}: a second fidelity file for run {row['run_id']!r} and teacher {row['teacher']!r}"
+        )
     info = runs.set_index("run_id")[["stage", "student", "method", "seed", "source", "teacher"]]
     unknown = ~fid["run_id"].isin(info.index)
     if unknown.any():
@@ -187,7 +263,9 @@ def build_fidelity_table(fidelity_paths: Iterable[str | Path], runs: pd.DataFram
     wrong = (joined["run_teacher"] != "") & (joined["run_teacher"] != joined["teacher"])
     if wrong.any():
         row = joined[wrong].iloc[0]
-        raise DataError(f"{row['path']}: teacher {row['teacher']!r} differs from the run's teacher {row['run_teacher']!r}")
+        raise DataError(
+            f"{row['path']}: teacher {row['teacher']!r} differs from the run's teacher {row['run_teacher']!r}"
+        )
     joined["pair"] = joined["teacher"] + "-" + joined["student"]
     joined["control"] = joined["stage"] == "baseline"
     return joined[FIDELITY_COLUMNS].sort_values(["pair", "control", "method", "seed"]).reset_index(drop=True)
@@ -210,12 +288,18 @@ def build_run_table(metrics_paths: Iterable[str | Path], fidelity_paths: Iterabl
     if not kd.empty:
         kd = kd.set_index("run_id")
         idx = runs["run_id"].isin(kd.index)
-        for col, src in (("agreement", "agreement"), ("kl_t1", "kl_t1"), ("kl_t4", "kl_t4"),
-                         ("ece_student", "ece_student"), ("teacher_test_acc", "teacher_acc")):
+        for col, src in (
+            ("agreement", "agreement"),
+            ("kl_t1", "kl_t1"),
+            ("kl_t4", "kl_t4"),
+            ("ece_student", "ece_student"),
+            ("teacher_test_acc", "teacher_acc"),
+        ):
             runs.loc[idx, col] = runs.loc[idx, "run_id"].map(kd[src]).to_numpy()
     order = {s: i for i, s in enumerate(STAGES)}
-    runs = runs.assign(_o=runs["stage"].map(order)).sort_values(["_o", "pair", "student", "method", "stem",
-                                                                 "alpha", "temperature", "seed", "run_id"])
+    runs = runs.assign(_o=runs["stage"].map(order)).sort_values(
+        ["_o", "pair", "student", "method", "stem", "alpha", "temperature", "seed", "run_id"]
+    )
     return runs.drop(columns="_o").reset_index(drop=True)
 
 
@@ -231,13 +315,17 @@ def build_history_table(metrics_paths: Iterable[str | Path]) -> pd.DataFrame:
         for h in data.get("history") or []:
             if "epoch" not in h:
                 raise DataError(f"{p}: a history entry lacks field epoch")
-            rows.append({
-                "run_id": run_id, "epoch": int(h["epoch"]),
-                "val_acc": _pct(h.get("val_acc"), "history.val_acc", Path(p)),
-                "train_acc": _pct(h.get("train_acc"), "history.train_acc", Path(p)),
-                "loss": _num(h.get("loss")), "grad_norm_max": _num(h.get("grad_norm_max")),
-                "proj_grad_norm_max": _num(h.get("proj_grad_norm_max")),
-            })
+            rows.append(
+                {
+                    "run_id": run_id,
+                    "epoch": int(h["epoch"]),
+                    "val_acc": _pct(h.get("val_acc"), "history.val_acc", Path(p)),
+                    "train_acc": _pct(h.get("train_acc"), "history.train_acc", Path(p)),
+                    "loss": _num(h.get("loss")),
+                    "grad_norm_max": _num(h.get("grad_norm_max")),
+                    "proj_grad_norm_max": _num(h.get("proj_grad_norm_max")),
+                }
+            )
     return _frame(rows, HISTORY_COLUMNS)
 
 
@@ -256,8 +344,13 @@ def stem_arms(runs: pd.DataFrame) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]
         cif = st[(st["student"] == arch) & (st["stem"] == "cifar")]
         if cif.empty and not img.empty:
             for stage in ("baseline", "teacher"):
-                cand = runs[(runs["stage"] == stage) & (runs["student"] == arch) & (runs["stem"] == "cifar")
-                            & runs["seed"].isin(img["seed"]) & runs["epochs"].isin(img["epochs"])]
+                cand = runs[
+                    (runs["stage"] == stage)
+                    & (runs["student"] == arch)
+                    & (runs["stem"] == "cifar")
+                    & runs["seed"].isin(img["seed"])
+                    & runs["epochs"].isin(img["epochs"])
+                ]
                 if not cand.empty:
                     cif = cand
                     break
@@ -281,13 +374,17 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     return atomic_write_text(path, df.to_csv(index=False))
 
 
-def write_run_tables(metrics_paths: Iterable[str | Path], fidelity_paths: Iterable[str | Path],
-                     out_dir: str | Path) -> dict[str, Path]:
+def write_run_tables(
+    metrics_paths: Iterable[str | Path], fidelity_paths: Iterable[str | Path], out_dir: str | Path
+) -> dict[str, Path]:
     """Build and write runs.csv, fidelity.csv and history.csv into ``out_dir``; return their paths."""
     metrics_paths, fidelity_paths = list(metrics_paths), list(fidelity_paths)
     runs = build_run_table(metrics_paths, fidelity_paths)
     fid = build_fidelity_table(fidelity_paths, runs)
     history = build_history_table(metrics_paths)
     out_dir = Path(out_dir)
-    return {"runs": write_table(runs, out_dir / "runs.csv"), "fidelity": write_table(fid, out_dir / "fidelity.csv"),
-            "history": write_table(history, out_dir / "history.csv")}
+    return {
+        "runs": write_table(runs, out_dir / "runs.csv"),
+        "fidelity": write_table(fid, out_dir / "fidelity.csv"),
+        "history": write_table(history, out_dir / "history.csv"),
+    }

@@ -75,6 +75,8 @@ class Method:
         """Extra trainable modules (optimised and clipped with the student), or None."""
         return None
 
-    def loss(self, outputs: ForwardOutputs, trainable: nn.Module | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, outputs: ForwardOutputs, trainable: nn.Module | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Total loss and its named parts (at least ``ce`` and ``kd``), all float32 scalars."""
         raise NotImplementedError

@@ -11,7 +11,9 @@ from kdcore.methods.base import ForwardOutputs, Method, cross_entropy
 class Baseline(Method):
     name = "baseline"
 
-    def loss(self, outputs: ForwardOutputs, trainable: nn.Module | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, outputs: ForwardOutputs, trainable: nn.Module | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         ce = cross_entropy(outputs.student_logits, outputs.targets)
         return ce, {"ce": ce, "kd": torch.zeros_like(ce)}
 

@@ -7,7 +7,7 @@ With ``normalize`` both maps are divided by the teacher map's standard deviation
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -24,16 +24,17 @@ class FeatureProjections(nn.Module):
         super().__init__()
         if len(student_channels) != len(teacher_channels):
             raise ConfigError(
-                f"feature-KD needs as many student stages as teacher stages ({len(student_channels)} vs {len(teacher_channels)})"
+                "feature-KD needs as many student stages as teacher stages "
+                f"({len(student_channels)} vs {len(teacher_channels)})"
             )
         self.projections = nn.ModuleList(
-            nn.Conv2d(s, t, kernel_size=1, bias=False) for s, t in zip(student_channels, teacher_channels)
+            nn.Conv2d(s, t, kernel_size=1, bias=False) for s, t in zip(student_channels, teacher_channels, strict=False)
         )
         for conv in self.projections:
             nn.init.xavier_uniform_(conv.weight, generator=generator)
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [proj(f) for proj, f in zip(self.projections, features)]
+        return [proj(f) for proj, f in zip(self.projections, features, strict=False)]
 
 
 def match_spatial(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,7 +51,7 @@ def feature_kd_loss(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(L_kd, mean MSE, mean (1 - cosine)) over the stages, in float32."""
     mse_terms, cos_terms = [], []
-    for s, t in zip(projected, teacher):
+    for s, t in zip(projected, teacher, strict=False):
         s, t = match_spatial(s.float(), t.float())
         if normalize:
             scale = t.std().clamp_min(1e-6)
@@ -67,7 +68,7 @@ class FeatureKD(Method):
     name = "feature"
     needs_teacher = True
     needs_features = True
-    defaults = {"alpha": 0.5, "beta": 0.5, "normalize": False}
+    defaults: ClassVar[dict[str, Any]] = {"alpha": 0.5, "beta": 0.5, "normalize": False}
 
     @classmethod
     def check_params(cls, params: dict[str, Any]) -> dict[str, Any]:
@@ -86,7 +87,9 @@ class FeatureKD(Method):
         assert teacher is not None
         return FeatureProjections(list(student.feature_channels), list(teacher.feature_channels), generator)
 
-    def loss(self, outputs: ForwardOutputs, trainable: nn.Module | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, outputs: ForwardOutputs, trainable: nn.Module | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert trainable is not None and outputs.student_features is not None and outputs.teacher_features is not None
         alpha = self.params["alpha"]
         ce = cross_entropy(outputs.student_logits, outputs.targets)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,7 @@ def logit_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, te
 class LogitKD(Method):
     name = "logit"
     needs_teacher = True
-    defaults = {"alpha": 0.5, "temperature": 4.0}
+    defaults: ClassVar[dict[str, Any]] = {"alpha": 0.5, "temperature": 4.0}
 
     @classmethod
     def check_params(cls, params: dict[str, Any]) -> dict[str, Any]:
@@ -33,7 +33,9 @@ class LogitKD(Method):
         params["temperature"] = check_positive("method.temperature", params["temperature"])
         return params
 
-    def loss(self, outputs: ForwardOutputs, trainable: nn.Module | None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def loss(
+        self, outputs: ForwardOutputs, trainable: nn.Module | None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         assert outputs.teacher_logits is not None
         alpha = self.params["alpha"]
         ce = cross_entropy(outputs.student_logits, outputs.targets)
