@@ -1,4 +1,4 @@
-"""Tests of kdcore.models: torchvision equivalence, parameter counts, features, errors."""
+"""Tests of the ResNet-18..101 family of kdcore.models: torchvision equivalence, init, features, errors."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from torch import nn
 
 from kdcore.errors import ConfigError
 from kdcore.models import ARCHITECTURES, KDResNet, build_model, count_parameters
+from kdcore.models.resnet import ARCHITECTURES as RESNET_FAMILY
 
 PAPER_PARAMS = {
     "resnet18": 11_173_962,
@@ -29,7 +30,8 @@ def _torchvision_cifar(arch: str) -> nn.Module:
 
 
 def test_architectures_listed() -> None:
-    assert tuple(ARCHITECTURES) == ("resnet18", "resnet34", "resnet50", "resnet101")
+    assert {"resnet18", "resnet34", "resnet50", "resnet101"} <= set(ARCHITECTURES)
+    assert tuple(RESNET_FAMILY) == ("resnet18", "resnet34", "resnet50", "resnet101")
 
 
 @pytest.mark.parametrize("arch", list(PAPER_PARAMS))
@@ -63,6 +65,49 @@ def test_width64_imagenet_stem_is_torchvision_bit_for_bit(arch: str) -> None:
         torch.testing.assert_close(ours(x), ref(x))
 
 
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50"])
+def test_width64_cifar_stem_is_the_papers_construction_bit_for_bit(arch: str) -> None:
+    """torchvision's model, then a fresh 3x3 conv1 (PyTorch default init): same seed -> identical weights."""
+    torch.manual_seed(11)
+    ours = build_model(arch)
+    torch.manual_seed(11)
+    ref = _torchvision_cifar(arch)
+    ref_sd = ref.state_dict()
+    assert list(ours.state_dict()) == list(ref_sd)
+    for key, value in ours.state_dict().items():
+        assert torch.equal(value, ref_sd[key]), key
+    x = torch.randn(2, 3, 32, 32)
+    ours.eval(), ref.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x))
+
+
+@pytest.mark.parametrize("width", [16, 64])
+def test_cifar_stem_conv1_has_pytorch_default_init(width: int) -> None:
+    """conv1 ~ U(-1/sqrt(27), 1/sqrt(27)) (kaiming-uniform a=sqrt(5)): std ~0.111, not kaiming-normal fan-out."""
+    stats = pytest.importorskip("scipy.stats")
+    weights = []
+    for seed in range(4):
+        torch.manual_seed(seed)
+        weights.append(build_model("resnet18", width=width).conv1.weight.detach().flatten())
+    w = torch.cat(weights)
+    bound = 1.0 / math.sqrt(3 * 3 * 3)
+    assert w.abs().max().item() <= bound
+    fresh = torch.cat([nn.Conv2d(3, width, 3, padding=1, bias=False).weight.detach().flatten() for _ in range(4)])
+    assert w.std().item() == pytest.approx(fresh.std().item(), rel=0.1)
+    assert w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.1)
+    assert stats.kstest(w.numpy(), stats.uniform(loc=-bound, scale=2 * bound).cdf).pvalue > 1e-3
+    if width == 64:  # the paper's width: kaiming-normal fan-out would give std ~0.059
+        fan_out_std = math.sqrt(2.0 / (width * 9))
+        assert abs(w.std().item() - fan_out_std) > 0.3 * fan_out_std
+
+
+def test_imagenet_stem_conv1_keeps_kaiming_normal_fan_out() -> None:
+    torch.manual_seed(0)
+    conv1 = build_model("resnet18", stem="imagenet").conv1
+    assert conv1.weight.std().item() == pytest.approx(math.sqrt(2.0 / (64 * 49)), rel=0.1)
+
+
 @pytest.mark.parametrize("width", [8, 16])
 def test_reduced_width_init_scheme(width: int) -> None:
     torch.manual_seed(0)
@@ -72,7 +117,7 @@ def test_reduced_width_init_scheme(width: int) -> None:
             assert torch.all(m.weight == 1) and torch.all(m.bias == 0), name
     # kaiming_normal fan_out: std = sqrt(2 / (out_channels * k * k)); check on the largest convs
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.weight.numel() >= 2000]
-    assert convs
+    assert convs and model.conv1 not in convs
     for conv in convs:
         fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
         expected = math.sqrt(2.0 / fan_out)

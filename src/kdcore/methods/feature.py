@@ -1,7 +1,17 @@
-"""Feature-KD: 1x1 projections of the student's layer1..4 outputs onto the teacher's channels.
+"""Feature-KD: 1x1 projections of the student's stage outputs onto the teacher's channels.
 
-L_kd = mean over layers of MSE(proj(s_l), t_l) + beta * mean over layers of (1 - cos(GAP(proj(s_l)), GAP(t_l))).
-Spatial sizes that differ are matched by adaptive average pooling of the larger map to the smaller.
+L_kd = mean over matched stages of MSE(proj(s_l), t_l)
+       + beta * mean over matched stages of (1 - cos(GAP(proj(s_l)), GAP(t_l))).
+
+Works for any teacher/student pair whose models follow the feature contract of kdcore.models.base:
+
+* channels: the 1x1 projection maps the student's channels to the teacher's;
+* spatial size: where the maps differ, the larger one is adaptive-average-pooled to the smaller;
+* stage count: the deepest stages are matched, i.e. with n_s student and n_t teacher stages the last
+  k = min(n_s, n_t) of each are paired in order (:func:`matched_stages`); shallower extra stages are unused.
+  E.g. ResNet-50 (4 stages) -> resnet20 (3 stages): teacher layer2..4 with student layer1..3.
+  With equal counts every stage is matched, as before.
+
 With ``normalize`` both maps are divided by the teacher map's standard deviation before the MSE.
 """
 
@@ -17,24 +27,46 @@ from kdcore.errors import ConfigError
 from kdcore.methods.base import ForwardOutputs, Method, check_unit_interval, cross_entropy
 
 
+def matched_stages(n_student: int, n_teacher: int) -> list[tuple[int, int]]:
+    """(student stage, teacher stage) index pairs: the last min(n_student, n_teacher) stages of each, in order."""
+    if n_student < 1 or n_teacher < 1:
+        raise ConfigError(
+            f"feature-KD needs at least one stage on each side ({n_student} student, {n_teacher} teacher)"
+        )
+    k = min(n_student, n_teacher)
+    return [(n_student - k + i, n_teacher - k + i) for i in range(k)]
+
+
 class FeatureProjections(nn.Module):
-    """One bias-free 1x1 convolution per stage, student channels -> teacher channels, Xavier-uniform."""
+    """One bias-free 1x1 convolution per matched stage, student channels -> teacher channels, Xavier-uniform.
+
+    ``forward`` projects the matched student stages; :meth:`teacher_stages` picks the teacher stages they
+    are compared with (see :func:`matched_stages`).
+    """
 
     def __init__(self, student_channels: list[int], teacher_channels: list[int], generator: torch.Generator):
         super().__init__()
-        if len(student_channels) != len(teacher_channels):
-            raise ConfigError(
-                "feature-KD needs as many student stages as teacher stages "
-                f"({len(student_channels)} vs {len(teacher_channels)})"
-            )
+        self.pairs = matched_stages(len(student_channels), len(teacher_channels))
+        self.n_student, self.n_teacher = len(student_channels), len(teacher_channels)
         self.projections = nn.ModuleList(
-            nn.Conv2d(s, t, kernel_size=1, bias=False) for s, t in zip(student_channels, teacher_channels, strict=False)
+            nn.Conv2d(student_channels[s], teacher_channels[t], kernel_size=1, bias=False) for s, t in self.pairs
         )
         for conv in self.projections:
             nn.init.xavier_uniform_(conv.weight, generator=generator)
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        return [proj(f) for proj, f in zip(self.projections, features, strict=False)]
+        _check_stage_count("student", features, self.n_student)
+        return [proj(features[s]) for proj, (s, _t) in zip(self.projections, self.pairs, strict=True)]
+
+    def teacher_stages(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The teacher's stage outputs that the projected student stages are compared with, in order."""
+        _check_stage_count("teacher", features, self.n_teacher)
+        return [features[t] for _s, t in self.pairs]
+
+
+def _check_stage_count(role: str, features: list[torch.Tensor], expected: int) -> None:
+    if len(features) != expected:
+        raise ValueError(f"feature-KD: the {role} returned {len(features)} stage outputs, expected {expected}")
 
 
 def match_spatial(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -51,7 +83,7 @@ def feature_kd_loss(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(L_kd, mean MSE, mean (1 - cosine)) over the stages, in float32."""
     mse_terms, cos_terms = [], []
-    for s, t in zip(projected, teacher, strict=False):
+    for s, t in zip(projected, teacher, strict=True):
         s, t = match_spatial(s.float(), t.float())
         if normalize:
             scale = t.std().clamp_min(1e-6)
@@ -93,8 +125,12 @@ class FeatureKD(Method):
         assert trainable is not None and outputs.student_features is not None and outputs.teacher_features is not None
         alpha = self.params["alpha"]
         ce = cross_entropy(outputs.student_logits, outputs.targets)
+        assert isinstance(trainable, FeatureProjections)
         kd, mse, cos = feature_kd_loss(
-            trainable(outputs.student_features), outputs.teacher_features, self.params["beta"], self.params["normalize"]
+            trainable(outputs.student_features),
+            trainable.teacher_stages(outputs.teacher_features),
+            self.params["beta"],
+            self.params["normalize"],
         )
         return alpha * kd + (1.0 - alpha) * ce, {"ce": ce, "kd": kd, "mse": mse, "cos": cos}
 

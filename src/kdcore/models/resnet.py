@@ -1,7 +1,6 @@
-"""ResNet-18/34/50/101 for 32x32 CIFAR-10 images, built from torchvision's own blocks.
+"""ResNet-18/34/50/101 for 32x32 images, built from torchvision's own blocks (family ``resnet``).
 
-``build_model(arch, width, stem)`` returns a :class:`KDResNet`, a subclass of
-``torchvision.models.resnet.ResNet`` that
+``KDResNet`` subclasses ``torchvision.models.resnet.ResNet`` and
 
 * reuses torchvision's ``BasicBlock``/``Bottleneck`` and ``ResNet._make_layer`` unchanged, so at
   ``width=64`` the network is torchvision's ``resnetXX(num_classes=...)`` module for module (same
@@ -16,9 +15,11 @@
 * returns the outputs of layer1..layer4 from ``forward(x, return_features=True)`` without forward
   hooks, so it works under ``torch.compile`` and with channels_last inputs.
 
-Note on the paper's code: it builds torchvision's model and then *replaces* ``conv1`` with a fresh 3x3
-convolution, which therefore keeps PyTorch's default (kaiming-uniform, a=sqrt(5)) init. Here the CIFAR
-stem convolution gets the same kaiming-normal fan-out init as every other convolution.
+CIFAR stem initialisation: the paper's code builds torchvision's model and then *replaces* ``conv1``
+with a fresh 3x3 ``nn.Conv2d``, which keeps PyTorch's default init (kaiming-uniform, a=sqrt(5)). The
+CIFAR stem here is made the same way: the network is built with torchvision's 7x7 ``conv1`` and
+initialised, then ``conv1`` is replaced by a fresh 3x3 convolution. The random stream is therefore
+consumed exactly as in the paper's code, and at width 64 the same seed gives the same weights.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from kdcore.errors import ConfigError
+from kdcore.models.base import Family, FeatureContract, StageSpec
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class ArchSpec:
     layers: tuple[int, int, int, int]
 
 
-#: The supported architectures, name -> block type and blocks per stage (as in torchvision).
+#: The ResNets of this family, name -> block type and blocks per stage (as in torchvision).
 ARCHITECTURES: dict[str, ArchSpec] = {
     "resnet18": ArchSpec(BasicBlock, (2, 2, 2, 2)),
     "resnet34": ArchSpec(BasicBlock, (3, 4, 6, 3)),
@@ -48,7 +49,7 @@ ARCHITECTURES: dict[str, ArchSpec] = {
     "resnet101": ArchSpec(Bottleneck, (3, 4, 23, 3)),
 }
 
-#: The supported stems.
+#: The stems this family offers (the first is the default).
 STEMS: tuple[str, ...] = ("cifar", "imagenet")
 
 
@@ -56,12 +57,12 @@ class KDResNet(ResNet):
     """A torchvision ResNet with a scalable base width, a CIFAR or ImageNet stem and feature outputs.
 
     Attributes: ``arch`` (e.g. ``"resnet18"``), ``width`` (base width, 64 = torchvision),
-    ``stem`` (``"cifar"`` or ``"imagenet"``), ``num_classes``, ``feature_channels`` (channels of the
-    layer1..layer4 outputs).
+    ``stem`` (``"cifar"`` or ``"imagenet"``), ``num_classes``, ``feature_contract`` and
+    ``feature_channels`` (channels of the layer1..layer4 outputs). Arguments are checked by
+    :func:`kdcore.models.build_model`.
     """
 
     def __init__(self, arch: str, width: int = 64, stem: str = "cifar", num_classes: int = 10) -> None:
-        _check_args(arch, width, stem, num_classes)
         spec = ARCHITECTURES[arch]
         block = spec.block
         # ResNet.__init__ hard-codes width 64, so it is not called; the attributes that torchvision's
@@ -76,23 +77,16 @@ class KDResNet(ResNet):
         self.dilation = 1
         self.groups = 1
         self.base_width = 64  # torchvision's width_per_group; Bottleneck width = planes * base_width/64
-        if stem == "cifar":
-            self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
-        else:
-            self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+        self.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
-        if stem == "cifar":
-            self.maxpool: nn.Module = nn.Identity()
-        else:
-            self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.maxpool: nn.Module = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         self.layer1 = self._make_layer(block, width, spec.layers[0])
         self.layer2 = self._make_layer(block, 2 * width, spec.layers[1], stride=2)
         self.layer3 = self._make_layer(block, 4 * width, spec.layers[2], stride=2)
         self.layer4 = self._make_layer(block, 8 * width, spec.layers[3], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(8 * width * block.expansion, num_classes)
-        self.feature_channels: list[int] = [m * width * block.expansion for m in (1, 2, 4, 8)]
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -100,6 +94,16 @@ class KDResNet(ResNet):
             elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
                 nn.init.constant_(m.weight, 1)
                 nn.init.constant_(m.bias, 0)
+        if stem == "cifar":
+            # replaced after the init loop, as in the paper's code: PyTorch's default conv init
+            self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+            self.maxpool = nn.Identity()
+
+        first_stride = 1 if stem == "cifar" else 4
+        self.feature_contract = FeatureContract(
+            tuple(StageSpec(m * width * block.expansion, first_stride * m) for m in (1, 2, 4, 8))
+        )
+        self.feature_channels: list[int] = self.feature_contract.channels
 
     def forward(  # type: ignore[override]
         self, x: torch.Tensor, return_features: bool = False
@@ -119,23 +123,9 @@ class KDResNet(ResNet):
         return f"arch={self.arch}, width={self.width}, stem={self.stem}, num_classes={self.num_classes}"
 
 
-def _check_args(arch: object, width: object, stem: object, num_classes: object) -> None:
-    """Raise ConfigError naming the bad value and the allowed ones."""
-    if arch not in ARCHITECTURES:
-        raise ConfigError(f"model.arch: unknown architecture {arch!r}; allowed: {', '.join(ARCHITECTURES)}")
-    if stem not in STEMS:
-        raise ConfigError(f"model.stem: unknown stem {stem!r}; allowed: {', '.join(STEMS)}")
-    if isinstance(width, bool) or not isinstance(width, int) or width <= 0:
-        raise ConfigError(f"model.width: must be a positive integer (64 = torchvision's ResNet), got {width!r}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= 0:
-        raise ConfigError(f"model.num_classes: must be a positive integer, got {num_classes!r}")
-
-
-def build_model(arch: str, width: int = 64, stem: str = "cifar", num_classes: int = 10) -> KDResNet:
-    """Build a freshly initialised :class:`KDResNet` (uses the global torch RNG for the init)."""
+def _build(arch: str, width: int | None, stem: str, num_classes: int) -> KDResNet:
+    assert width is not None
     return KDResNet(arch, width=width, stem=stem, num_classes=num_classes)
 
 
-def count_parameters(model: nn.Module) -> int:
-    """Number of parameters (trainable or not; buffers such as BN running stats excluded)."""
-    return sum(p.numel() for p in model.parameters())
+FAMILY = Family(name="resnet", architectures=tuple(ARCHITECTURES), build=_build, stems=STEMS, default_width=64)
