@@ -10,7 +10,7 @@ import torch
 from kdcore.errors import ConfigError
 from kdcore.methods import available_methods, get_method
 from kdcore.methods.base import ForwardOutputs, cross_entropy
-from kdcore.methods.feature import FeatureProjections, feature_kd_loss, match_spatial
+from kdcore.methods.feature import FeatureProjections, feature_kd_loss, match_spatial, matched_stages
 from kdcore.methods.logit import logit_kd_loss
 
 
@@ -123,6 +123,41 @@ def test_feature_method_gradient_reaches_student_features_and_projections():
     assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in feats)
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in proj.parameters())
     assert logits.grad is not None
+
+
+def test_matched_stages_pairs_the_deepest_stages():
+    assert matched_stages(4, 4) == [(0, 0), (1, 1), (2, 2), (3, 3)]
+    assert matched_stages(3, 4) == [(0, 1), (1, 2), (2, 3)]
+    assert matched_stages(4, 3) == [(1, 0), (2, 1), (3, 2)]
+    assert matched_stages(1, 3) == [(0, 2)]
+    with pytest.raises(ConfigError, match="at least one stage"):
+        matched_stages(0, 4)
+
+
+def test_equal_stage_counts_keep_the_stage_by_stage_projections_and_loss():
+    """Four student and four teacher stages (R50 -> R18): weights drawn in stage order, loss over all stages."""
+    student_channels, teacher_channels = [4, 8, 16, 32], [16, 32, 64, 128]
+    proj = FeatureProjections(student_channels, teacher_channels, torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    for conv, s, t in zip(proj.projections, student_channels, teacher_channels, strict=True):
+        expected = torch.empty(t, s, 1, 1)
+        torch.nn.init.xavier_uniform_(expected, generator=gen)
+        assert torch.equal(conv.weight, expected)
+    feats = [torch.randn(2, c, 32 >> i, 32 >> i) for i, c in enumerate(student_channels)]
+    teacher = [torch.randn(2, c, 32 >> i, 32 >> i) for i, c in enumerate(teacher_channels)]
+    method = get_method("feature")({"alpha": 0.5, "beta": 0.5})
+    _, parts = method.loss(ForwardOutputs(torch.tensor([0, 1]), torch.randn(2, 10), feats, None, teacher), proj)
+    direct, _, _ = feature_kd_loss([c(f) for c, f in zip(proj.projections, feats, strict=True)], teacher, 0.5)
+    assert torch.equal(parts["kd"], direct)
+
+
+def test_feature_projections_reject_a_wrong_number_of_stage_outputs():
+    proj = FeatureProjections([4, 8, 16], [8, 16, 32, 64], torch.Generator().manual_seed(0))
+    assert len(proj.projections) == 3
+    with pytest.raises(ValueError, match="student returned 2 stage outputs, expected 3"):
+        proj([torch.randn(1, 4, 4, 4), torch.randn(1, 8, 2, 2)])
+    with pytest.raises(ValueError, match="teacher returned 3 stage outputs, expected 4"):
+        proj.teacher_stages([torch.randn(1, 8, 4, 4)] * 3)
 
 
 @pytest.mark.parametrize(
