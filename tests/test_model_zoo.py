@@ -269,3 +269,21 @@ def test_feature_kd_between_families_forward_and_backward(teacher_arch, teacher_
     first_used_stage = [student.layer1, student.layer2, student.layer3, getattr(student, "layer4", None)][pairs[0][0]]
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in first_used_stage.parameters())
     assert student.conv1.weight.grad is not None and student.conv1.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("arch", ["resnet8", "wrn_16_1"])
+def test_zoo_models_compile_fullgraph_and_run_channels_last(arch: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(arch).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        ref_logits, ref_feats = model(x, return_features=True)
+        c_logits, c_feats = torch.compile(model, backend="eager", fullgraph=True)(x, return_features=True)
+        cl = build_model(arch).eval()
+        cl.load_state_dict(model.state_dict())
+        cl = cl.to(memory_format=torch.channels_last)
+        cl_logits = cl(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(c_logits, ref_logits)
+    for a, b in zip(c_feats, ref_feats, strict=True):
+        torch.testing.assert_close(a, b)
+    torch.testing.assert_close(cl_logits, ref_logits, atol=1e-4, rtol=1e-4)
