@@ -17,8 +17,21 @@ import sys
 sys.path.insert(0, {src!r})
 METRICS = {metrics!r}
 FIDELITY = {fidelity!r}
+RUNS = {runs!r}
+def stage(name): return [p for p in METRICS if p.startswith(f"{{RUNS}}/{{name}}/")]
 def all_run_metrics(wildcards=None): return METRICS
 def all_fidelity_files(wildcards=None): return FIDELITY
+def teacher_metrics(): return stage("teachers")
+def baseline_metrics(): return stage("baselines")
+def select_metrics(): return stage("select")
+def final_metrics(): return stage("final")
+def clip_metrics(): return stage("clip")
+def clip_runs(): return [tuple(p.split("/")[-4].split("-")) + (p.split("/")[-3], 0) for p in stage("clip")]
+def run_dir(stage, teacher, student, method, seed): return f"{{RUNS}}/{{stage}}/{{teacher}}-{{student}}/{{method}}/seed{{seed}}"
+def stem_metrics():
+    stem = stage("stem")
+    arms = [f"{{RUNS}}/baselines/{{p.split('/')[-3].split('-')[0]}}/{{p.split('/')[-2]}}/metrics.json" for p in stem]
+    return stem + arms
 def code_digest(*modules, scripts=()): return "test"
 report: {workflow_rst!r}
 include: {rules_common!r}
@@ -30,12 +43,14 @@ rule all:
 
 
 def write_analysis_snakefile(work: Path, metrics: list[Path], fidelity: list[Path]) -> None:
-    """A Snakefile in ``work`` that runs the real analysis rules on the given run files."""
+    """A Snakefile in ``work`` that runs the real analysis rules on the run files of ``make_study`` (under
+    ``work/runs``), with the study's parts given by their folders as in workflow/rules/common.smk."""
     (work / "Snakefile").write_text(
         SNAKEFILE.format(
             src=str(REPO / "src"),
             metrics=[str(p) for p in metrics],
             fidelity=[str(p) for p in fidelity],
+            runs=str(work / "runs"),
             workflow_rst=str(REPO / "workflow/report/workflow.rst"),
             rules=str(REPO / "workflow/rules/analysis.smk"),
             rules_common=str(REPO / "workflow/rules/analysis_common.smk"),
