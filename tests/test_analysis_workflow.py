@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -42,9 +43,19 @@ rule all:
 """
 
 
-def write_analysis_snakefile(work: Path, metrics: list[Path], fidelity: list[Path]) -> None:
+#: Folders of the runs of each optional part of a study (workflow/rules/common.smk, run_dir).
+OPTIONAL_FOLDERS = {"selection": "select", "stem": "stem", "clip": "clip"}
+
+
+def write_analysis_snakefile(
+    work: Path, metrics: list[Path], fidelity: list[Path], disabled: tuple[str, ...] = ()
+) -> None:
     """A Snakefile in ``work`` that runs the real analysis rules on the run files of ``make_study`` (under
-    ``work/runs``), with the study's parts given by their folders as in workflow/rules/common.smk."""
+    ``work/runs``), with the study's parts given by their folders as in workflow/rules/common.smk.
+    ``disabled``: optional parts (selection, fidelity, stem, clip) left out of the study, as a config does."""
+    skip = tuple(f"{work / 'runs'}/{OPTIONAL_FOLDERS[p]}/" for p in disabled if p in OPTIONAL_FOLDERS)
+    metrics = [p for p in metrics if not str(p).startswith(skip)] if skip else metrics
+    fidelity = [] if "fidelity" in disabled else fidelity
     (work / "Snakefile").write_text(
         SNAKEFILE.format(
             src=str(REPO / "src"),
@@ -75,3 +86,23 @@ def test_analysis_rules_and_report(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     html = (tmp_path / "report.html").read_text(errors="replace")
     assert "gain_vs_capacity.png" in html and "main_results.tex" in html
+
+
+@pytest.mark.slow
+def test_analysis_of_a_study_without_optional_parts(tmp_path):
+    """No selection, fidelity or ablations: the analysis succeeds with only the outputs those parts do not feed."""
+    if shutil.which("snakemake") is None:
+        pytest.skip("snakemake not installed")
+    m, f = make_study(tmp_path / "runs", seeds=(0, 1))
+    write_analysis_snakefile(tmp_path, m, f, disabled=("selection", "fidelity", "stem", "clip"))
+    run = [sys.executable, "-m", "snakemake", "--cores", "2", "--quiet"]
+    proc = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.stem for p in (tmp_path / "results/figures").glob("*.pdf")) == ["convergence", "gain_vs_capacity"]
+    tex = sorted(p.stem for p in (tmp_path / "results/tables").glob("*.tex"))
+    assert tex == ["kd_statistics", "main_results", "teachers"]
+    assert sorted(p.name for p in (tmp_path / "results/tables/parts").iterdir()) == ["kd", "teachers"]
+    summary = json.loads((tmp_path / "results/tables/summary.json").read_text())
+    assert summary["selection"] == [] and summary["stem_ablation"] == [] and summary["clip_ablation"] == []
+    assert set(summary["runs_per_stage"]) == {"teacher", "baseline", "final"}
+    assert len(summary["comparisons"]) == 6
