@@ -96,3 +96,54 @@ def test_run_table_without_any_fidelity_files(tmp_path):
     m, _ = make_study(tmp_path)
     runs = build_run_table(m, [])
     assert len(runs) == len(m) and runs["agreement"].isna().all()
+
+
+def test_part_tables_give_the_whole_study_statistics(tmp_path):
+    """A statistics table computed from the run tables of its parts (kdcore.analysis.outputs) equals the one
+    computed from the whole study's run table, written as CSV as the workflow does."""
+    import pandas as pd
+
+    from kdcore.analysis import outputs, stats
+    from kdcore.analysis.table import read_tables, write_table
+
+    m, f = make_study(tmp_path / "runs", seeds=(0, 1, 2))
+    folders = {
+        "teachers": ("teachers",),
+        "kd": ("baselines", "final"),
+        "selection": ("select", "final"),
+        "stem": ("stem", "baselines"),
+        "clip": ("clip", "final"),
+    }
+    parts = {}
+    for part, dirs in folders.items():
+        paths = [p for p in m if p.relative_to(tmp_path / "runs").parts[0] in dirs]
+        parts[part] = write_table(build_run_table(paths), tmp_path / part / "runs.csv")
+    whole = build_run_table(m, f)
+    calls = {
+        "comparisons": stats.kd_comparisons,
+        "selection": stats.selection_table,
+        "stem_ablation": stats.stem_ablation,
+        "clip_ablation": stats.clip_ablation,
+    }
+    assert set(calls) == set(outputs.STAT_TABLES)
+    for name, needed in outputs.STAT_TABLES.items():
+        split = calls[name](read_tables(parts[p] for p in needed))
+        full = calls[name](whole)
+        assert len(split) > 0, name
+        pd.testing.assert_frame_equal(split.reset_index(drop=True), full.reset_index(drop=True), obj=name)
+    # the convergence figure reads teachers and kd together: the rows of both, nothing else
+    both = read_tables([parts["teachers"], parts["kd"]])
+    assert set(both["stage"]) == {"teacher", "baseline", "final"} and list(both.columns) == RUN_COLUMNS
+    with pytest.raises(DataError, match="no table given"):
+        read_tables([])
+
+
+def test_outputs_of_a_study_without_optional_parts():
+    from kdcore.analysis import outputs
+
+    core = {"teachers", "kd"}
+    assert outputs.available(outputs.FIGURES, core) == ["gain_vs_capacity", "convergence"]
+    assert outputs.available(outputs.TEX_TABLES, core) == ["main_results", "kd_statistics", "teachers"]
+    assert outputs.available_stat_tables(core | {"stem"}) == ["comparisons", "stem_ablation"]
+    assert outputs.FIGURES["fidelity"].parts() == ("kd", "fidelity")
+    assert set(outputs.available(outputs.FIGURES, set(outputs.PARTS))) == set(outputs.FIGURES)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -17,8 +18,21 @@ import sys
 sys.path.insert(0, {src!r})
 METRICS = {metrics!r}
 FIDELITY = {fidelity!r}
+RUNS = {runs!r}
+def stage(name): return [p for p in METRICS if p.startswith(f"{{RUNS}}/{{name}}/")]
 def all_run_metrics(wildcards=None): return METRICS
 def all_fidelity_files(wildcards=None): return FIDELITY
+def teacher_metrics(): return stage("teachers")
+def baseline_metrics(): return stage("baselines")
+def select_metrics(): return stage("select")
+def final_metrics(): return stage("final")
+def clip_metrics(): return stage("clip")
+def clip_runs(): return [tuple(p.split("/")[-4].split("-")) + (p.split("/")[-3], 0) for p in stage("clip")]
+def run_dir(stage, teacher, student, method, seed): return f"{{RUNS}}/{{stage}}/{{teacher}}-{{student}}/{{method}}/seed{{seed}}"
+def stem_metrics():
+    stem = stage("stem")
+    arms = [f"{{RUNS}}/baselines/{{p.split('/')[-3].split('-')[0]}}/{{p.split('/')[-2]}}/metrics.json" for p in stem]
+    return stem + arms
 def code_digest(*modules, scripts=()): return "test"
 report: {workflow_rst!r}
 include: {rules_common!r}
@@ -29,13 +43,25 @@ rule all:
 """
 
 
-def write_analysis_snakefile(work: Path, metrics: list[Path], fidelity: list[Path]) -> None:
-    """A Snakefile in ``work`` that runs the real analysis rules on the given run files."""
+#: Folders of the runs of each optional part of a study (workflow/rules/common.smk, run_dir).
+OPTIONAL_FOLDERS = {"selection": "select", "stem": "stem", "clip": "clip"}
+
+
+def write_analysis_snakefile(
+    work: Path, metrics: list[Path], fidelity: list[Path], disabled: tuple[str, ...] = ()
+) -> None:
+    """A Snakefile in ``work`` that runs the real analysis rules on the run files of ``make_study`` (under
+    ``work/runs``), with the study's parts given by their folders as in workflow/rules/common.smk.
+    ``disabled``: optional parts (selection, fidelity, stem, clip) left out of the study, as a config does."""
+    skip = tuple(f"{work / 'runs'}/{OPTIONAL_FOLDERS[p]}/" for p in disabled if p in OPTIONAL_FOLDERS)
+    metrics = [p for p in metrics if not str(p).startswith(skip)] if skip else metrics
+    fidelity = [] if "fidelity" in disabled else fidelity
     (work / "Snakefile").write_text(
         SNAKEFILE.format(
             src=str(REPO / "src"),
             metrics=[str(p) for p in metrics],
             fidelity=[str(p) for p in fidelity],
+            runs=str(work / "runs"),
             workflow_rst=str(REPO / "workflow/report/workflow.rst"),
             rules=str(REPO / "workflow/rules/analysis.smk"),
             rules_common=str(REPO / "workflow/rules/analysis_common.smk"),
@@ -60,3 +86,23 @@ def test_analysis_rules_and_report(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     html = (tmp_path / "report.html").read_text(errors="replace")
     assert "gain_vs_capacity.png" in html and "main_results.tex" in html
+
+
+@pytest.mark.slow
+def test_analysis_of_a_study_without_optional_parts(tmp_path):
+    """No selection, fidelity or ablations: the analysis succeeds with only the outputs those parts do not feed."""
+    if shutil.which("snakemake") is None:
+        pytest.skip("snakemake not installed")
+    m, f = make_study(tmp_path / "runs", seeds=(0, 1))
+    write_analysis_snakefile(tmp_path, m, f, disabled=("selection", "fidelity", "stem", "clip"))
+    run = [sys.executable, "-m", "snakemake", "--cores", "2", "--quiet"]
+    proc = subprocess.run(run, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.stem for p in (tmp_path / "results/figures").glob("*.pdf")) == ["convergence", "gain_vs_capacity"]
+    tex = sorted(p.stem for p in (tmp_path / "results/tables").glob("*.tex"))
+    assert tex == ["kd_statistics", "main_results", "teachers"]
+    assert sorted(p.name for p in (tmp_path / "results/tables/parts").iterdir()) == ["kd", "teachers"]
+    summary = json.loads((tmp_path / "results/tables/summary.json").read_text())
+    assert summary["selection"] == [] and summary["stem_ablation"] == [] and summary["clip_ablation"] == []
+    assert set(summary["runs_per_stage"]) == {"teacher", "baseline", "final"}
+    assert len(summary["comparisons"]) == 6

@@ -1,14 +1,13 @@
-# Results stage: tidy run table -> statistics -> figures / LaTeX tables -> paper-vs-reproduction.
-# Uses from common.smk: all_run_metrics(), all_fidelity_files(), code_digest(); from analysis_common.smk
-# analysis_targets(), analysis_metric(), reference_zip() and the output names. Optional config keys
-# (docs/design.md, "Analysis API"): analysis.metric (test_best | test_final | val_acc, default test_best),
-# analysis.reference_zip (path of the paper's results zip; the comparison runs only when it is set).
+# Results stage: a run table per part of the study -> statistics tables -> figures / LaTeX tables, plus the
+# whole study's run table and summary.json and the paper-vs-reproduction comparison.
+# Each figure and LaTeX table reads only the tables it is drawn from (kdcore.analysis.outputs), so asking for
+# one plans only the runs behind it. Uses from common.smk: all_run_metrics(), all_fidelity_files(),
+# code_digest(); from analysis_common.smk the output names, analysis_part_files(), analysis_reads(),
+# analysis_metric() and reference_zip(). Optional config keys (docs/design.md, "Analysis API"):
+# analysis.metric (test_best | test_final | val_acc, default test_best), analysis.reference_zip (path of the
+# paper's results zip; the comparison runs only when it is set).
 # Every rule is CPU-only and light; plotting code is hashed apart from the statistics so that a plotting
 # edit re-runs only figure jobs.
-
-
-wildcard_constraints:
-    figure="|".join(ANALYSIS_FIGURE_NAMES),
 
 
 rule analysis_run_table:
@@ -31,16 +30,28 @@ rule analysis_run_table:
         "../scripts/analysis_table.py"
 
 
+use rule analysis_run_table as analysis_part_table with:
+    input:
+        metrics=lambda w: analysis_part_files(w.part)["metrics"],
+        fidelity=lambda w: analysis_part_files(w.part)["fidelity"],
+    output:
+        runs=f"{ANALYSIS_PART_TABLES}/{{part}}/runs.csv",
+        fidelity=f"{ANALYSIS_PART_TABLES}/{{part}}/fidelity.csv",
+        history=f"{ANALYSIS_PART_TABLES}/{{part}}/history.csv",
+    log:
+        "results/logs/analysis/part-{part}.log",
+    benchmark:
+        "results/benchmarks/analysis/part-{part}.tsv"
+    wildcard_constraints:
+        part="|".join(ANALYSIS_PARTS),
+
+
 rule analysis_stats:
     input:
         runs=f"{ANALYSIS_TABLES}/runs.csv",
     output:
         summary=f"{ANALYSIS_TABLES}/summary.json",
         cells=f"{ANALYSIS_TABLES}/cells.csv",
-        comparisons=report(f"{ANALYSIS_TABLES}/comparisons.csv", caption="../report/comparisons.rst", category="Tables"),
-        selection=report(f"{ANALYSIS_TABLES}/selection.csv", caption="../report/selection.rst", category="Tables"),
-        stem_ablation=f"{ANALYSIS_TABLES}/stem_ablation.csv",
-        clip_ablation=f"{ANALYSIS_TABLES}/clip_ablation.csv",
     log:
         "results/logs/analysis/stats.log",
     benchmark:
@@ -54,14 +65,42 @@ rule analysis_stats:
         "../scripts/analysis_stats.py"
 
 
+rule analysis_stat_table:
+    input:
+        runs=lambda w: [part_table(p, "runs") for p in ANALYSIS_STAT_PARTS[w.stat]],
+    output:
+        table=f"{ANALYSIS_TABLES}/{{stat,stem_ablation|clip_ablation}}.csv",
+    log:
+        "results/logs/analysis/stat-{stat}.log",
+    benchmark:
+        "results/benchmarks/analysis/stat-{stat}.tsv"
+    conda:
+        "../envs/kdcore.yaml"
+    params:
+        table=lambda w: w.stat,
+        metric=analysis_metric(),
+        code=code_digest(
+            "kdcore.analysis.stats", "kdcore.analysis.table", scripts=("analysis_stat_table.py", "_common.py")
+        ),
+    script:
+        "../scripts/analysis_stat_table.py"
+
+
+use rule analysis_stat_table as analysis_comparisons with:
+    output:
+        table=report(
+            f"{ANALYSIS_TABLES}/{{stat,comparisons}}.csv", caption="../report/comparisons.rst", category="Tables"
+        ),
+
+
+use rule analysis_stat_table as analysis_selection with:
+    output:
+        table=report(f"{ANALYSIS_TABLES}/{{stat,selection}}.csv", caption="../report/selection.rst", category="Tables"),
+
+
 rule analysis_figure:
     input:
-        runs=f"{ANALYSIS_TABLES}/runs.csv",
-        history=f"{ANALYSIS_TABLES}/history.csv",
-        fidelity=f"{ANALYSIS_TABLES}/fidelity.csv",
-        comparisons=f"{ANALYSIS_TABLES}/comparisons.csv",
-        stem_ablation=f"{ANALYSIS_TABLES}/stem_ablation.csv",
-        clip_ablation=f"{ANALYSIS_TABLES}/clip_ablation.csv",
+        unpack(lambda w: analysis_reads("figure", w.figure)),
     output:
         pdf=f"{ANALYSIS_FIGURES}/{{figure}}.pdf",
         png=report(
@@ -74,44 +113,47 @@ rule analysis_figure:
         "results/logs/analysis/figure-{figure}.log",
     benchmark:
         "results/benchmarks/analysis/figure-{figure}.tsv"
+    wildcard_constraints:
+        figure="|".join(ANALYSIS_FIGURE_NAMES),
     conda:
         "../envs/kdcore.yaml"
     params:
         figure=lambda w: w.figure,
         metric=analysis_metric(),
-        code=code_digest("kdcore.analysis.figures", scripts=("analysis_figure.py", "_common.py")),
+        code=code_digest(
+            "kdcore.analysis.figures", "kdcore.analysis.table", scripts=("analysis_figure.py", "_common.py")
+        ),
     script:
         "../scripts/analysis_figure.py"
 
 
 rule analysis_latex:
     input:
-        runs=f"{ANALYSIS_TABLES}/runs.csv",
-        fidelity=f"{ANALYSIS_TABLES}/fidelity.csv",
-        cells=f"{ANALYSIS_TABLES}/cells.csv",
-        comparisons=f"{ANALYSIS_TABLES}/comparisons.csv",
-        selection=f"{ANALYSIS_TABLES}/selection.csv",
-        stem_ablation=f"{ANALYSIS_TABLES}/stem_ablation.csv",
-        clip_ablation=f"{ANALYSIS_TABLES}/clip_ablation.csv",
+        unpack(lambda w: analysis_reads("table", w.table)),
     output:
-        [
-            report(
-                f"{ANALYSIS_TABLES}/{name}.tex",
-                caption="../report/latex.rst",
-                category="LaTeX tables",
-                labels={"table": name},
-            )
-            for name in ANALYSIS_TEX_TABLES
-        ],
+        tex=report(
+            f"{ANALYSIS_TABLES}/{{table}}.tex",
+            caption="../report/latex.rst",
+            category="LaTeX tables",
+            labels=lambda w: {"table": w.table},
+        ),
     log:
-        "results/logs/analysis/latex.log",
+        "results/logs/analysis/latex-{table}.log",
     benchmark:
-        "results/benchmarks/analysis/latex.tsv"
+        "results/benchmarks/analysis/latex-{table}.tsv"
+    wildcard_constraints:
+        table="|".join(ANALYSIS_TEX_TABLES),
     conda:
         "../envs/kdcore.yaml"
     params:
+        table=lambda w: w.table,
         metric=analysis_metric(),
-        code=code_digest("kdcore.analysis.latex", "kdcore.analysis.stats", scripts=("analysis_latex.py", "_common.py")),
+        code=code_digest(
+            "kdcore.analysis.latex",
+            "kdcore.analysis.stats",
+            "kdcore.analysis.table",
+            scripts=("analysis_latex.py", "_common.py"),
+        ),
     script:
         "../scripts/analysis_latex.py"
 

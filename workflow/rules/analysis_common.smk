@@ -1,20 +1,26 @@
-# Helpers of the results stage (analysis.smk): its output names and optional `analysis` config keys.
-# Functions and constants only (Snakemake's linter wants rule files free of function definitions).
+# Helpers of the results stage (analysis.smk): its output names, the runs of each part of the study and the
+# optional `analysis` config keys. Functions and constants only (Snakemake's linter wants rule files free of
+# function definitions). The output names and what each output reads come from kdcore.analysis.outputs.
+# Uses from common.smk: teacher_metrics(), baseline_metrics(), select_metrics(), final_metrics(),
+# stem_metrics(), clip_metrics(), clip_runs(), run_dir(), all_fidelity_files().
+
+from pathlib import Path
+
+from kdcore.analysis.outputs import (
+    FIGURES as ANALYSIS_FIGURE_READS,
+    PARTS as ANALYSIS_PARTS,
+    STAT_TABLES as ANALYSIS_STAT_PARTS,
+    TEX_TABLES as ANALYSIS_TEX_READS,
+    available as _available_outputs,
+    available_stat_tables as _available_stat_tables,
+)
 
 ANALYSIS_TABLES = "results/tables"
+ANALYSIS_PART_TABLES = "results/tables/parts"
 ANALYSIS_FIGURES = "results/figures"
 ANALYSIS_REFERENCE = "results/reference"
-ANALYSIS_FIGURE_NAMES = ["gain_vs_capacity", "convergence", "fidelity", "stem_ablation", "clip_ablation"]
-ANALYSIS_STAT_TABLES = ["cells", "comparisons", "selection", "stem_ablation", "clip_ablation"]
-ANALYSIS_TEX_TABLES = [
-    "main_results",
-    "kd_statistics",
-    "teachers",
-    "fidelity",
-    "stem_ablation",
-    "clip_ablation",
-    "selection",
-]
+ANALYSIS_FIGURE_NAMES = list(ANALYSIS_FIGURE_READS)
+ANALYSIS_TEX_TABLES = list(ANALYSIS_TEX_READS)
 
 
 def analysis_setting(key: str, default):
@@ -30,11 +36,81 @@ def reference_zip() -> str | None:
     return (config.get("analysis") or {}).get("reference_zip") or None
 
 
+# ----------------------------------------------------------------------------- parts of the study
+def clip_final_metrics() -> list[str]:
+    """The corrected arm of the clip ablation: final KD runs of each of its (pair, method)."""
+    arms = {(t, s, m) for t, s, m, _ in clip_runs()}
+    prefixes = tuple(run_dir("final", teacher=t, student=s, method=m, seed="") for t, s, m in arms)
+    return [p for p in final_metrics() if prefixes and p.startswith(prefixes)]
+
+
+def analysis_part_files(part: str) -> dict[str, list[str]]:
+    """metrics.json files (``metrics``) and fidelity files (``fidelity``) of one part of the study
+    (kdcore.analysis.outputs.PARTS)."""
+    fidelity = all_fidelity_files() if part == "fidelity" else []
+    metrics = {
+        "teachers": teacher_metrics,
+        "kd": lambda: baseline_metrics() + final_metrics(),
+        "selection": lambda: select_metrics() + final_metrics(),
+        "fidelity": lambda: [str(Path(f).parent / "metrics.json") for f in fidelity],
+        "stem": stem_metrics,
+        "clip": lambda: clip_metrics() + clip_final_metrics(),
+    }[part]()
+    return {"metrics": list(dict.fromkeys(metrics)), "fidelity": fidelity}
+
+
+def analysis_parts() -> set[str]:
+    """The parts this study has: an optional part (selection, fidelity, an ablation) that the config
+    disables has no runs, hence no tables or figures."""
+    optional = {"selection": select_metrics, "fidelity": all_fidelity_files, "stem": stem_metrics, "clip": clip_metrics}
+    return {"teachers", "kd"} | {part for part, runs in optional.items() if runs()}
+
+
+def part_table(part: str, kind: str) -> str:
+    """runs.csv, history.csv or fidelity.csv (``kind``) of one part."""
+    return f"{ANALYSIS_PART_TABLES}/{part}/{kind}.csv"
+
+
+def analysis_reads(kind: str, name: str) -> dict[str, list[str]]:
+    """Named inputs of one figure or LaTeX table (``kind``: figure | table): the tables it is drawn from.
+    An output drawn from a part that this study leaves out is an error naming the part."""
+    reads = (ANALYSIS_FIGURE_READS if kind == "figure" else ANALYSIS_TEX_READS)[name]
+    missing = [p for p in reads.parts() if p not in analysis_parts()]
+    if missing:
+        raise ValueError(
+            f"{kind} {name!r} is drawn from the {', '.join(missing)} part of the study, which the config "
+            "disables (selection.enabled, fidelity, ablations)"
+        )
+    inputs = {"runs": [part_table(p, "runs") for p in reads.runs]}
+    if reads.history:
+        inputs["history"] = [part_table(p, "history") for p in reads.runs]
+    if reads.fidelity:
+        inputs["fidelity"] = [part_table("fidelity", "fidelity")]
+    for stat in reads.stats:
+        inputs[stat] = [f"{ANALYSIS_TABLES}/{stat}.csv"]
+    return inputs
+
+
+# ----------------------------------------------------------------------------- targets
+def analysis_figures() -> list[str]:
+    return _available_outputs(ANALYSIS_FIGURE_READS, analysis_parts())
+
+
+def analysis_tex_tables() -> list[str]:
+    return _available_outputs(ANALYSIS_TEX_READS, analysis_parts())
+
+
+def analysis_stat_tables() -> list[str]:
+    return _available_stat_tables(analysis_parts())
+
+
 def analysis_targets(wildcards=None) -> list[str]:
-    """Every output of the results stage (figures, statistics, LaTeX, comparison when a reference is set)."""
-    out = [f"{ANALYSIS_TABLES}/summary.json"]
-    out += [f"{ANALYSIS_FIGURES}/{name}.{ext}" for name in ANALYSIS_FIGURE_NAMES for ext in ("pdf", "png")]
-    out += [f"{ANALYSIS_TABLES}/{name}.tex" for name in ANALYSIS_TEX_TABLES]
+    """Every output of the results stage this study has: the whole-study run table and summary, the
+    statistics tables, figures and LaTeX tables of its parts, the comparison when a reference is set."""
+    out = [f"{ANALYSIS_TABLES}/runs.csv", f"{ANALYSIS_TABLES}/summary.json"]
+    out += [f"{ANALYSIS_TABLES}/{name}.csv" for name in analysis_stat_tables()]
+    out += [f"{ANALYSIS_FIGURES}/{name}.{ext}" for name in analysis_figures() for ext in ("pdf", "png")]
+    out += [f"{ANALYSIS_TABLES}/{name}.tex" for name in analysis_tex_tables()]
     if reference_zip():
         out += [f"{ANALYSIS_TABLES}/comparison.csv", f"{ANALYSIS_TABLES}/comparison.tex"]
     return out

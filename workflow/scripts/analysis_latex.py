@@ -1,21 +1,39 @@
-"""Workflow script: every LaTeX table of the study (booktabs) from the analysis tables.
+"""Workflow script: one LaTeX table of the study (booktabs) from the tables it is drawn from.
 
-Inputs: the CSV tables (in the folder of ``runs``). Params: ``metric``. Outputs: one .tex per name of
-``kdcore.analysis.latex.TABLE_NAMES``, all in one folder.
+Inputs (kdcore.analysis.outputs.TEX_TABLES): ``runs`` (one CSV per part, read as one table), ``fidelity``
+and statistics tables by name. Params: ``table``, ``metric``. Output: ``tex``.
 """
-
-from pathlib import Path
 
 from _common import setup
 
 log = setup(snakemake)
 
-from kdcore.analysis.latex import write_all  # noqa: E402
-from kdcore.analysis.stats import METRIC_LABELS  # noqa: E402
+from kdcore.analysis import latex, stats  # noqa: E402
+from kdcore.analysis.table import read_table, read_tables  # noqa: E402
+from kdcore.atomic import atomic_write_text  # noqa: E402
 
-out_dir = Path(snakemake.output[0]).parent
-written = write_all(Path(snakemake.input.runs).parent, out_dir, METRIC_LABELS[snakemake.params.metric])
-missing = {str(p) for p in snakemake.output} - {str(p) for p in written}
-if missing:
-    raise RuntimeError(f"LaTeX tables not written: {sorted(missing)}")
-log.info("LaTeX tables written: %s", ", ".join(str(p) for p in written))
+inputs, metric = snakemake.input, snakemake.params.metric
+label = stats.METRIC_LABELS[metric]
+
+
+def runs():
+    return read_tables(inputs.runs)
+
+
+def table(name):
+    return read_table(inputs[name][0])
+
+
+# the same calls as latex.write_tables makes, cells computed from the runs read (stats.cell_summary)
+TEX_FUNCTIONS = {
+    "main_results": lambda: latex.main_results(table("comparisons"), stats.cell_summary(runs(), metric), runs(), label),
+    "kd_statistics": lambda: latex.kd_statistics(table("comparisons")),
+    "teachers": lambda: latex.teachers(stats.cell_summary(runs(), metric), runs()),
+    "fidelity": lambda: latex.fidelity(table("fidelity")),
+    "stem_ablation": lambda: latex.stem(table("stem_ablation"), label),
+    "clip_ablation": lambda: latex.clip(table("clip_ablation"), label),
+    "selection": lambda: latex.selection(table("selection")),
+}
+
+atomic_write_text(snakemake.output.tex, TEX_FUNCTIONS[snakemake.params.table]())
+log.info("LaTeX table %s written", snakemake.params.table)

@@ -1,18 +1,19 @@
-"""Workflow script: statistics of the study (summary.json and the CSV of each statistics table).
+"""Workflow script: statistics of the whole study (summary.json and the per-cell table cells.csv).
 
-Input: ``runs`` (runs.csv). Params: ``metric``. Outputs: ``summary`` and one CSV per table of
-``kdcore.analysis.stats.STAT_TABLES``, all in the folder of ``summary``.
+Input: ``runs`` (the whole study's runs.csv). Params: ``metric``. Outputs: ``summary``, ``cells``.
 """
-
-from pathlib import Path
 
 from _common import setup
 
 log = setup(snakemake)
 
-from kdcore.analysis.stats import write_statistics  # noqa: E402
-from kdcore.analysis.table import read_table  # noqa: E402
+from kdcore.analysis import stats  # noqa: E402
+from kdcore.analysis.table import read_table, write_table  # noqa: E402
+from kdcore.atomic import atomic_write_json  # noqa: E402
 
 runs = read_table(snakemake.input.runs)
-written = write_statistics(runs, Path(snakemake.output.summary).parent, snakemake.params.metric)
-log.info("statistics of %d runs written: %s", len(runs), ", ".join(str(p) for p in written.values()))
+metric = snakemake.params.metric
+cells = stats.cell_summary(runs, metric)
+write_table(cells, snakemake.output.cells)
+atomic_write_json(snakemake.output.summary, stats.build_summary(runs, metric, {"cells": cells}))
+log.info("statistics of %d runs written", len(runs))

@@ -21,6 +21,7 @@ import seaborn as sns
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from kdcore.analysis.outputs import FIGURES as FIGURE_READS
 from kdcore.analysis.table import stem_arms
 from kdcore.atomic import atomic_path
 
@@ -547,7 +548,7 @@ def clip_ablation(
     return save_figure(fig, pdf_path)
 
 
-FIGURES = ("gain_vs_capacity", "convergence", "fidelity", "stem_ablation", "clip_ablation")
+FIGURES = tuple(FIGURE_READS)  # the names, from the one list in kdcore.analysis.outputs
 
 
 def write_figure(name: str, tables_dir: str | Path, pdf_path: str | Path, metric: str = "test_best") -> list[Path]:

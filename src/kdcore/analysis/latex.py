@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kdcore.analysis.outputs import TEX_TABLES
 from kdcore.atomic import atomic_write_text
 
 METHOD_TEX = {"baseline": "Baseline", "logit": "Logit-KD", "feature": "Feature-KD"}
@@ -407,7 +408,7 @@ def comparison(comp: pd.DataFrame) -> str:
     )
 
 
-TABLE_NAMES = ("main_results", "kd_statistics", "teachers", "fidelity", "stem_ablation", "clip_ablation", "selection")
+TABLE_NAMES = tuple(TEX_TABLES)  # the names, from the one list in kdcore.analysis.outputs
 
 
 def write_tables(tables: dict[str, pd.DataFrame], out_dir: str | Path, metric_label: str) -> list[Path]:

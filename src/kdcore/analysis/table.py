@@ -367,6 +367,14 @@ def read_table(path: str | Path) -> pd.DataFrame:
     return df
 
 
+def read_tables(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """Rows of several tables of the same kind (e.g. the runs.csv of several parts of a study), in order."""
+    frames = [read_table(p) for p in paths]
+    if not frames:
+        raise DataError("read_tables: no table given")
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
 def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     """Write a table as CSV atomically."""
     from kdcore.atomic import atomic_write_text
