@@ -191,3 +191,21 @@ def test_paper_runs_unpaired_and_observed_size_planning():
     span = float(x.max() - x.min())
     # seeds per group to detect a change as large as the feature-KD point estimate (0.1 pp)
     assert M.seeds_for_slope(0.1 / span, table.loc["feature", "sd_pp"], x) == 70
+
+
+def test_outputs_table_summary_and_figure(tmp_path):
+    from kdcore.analysis import figures, latex, stats
+
+    runs = paper_runs()
+    table = M.moderation_table(runs)
+    tex = latex.tex_moderation(table, "test accuracy")
+    assert "\\toprule" in tex and "\\label{tab:moderation}" in tex and "over the 2 teacher" in tex
+    assert "+0.103" in tex and "inconclusive" in tex
+    section = M.moderation_summary(table)
+    assert section["multiple_comparisons"]["m"] == 2 and len(section["families"]) == 2
+    assert section["families"][0]["seeds_for_min_effect"] == 18 and section["power"]["kind"] == "a priori"
+    written = figures.plot_gain_vs_capacity(
+        M.gain_points(runs), M.gain_cells(runs), table, tmp_path / "gain_vs_capacity.pdf"
+    )
+    assert [p.suffix for p in written] == [".pdf", ".png"] and all(p.stat().st_size > 1000 for p in written)
+    assert not stats.premise_warnings(stats.teacher_premise(runs))  # no teacher runs: nothing to warn about
