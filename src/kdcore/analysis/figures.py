@@ -106,7 +106,7 @@ def _sig_marks(row: pd.Series) -> str:
     return marks
 
 
-def gain_vs_capacity(
+def plot_gain_per_cell(
     comparisons: pd.DataFrame, pdf_path: str | Path, metric_label: str = "test acc @ best val"
 ) -> list[Path]:
     """KD gain (pp, 95% Welch CI) of every pair and method against student parameters; teachers by colour+marker."""
@@ -317,7 +317,7 @@ def _curve(history: pd.DataFrame, run_ids: Any, column: str = "val_acc") -> pd.D
     return h.groupby("epoch")[column].agg(["mean", "std", "count"]).reset_index()
 
 
-def convergence(
+def plot_convergence(
     runs: pd.DataFrame, history: pd.DataFrame, pdf_path: str | Path, zoom_fraction: float = 0.3
 ) -> list[Path]:
     """Validation accuracy per epoch (mean \u00b1 std over seeds) per pair: baseline, Logit-KD, Feature-KD curves
@@ -397,7 +397,7 @@ def convergence(
     return save_figure(fig, pdf_path)
 
 
-def fidelity(comparisons: pd.DataFrame, fidelity_table: pd.DataFrame, pdf_path: str | Path) -> list[Path]:
+def plot_fidelity(comparisons: pd.DataFrame, fidelity_table: pd.DataFrame, pdf_path: str | Path) -> list[Path]:
     """Top-1 agreement with the teacher and KL(teacher||student) at T=1 against the KD gain, one column per
     student; baseline students measured against the same teachers are the control, drawn at gain 0 in grey."""
     _style()
@@ -500,7 +500,7 @@ def fidelity(comparisons: pd.DataFrame, fidelity_table: pd.DataFrame, pdf_path: 
     return save_figure(fig, pdf_path)
 
 
-def stem_ablation(
+def plot_stem_ablation(
     runs: pd.DataFrame, stem_stats: pd.DataFrame, pdf_path: str | Path, metric: str = "test_best"
 ) -> list[Path]:
     """Test accuracy per architecture with the CIFAR and the ImageNet stem (seeds as dots, mean as a bar
@@ -558,7 +558,7 @@ def stem_ablation(
     return save_figure(fig, pdf_path)
 
 
-def clip_ablation(
+def plot_clip_ablation(
     runs: pd.DataFrame, history: pd.DataFrame, clip_stats: pd.DataFrame, pdf_path: str | Path, metric: str = "test_best"
 ) -> list[Path]:
     """(a) test accuracy of the bugged arm (projection gradients not clipped) and the corrected arm;
@@ -667,16 +667,18 @@ def write_figure(name: str, tables_dir: str | Path, pdf_path: str | Path, metric
         metric, metric
     )
     if name == "gain_vs_capacity":
-        return gain_vs_capacity(read_table(tables_dir / "comparisons.csv"), pdf_path, label)
+        return plot_gain_per_cell(read_table(tables_dir / "comparisons.csv"), pdf_path, label)
     if name == "convergence":
-        return convergence(read_table(tables_dir / "runs.csv"), read_table(tables_dir / "history.csv"), pdf_path)
+        return plot_convergence(read_table(tables_dir / "runs.csv"), read_table(tables_dir / "history.csv"), pdf_path)
     if name == "fidelity":
-        return fidelity(read_table(tables_dir / "comparisons.csv"), read_table(tables_dir / "fidelity.csv"), pdf_path)
+        return plot_fidelity(
+            read_table(tables_dir / "comparisons.csv"), read_table(tables_dir / "fidelity.csv"), pdf_path
+        )
     if name == "stem_ablation":
-        return stem_ablation(
+        return plot_stem_ablation(
             read_table(tables_dir / "runs.csv"), read_table(tables_dir / "stem_ablation.csv"), pdf_path, metric
         )
-    return clip_ablation(
+    return plot_clip_ablation(
         read_table(tables_dir / "runs.csv"),
         read_table(tables_dir / "history.csv"),
         read_table(tables_dir / "clip_ablation.csv"),

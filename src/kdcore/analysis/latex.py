@@ -128,7 +128,7 @@ def _cell(cells: pd.DataFrame, **keys: Any) -> pd.Series | None:
     return None if sel.empty else sel.iloc[0]
 
 
-def main_results(comparisons: pd.DataFrame, cells: pd.DataFrame, runs: pd.DataFrame, metric_label: str) -> str:
+def tex_main_results(comparisons: pd.DataFrame, cells: pd.DataFrame, runs: pd.DataFrame, metric_label: str) -> str:
     """Pair, teacher accuracy, baseline accuracy, Logit-KD gain, Feature-KD gain and the best method per pair."""
     rows, bold = [], []
     for pair in sorted(comparisons["pair"].unique(), key=lambda p: (p.split("-")[1], len(p), p)):
@@ -167,7 +167,7 @@ def main_results(comparisons: pd.DataFrame, cells: pd.DataFrame, runs: pd.DataFr
     return _styled(df, np.array(bold) if bold else None, caption, "tab:main", "lccccc", sig_foot(comparisons))
 
 
-def kd_statistics(comparisons: pd.DataFrame) -> str:
+def tex_kd_statistics(comparisons: pd.DataFrame) -> str:
     """Every statistic of every KD cell against its baseline."""
     rows = []
     for _, r in comparisons.sort_values(["student", "pair", "method"]).iterrows():
@@ -213,7 +213,7 @@ def kd_statistics(comparisons: pd.DataFrame) -> str:
     )
 
 
-def teachers(cells: pd.DataFrame, runs: pd.DataFrame) -> str:
+def tex_teachers(cells: pd.DataFrame, runs: pd.DataFrame) -> str:
     """Teacher accuracies (test and val) per architecture; best test accuracy bold."""
     t = cells[cells["stage"] == "teacher"].copy()
     t["params"] = t["student"].map(runs[runs["stage"] == "teacher"].groupby("student")["params"].first())
@@ -243,7 +243,7 @@ def teachers(cells: pd.DataFrame, runs: pd.DataFrame) -> str:
     )
 
 
-def fidelity(fidelity_table: pd.DataFrame) -> str:
+def tex_fidelity(fidelity_table: pd.DataFrame) -> str:
     """Agreement and KL per pair x method (and the baseline-vs-teacher control); best values bold."""
     if fidelity_table.empty:
         df = pd.DataFrame({"Pair": ["--"], "Student": ["no fidelity measurements"]})
@@ -285,7 +285,7 @@ def fidelity(fidelity_table: pd.DataFrame) -> str:
     )
 
 
-def stem(stem_stats: pd.DataFrame, metric_label: str) -> str:
+def tex_stem_ablation(stem_stats: pd.DataFrame, metric_label: str) -> str:
     """CIFAR vs ImageNet stem per architecture with the difference and its 95% CI."""
     if stem_stats.empty:
         return _styled(
@@ -323,7 +323,7 @@ def stem(stem_stats: pd.DataFrame, metric_label: str) -> str:
     )
 
 
-def clip(clip_stats: pd.DataFrame, metric_label: str) -> str:
+def tex_clip_ablation(clip_stats: pd.DataFrame, metric_label: str) -> str:
     """Bugged (student-only clipping) vs corrected arm with the max pre-clip projection gradient norms."""
     if clip_stats.empty:
         return _styled(
@@ -369,7 +369,7 @@ def clip(clip_stats: pd.DataFrame, metric_label: str) -> str:
     )
 
 
-def selection(selection_table: pd.DataFrame) -> str:
+def tex_selection(selection_table: pd.DataFrame) -> str:
     """Every selection grid point's val accuracy; the winner of each pair x method in bold."""
     if selection_table.empty:
         return _styled(
@@ -402,7 +402,7 @@ def selection(selection_table: pd.DataFrame) -> str:
     )
 
 
-def comparison(comp: pd.DataFrame) -> str:
+def tex_comparison(comp: pd.DataFrame) -> str:
     """Paper vs reproduction table (see :mod:`kdcore.analysis.compare`)."""
     if comp.empty:
         return _styled(
@@ -493,13 +493,13 @@ def write_tables(tables: dict[str, pd.DataFrame], out_dir: str | Path, metric_la
     stem, clip, selection) into ``out_dir/<name>.tex``."""
     out_dir = Path(out_dir)
     texts = {
-        "main_results": main_results(tables["comparisons"], tables["cells"], tables["runs"], metric_label),
-        "kd_statistics": kd_statistics(tables["comparisons"]),
-        "teachers": teachers(tables["cells"], tables["runs"]),
-        "fidelity": fidelity(tables["fidelity"]),
-        "stem_ablation": stem(tables["stem"], metric_label),
-        "clip_ablation": clip(tables["clip"], metric_label),
-        "selection": selection(tables["selection"]),
+        "main_results": tex_main_results(tables["comparisons"], tables["cells"], tables["runs"], metric_label),
+        "kd_statistics": tex_kd_statistics(tables["comparisons"]),
+        "teachers": tex_teachers(tables["cells"], tables["runs"]),
+        "fidelity": tex_fidelity(tables["fidelity"]),
+        "stem_ablation": tex_stem_ablation(tables["stem"], metric_label),
+        "clip_ablation": tex_clip_ablation(tables["clip"], metric_label),
+        "selection": tex_selection(tables["selection"]),
     }
     return [atomic_write_text(out_dir / f"{name}.tex", text) for name, text in texts.items()]
 
