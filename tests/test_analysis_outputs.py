@@ -49,7 +49,7 @@ def test_latex_tables_and_compile(study, tmp_path):
     assert r"\textbf{" in main and r"$\pm$" in main
     assert r"\textbf{" in (tmp_path / "selection.tex").read_text()
     comp = compare.compare_to_reference(runs, runs)
-    (tmp_path / "comparison.tex").write_text(latex.comparison(comp))
+    (tmp_path / "comparison.tex").write_text(latex.tex_comparison(comp))
     if shutil.which("pdflatex") is None:
         pytest.skip("pdflatex not installed")
     names = [p.name for p in written] + ["comparison.tex"]

@@ -56,14 +56,20 @@ def test_comparisons_against_scipy(runs):
         (x, y),
         lambda a, b, axis=-1: a.mean(axis) - b.mean(axis),
         n_resamples=S.N_BOOT,
-        method="percentile",
+        method="BCa",
         rng=np.random.default_rng(S.BOOT_SEED),
         vectorized=True,
     )
-    assert (row["boot_low"], row["boot_high"]) == pytest.approx(
+    assert (row["bca_low"], row["bca_high"]) == pytest.approx(
         (boot.confidence_interval.low, boot.confidence_interval.high)
     )
     assert row["p_holm"] == pytest.approx(S.holm(comp["p_welch"].to_numpy())[row.name])
+    assert (comp["holm_m"] == 6).all()
+    # a priori design figure: seeds per arm for min_effect_pp at the baseline's SD (no observed-effect power)
+    power = pytest.importorskip("statsmodels.stats.power")
+    n = power.TTestIndPower().solve_power(effect_size=S.MIN_EFFECT_PP / y.std(ddof=1), alpha=0.05, power=0.8)
+    assert row["seeds_for_min_effect"] == math.ceil(n)
+    assert "seeds_80_power" not in comp.columns
 
 
 def test_paired_design_uses_shared_seeds_only(runs):
@@ -94,13 +100,40 @@ def test_holm_matches_statsmodels():
     assert S.holm(p) == pytest.approx(multitest.multipletests(p, method="holm")[1])
 
 
-def test_seeds_for_power_against_noncentral_t():
-    n = S.seeds_for_power(1.0)
-    assert S.power_two_sample(1.0, n) >= 0.8 > S.power_two_sample(1.0, n - 1)
-    assert n == 17  # textbook value for d = 1, alpha = 0.05 two-sided, 80% power
-    assert S.seeds_for_power(0.0) is None
-    power = pytest.importorskip("statsmodels.stats.power")
-    assert n == math.ceil(power.TTestIndPower().solve_power(effect_size=1.0, alpha=0.05, power=0.8))
+def test_seeds_to_detect_is_a_priori():
+    # d = 1 (effect = SD): the textbook 17 seeds per arm at alpha 0.05 two-sided, 80% power
+    assert S.seeds_to_detect(0.5, 0.5) == 17
+    n = S.seeds_to_detect(0.2, 0.14)
+    assert S.TTestIndPower().power(0.2 / 0.14, n, 0.05) >= 0.8 > S.TTestIndPower().power(0.2 / 0.14, n - 1, 0.05)
+    assert S.seeds_to_detect(0.0, 0.1) is None and S.seeds_to_detect(0.2, 0.0) is None
+    assert S.seeds_to_detect(1e-6, 1.0) is None  # beyond MAX_POWER_N
+
+
+def test_significance_legend_names_correction_and_family_size():
+    text = S.significance_legend(8)
+    assert "no correction" in text and "Holm" in text and "over 8 " in text
+
+
+def test_teacher_premise_warns_when_teacher_is_weaker(tmp_path):
+    from test_analysis_helpers import default_acc
+
+    def weak_r34(stage, student, teacher, method, seed):  # teacher R34 below the R18 student's baseline
+        acc = default_acc(stage, student, teacher, method, seed)
+        return acc - 0.2 if stage == "teacher" and student == "resnet34" else acc
+
+    m, f = make_study(tmp_path, acc=weak_r34)
+    runs = build_run_table(m, f)
+    premise = S.teacher_premise(runs).set_index("pair")
+    assert not premise.loc["resnet34-resnet18", "holds"]
+    assert premise.loc["resnet50-resnet18", "holds"] and premise.loc["resnet50-resnet34", "holds"]
+    assert premise.loc["resnet34-resnet18", "margin"] == pytest.approx(
+        runs.query("stage == 'teacher' and student == 'resnet34'")["test_best"].mean()
+        - runs.query("stage == 'baseline' and student == 'resnet18'")["test_best"].mean()
+    )
+    summary = S.build_summary(runs)
+    warned = [n for n in summary["notes"] if "does not beat" in n]
+    assert len(warned) == 1 and "resnet34" in warned[0] and "resnet18" in warned[0]
+    assert not [n for n in S.build_summary(build_run_table(*make_study(tmp_path / "ok")))["notes"] if "beat" in n]
 
 
 def test_one_seed_study_renders_with_notes(tmp_path):
@@ -114,6 +147,40 @@ def test_one_seed_study_renders_with_notes(tmp_path):
     assert summary["comparisons"][0]["p_welch"] is None
     assert summary["notes"] and summary["multiple_comparisons"]["m"] == 0
     assert all(r["n_cifar"] == 1 for r in summary["stem_ablation"])
+
+
+def test_selection_table_and_select_winner_agree(tmp_path):
+    """Two selection seeds: the best single run belongs to a point whose mean loses; both paths pick the mean."""
+    import json
+
+    from kdcore.selection import choose_winner, score_candidates
+
+    runs = pd.DataFrame(
+        {
+            "stage": "select",
+            "pair": "resnet50-resnet18",
+            "teacher": "resnet50",
+            "student": "resnet18",
+            "method": "logit",
+            "alpha": [0.5, 0.5, 0.9, 0.9, 0.7, 0.7],
+            "temperature": 4.0,
+            "beta": np.nan,
+            "seed": [0, 1, 0, 1, 0, 1],
+            "val_acc": [95.0, 90.0, 93.0, 93.0, 93.0, 93.0],
+            "test_best": 90.0,
+        }
+    )
+    sel = S.selection_table(runs)
+    assert set(sel.loc[sel["winner"], "alpha"]) == {0.7}  # mean 93 ties 0.9; 0.7 comes first in grid order
+    candidates = []
+    for a in (0.5, 0.7, 0.9):  # grid order of the workflow: ascending, like the table
+        paths = []
+        for seed, v in runs.loc[runs["alpha"] == a, ["seed", "val_acc"]].itertuples(index=False):
+            path = tmp_path / f"{a}-{seed}.json"
+            path.write_text(json.dumps({"results": {"best_val_acc": v / 100}}))
+            paths.append(str(path))
+        candidates.append({"hp": f"a{a}", "params": {"alpha": a}, "metrics": paths})
+    assert choose_winner(score_candidates(candidates, "best_val_acc"))["hp"] == "a0.7"
 
 
 def test_selection_winner_and_final_choice(runs):

@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from kdcore.analysis.latex import short
 from kdcore.analysis.stats import describe, kd_comparisons
 
 COLUMNS = [
@@ -39,10 +40,6 @@ COLUMNS = [
     "status",
     "reason",
 ]
-
-
-def _short(arch: str) -> str:
-    return arch.replace("resnet", "R")
 
 
 def reduced_scale_reasons(ours: pd.DataFrame, paper: pd.DataFrame) -> list[str]:
@@ -139,8 +136,8 @@ def compare_to_reference(ours: pd.DataFrame, paper: pd.DataFrame, metric: str = 
             o, p = describe(o_runs[metric]), describe(p_runs[metric])
             rows.append(
                 _row(
-                    f"{label} {_short(arch)} accuracy",
-                    f"{label.capitalize()} {_short(arch)}",
+                    f"{label} {short(arch)} accuracy",
+                    f"{label.capitalize()} {short(arch)}",
                     "accuracy",
                     p,
                     o,
@@ -151,8 +148,8 @@ def compare_to_reference(ours: pd.DataFrame, paper: pd.DataFrame, metric: str = 
     comp_p = kd_comparisons(paper, metric)
     comp_o = kd_comparisons(ours, metric) if (ours["stage"] == "final").any() else comp_p.iloc[0:0]
     for _, cp in comp_p.iterrows():
-        name = f"{_short(cp['teacher'])}->{_short(cp['student'])} {cp['method']}"
-        tex = f"{_short(cp['teacher'])}$\\rightarrow${_short(cp['student'])} {cp['method']}"
+        name = f"{short(cp['teacher'])}->{short(cp['student'])} {cp['method']}"
+        tex = f"{short(cp['teacher'])}$\\rightarrow${short(cp['student'])} {cp['method']}"
         final_match = {"stage": "final", "pair": cp["pair"], "method": cp["method"]}
         base_match = {"stage": "baseline", "student": cp["student"], "stem": "cifar"}
         o_runs, p_runs = _where(ours, **final_match), _where(paper, **final_match)
@@ -193,11 +190,11 @@ def write_comparison(
     metric: str = "test_best",
 ) -> pd.DataFrame:
     """Write the comparison table as CSV and LaTeX; return it."""
-    from kdcore.analysis.latex import comparison
+    from kdcore.analysis.latex import tex_comparison
     from kdcore.analysis.table import write_table
     from kdcore.atomic import atomic_write_text
 
     comp = compare_to_reference(ours_runs, paper_runs, metric)
     write_table(comp, csv_path)
-    atomic_write_text(tex_path, comparison(comp))
+    atomic_write_text(tex_path, tex_comparison(comp))
     return comp

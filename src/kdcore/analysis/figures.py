@@ -21,6 +21,7 @@ import seaborn as sns
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
+from kdcore.analysis.latex import short
 from kdcore.analysis.outputs import FIGURES as FIGURE_READS
 from kdcore.analysis.table import stem_arms
 from kdcore.atomic import atomic_path
@@ -52,12 +53,12 @@ STEM_STYLE = {
     "cifar": (OKABE_ITO["blue"], "o", "CIFAR stem (3x3 conv)"),
     "imagenet": (OKABE_ITO["vermillion"], "s", "ImageNet stem (7x7 conv + max-pool)"),
 }
-SIG_NOTE = "* Welch p < 0.05 (uncorrected)   \u2020 Holm-adjusted p < 0.05"
 
 
-def short(arch: str) -> str:
-    """'resnet50' -> 'R50'."""
-    return arch.replace("resnet", "R") if isinstance(arch, str) else str(arch)
+def sig_note(comparisons: pd.DataFrame) -> str:
+    """Legend of the significance marks with the correction and its family size."""
+    m = int(comparisons["p_welch"].notna().sum()) if "p_welch" in comparisons else 0
+    return f"* Welch p < 0.05, no correction   \u2020 Holm-adjusted p < 0.05 over {m} pair \u00d7 method KD cells"
 
 
 def pair_label(pair: str) -> str:
@@ -106,7 +107,7 @@ def _sig_marks(row: pd.Series) -> str:
     return marks
 
 
-def gain_vs_capacity(
+def plot_gain_per_cell(
     comparisons: pd.DataFrame, pdf_path: str | Path, metric_label: str = "test acc @ best val"
 ) -> list[Path]:
     """KD gain (pp, 95% Welch CI) of every pair and method against student parameters; teachers by colour+marker."""
@@ -200,10 +201,113 @@ def gain_vs_capacity(
     fig.text(
         0.5,
         -0.04,
-        SIG_NOTE + "   (n seeds per cell: " + ", ".join(sorted({f"{int(n)}" for n in comparisons["n_treated"]})) + ")",
+        sig_note(comparisons)
+        + "   (n seeds per cell: "
+        + ", ".join(sorted({f"{int(n)}" for n in comparisons["n_treated"]}))
+        + ")",
         ha="center",
         fontsize=9,
         color="0.25",
+    )
+    fig.tight_layout()
+    return save_figure(fig, pdf_path)
+
+
+def _fit_band(row: pd.Series, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fitted gain and its pointwise 95% CI at parameter counts ``x`` from a moderation-table row."""
+    from scipy import stats as st
+
+    lx = np.log2(x)
+    fit = row["intercept"] + row["slope"] * lx
+    var = row["se_intercept"] ** 2 + 2 * lx * row["cov_intercept_slope"] + (lx * row["se"]) ** 2
+    half = st.t.ppf(0.975, row["df"]) * np.sqrt(np.maximum(var, 0))
+    return fit, fit - half, fit + half
+
+
+def plot_gain_vs_capacity(
+    points: pd.DataFrame,
+    cells: pd.DataFrame,
+    moderation: pd.DataFrame,
+    pdf_path: str | Path,
+    metric_label: str = "test acc @ best val",
+) -> list[Path]:
+    """KD gain against student parameters (log axis), one panel per method, teachers by colour + marker:
+    per-seed gains (small open markers), cell means with 95% CIs, and the moderation test's fitted slope
+    with its 95% CI band; the legend states each slope, its CI and Holm p. Inputs: the tables of
+    :func:`kdcore.analysis.moderation.gain_points`, ``gain_cells`` and ``moderation_table``."""
+    _style()
+    methods = [m for m in ("logit", "feature") if m in set(cells.get("method", []))] or ["logit", "feature"]
+    fig, axes = plt.subplots(1, len(methods), figsize=(5.6 * len(methods), 4.6), sharey=True, squeeze=False)
+    axes = axes[0]
+    if cells.empty:
+        for ax in axes:
+            _empty(ax, "no final KD runs")
+        return save_figure(fig, pdf_path)
+    teachers = sorted(cells["teacher"].unique(), key=lambda t: (len(t), t))
+    offset = {t: 2 ** ((i - (len(teachers) - 1) / 2) * 0.03) for i, t in enumerate(teachers)}
+    for ax, method in zip(axes, methods, strict=False):
+        ax.axhline(0, color="0.2", lw=1.0, zorder=1)
+        for teacher in teachers:
+            colour, marker = TEACHER_STYLE.get(teacher, (OKABE_ITO["grey"], "D"))
+            c = cells[(cells["teacher"] == teacher) & (cells["method"] == method)].sort_values("params")
+            if c.empty:
+                continue
+            pts = points[(points["teacher"] == teacher) & (points["method"] == method)]
+            ax.scatter(
+                pts["params"] * offset[teacher],
+                pts["gain"],
+                s=16,
+                marker=marker,
+                facecolors="none",
+                edgecolors=colour,
+                lw=0.8,
+                alpha=0.7,
+                zorder=2,
+            )
+            x = c["params"].to_numpy() * offset[teacher]
+            err = np.vstack([c["gain"] - c["ci_low"], c["ci_high"] - c["gain"]])
+            ax.errorbar(
+                x,
+                c["gain"],
+                yerr=np.where(np.isnan(err), 0.0, err),
+                fmt=marker,
+                color=colour,
+                ms=8,
+                capsize=4,
+                lw=1.6,
+                markeredgecolor="black",
+                markeredgewidth=0.6,
+                zorder=4,
+            )
+            row = moderation[(moderation["teacher"] == teacher) & (moderation["method"] == method)]
+            label = f"teacher {short(teacher)}"
+            if len(row) and pd.notna(row.iloc[0]["slope"]):
+                r = row.iloc[0]
+                grid = np.geomspace(c["params"].min(), c["params"].max(), 50)
+                fit, lo, hi = _fit_band(r, grid)
+                ax.plot(grid * offset[teacher], fit, color=colour, lw=1.4, ls="--", zorder=3)
+                ax.fill_between(grid * offset[teacher], lo, hi, color=colour, alpha=0.15, lw=0, zorder=1)
+                ci = f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
+                label += f": {r['slope']:+.2f} pp/doubling {ci}, Holm p {r['p_holm']:.2f}"
+            ax.plot([], [], color=colour, marker=marker, ls="--", label=label)
+        ax.set_xscale("log", base=2)
+        ticks = sorted(cells["params"].unique())
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([f"{p / 1e6:.2g}M" for p in ticks])
+        ax.minorticks_off()
+        ax.set_title(METHOD_LABEL.get(method, method))
+        ax.set_xlabel("student parameters (log scale)")
+        ax.legend(loc="best", fontsize=8)
+    axes[0].set_ylabel(f"KD gain over baseline (pp, {metric_label})")
+    fig.text(
+        0.5,
+        -0.04,
+        "open markers: per-seed gains; filled: cell mean \u00b1 95% CI; dashed line and band: WLS slope on "
+        "log2(parameters) with 95% CI (Welch-Satterthwaite df); Holm over teacher \u00d7 method families",
+        ha="center",
+        fontsize=8,
+        color="0.25",
+        wrap=True,
     )
     fig.tight_layout()
     return save_figure(fig, pdf_path)
@@ -214,7 +318,7 @@ def _curve(history: pd.DataFrame, run_ids: Any, column: str = "val_acc") -> pd.D
     return h.groupby("epoch")[column].agg(["mean", "std", "count"]).reset_index()
 
 
-def convergence(
+def plot_convergence(
     runs: pd.DataFrame, history: pd.DataFrame, pdf_path: str | Path, zoom_fraction: float = 0.3
 ) -> list[Path]:
     """Validation accuracy per epoch (mean \u00b1 std over seeds) per pair: baseline, Logit-KD, Feature-KD curves
@@ -294,7 +398,7 @@ def convergence(
     return save_figure(fig, pdf_path)
 
 
-def fidelity(comparisons: pd.DataFrame, fidelity_table: pd.DataFrame, pdf_path: str | Path) -> list[Path]:
+def plot_fidelity(comparisons: pd.DataFrame, fidelity_table: pd.DataFrame, pdf_path: str | Path) -> list[Path]:
     """Top-1 agreement with the teacher and KL(teacher||student) at T=1 against the KD gain, one column per
     student; baseline students measured against the same teachers are the control, drawn at gain 0 in grey."""
     _style()
@@ -397,7 +501,7 @@ def fidelity(comparisons: pd.DataFrame, fidelity_table: pd.DataFrame, pdf_path: 
     return save_figure(fig, pdf_path)
 
 
-def stem_ablation(
+def plot_stem_ablation(
     runs: pd.DataFrame, stem_stats: pd.DataFrame, pdf_path: str | Path, metric: str = "test_best"
 ) -> list[Path]:
     """Test accuracy per architecture with the CIFAR and the ImageNet stem (seeds as dots, mean as a bar
@@ -455,7 +559,7 @@ def stem_ablation(
     return save_figure(fig, pdf_path)
 
 
-def clip_ablation(
+def plot_clip_ablation(
     runs: pd.DataFrame, history: pd.DataFrame, clip_stats: pd.DataFrame, pdf_path: str | Path, metric: str = "test_best"
 ) -> list[Path]:
     """(a) test accuracy of the bugged arm (projection gradients not clipped) and the corrected arm;
@@ -564,16 +668,18 @@ def write_figure(name: str, tables_dir: str | Path, pdf_path: str | Path, metric
         metric, metric
     )
     if name == "gain_vs_capacity":
-        return gain_vs_capacity(read_table(tables_dir / "comparisons.csv"), pdf_path, label)
+        return plot_gain_per_cell(read_table(tables_dir / "comparisons.csv"), pdf_path, label)
     if name == "convergence":
-        return convergence(read_table(tables_dir / "runs.csv"), read_table(tables_dir / "history.csv"), pdf_path)
+        return plot_convergence(read_table(tables_dir / "runs.csv"), read_table(tables_dir / "history.csv"), pdf_path)
     if name == "fidelity":
-        return fidelity(read_table(tables_dir / "comparisons.csv"), read_table(tables_dir / "fidelity.csv"), pdf_path)
+        return plot_fidelity(
+            read_table(tables_dir / "comparisons.csv"), read_table(tables_dir / "fidelity.csv"), pdf_path
+        )
     if name == "stem_ablation":
-        return stem_ablation(
+        return plot_stem_ablation(
             read_table(tables_dir / "runs.csv"), read_table(tables_dir / "stem_ablation.csv"), pdf_path, metric
         )
-    return clip_ablation(
+    return plot_clip_ablation(
         read_table(tables_dir / "runs.csv"),
         read_table(tables_dir / "history.csv"),
         read_table(tables_dir / "clip_ablation.csv"),

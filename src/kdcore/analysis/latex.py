@@ -1,8 +1,9 @@
 """LaTeX tables of the study (pandas ``Styler.to_latex``, booktabs rules, captions and labels).
 
 Cells read "mean $\\pm$ std" (accuracies in %, differences in pp); the best cell of a row or column is bold
-(Styler ``textbf`` with ``--rwrap``); gains carry $^{*}$ when the Welch p < 0.05 and $^{\\dagger}$ when the
-Holm-adjusted p < 0.05. The tables need ``\\usepackage{booktabs}`` only.
+(Styler ``textbf`` with ``--rwrap``); gains carry $^{*}$ when the Welch p < 0.05 (no correction) and
+$^{\\dagger}$ when the Holm-adjusted p < 0.05; the footnote names the Holm family and its size. The tables
+need ``\\usepackage{booktabs}`` only.
 """
 
 from __future__ import annotations
@@ -19,10 +20,34 @@ from kdcore.atomic import atomic_write_text
 
 METHOD_TEX = {"baseline": "Baseline", "logit": "Logit-KD", "feature": "Feature-KD"}
 BOLD = "textbf:--rwrap;"
-SIG_FOOT = r"$^{*}$ Welch $p<0.05$ (uncorrected); $^{\dagger}$ Holm-adjusted $p<0.05$."
+
+
+def sig_foot(comparisons: pd.DataFrame) -> str:
+    """Footnote of the significance marks: the correction and the size of its family."""
+    m = int(comparisons["p_welch"].notna().sum()) if "p_welch" in comparisons else 0
+    return (
+        r"$^{*}$ Welch $p<0.05$, no correction; $^{\dagger}$ Holm-adjusted $p<0.05$ over "
+        f"{m} pair $\\times$ method KD cells (each against its student's baseline)."
+    )
+
+
+def premise_note(cells: pd.DataFrame, pairs: list[str]) -> str:
+    """A warning for each pair whose teacher's mean accuracy does not exceed its student's baseline mean."""
+    out = []
+    for pair in pairs:
+        teacher, student = pair.split("-")
+        t = _cell(cells, stage="teacher", student=teacher)
+        b = _cell(cells, stage="baseline", student=student, stem="cifar")
+        if t is not None and b is not None and not t["mean"] > b["mean"]:
+            out.append(
+                f"Warning: teacher {short(teacher)} ({t['mean']:.2f}\\%) does not beat the {short(student)} "
+                f"baseline ({b['mean']:.2f}\\%); KD from a weaker teacher is not the paper's setting."
+            )
+    return " ".join(out)
 
 
 def short(arch: str) -> str:
+    """'resnet50' -> 'R50' (the labels of figures and tables)."""
     return arch.replace("resnet", "R") if isinstance(arch, str) else str(arch)
 
 
@@ -104,7 +129,7 @@ def _cell(cells: pd.DataFrame, **keys: Any) -> pd.Series | None:
     return None if sel.empty else sel.iloc[0]
 
 
-def main_results(comparisons: pd.DataFrame, cells: pd.DataFrame, runs: pd.DataFrame, metric_label: str) -> str:
+def tex_main_results(comparisons: pd.DataFrame, cells: pd.DataFrame, runs: pd.DataFrame, metric_label: str) -> str:
     """Pair, teacher accuracy, baseline accuracy, Logit-KD gain, Feature-KD gain and the best method per pair."""
     rows, bold = [], []
     for pair in sorted(comparisons["pair"].unique(), key=lambda p: (p.split("-")[1], len(p), p)):
@@ -138,10 +163,12 @@ def main_results(comparisons: pd.DataFrame, cells: pd.DataFrame, runs: pd.DataFr
         f"minus baseline in pp with 95\\% Welch CI (n = {', '.join(map(str, n))} seeds per cell). "
         "The larger positive gain per pair is bold; Best is the method with the highest mean accuracy."
     )
-    return _styled(df, np.array(bold) if bold else None, caption, "tab:main", "lccccc", SIG_FOOT)
+    warning = premise_note(cells, sorted(comparisons["pair"].unique()))
+    caption += f" {warning}" if warning else ""
+    return _styled(df, np.array(bold) if bold else None, caption, "tab:main", "lccccc", sig_foot(comparisons))
 
 
-def kd_statistics(comparisons: pd.DataFrame) -> str:
+def tex_kd_statistics(comparisons: pd.DataFrame) -> str:
     """Every statistic of every KD cell against its baseline."""
     rows = []
     for _, r in comparisons.sort_values(["student", "pair", "method"]).iterrows():
@@ -153,14 +180,14 @@ def kd_statistics(comparisons: pd.DataFrame) -> str:
                 "Gain": f"{r['gain']:+.2f}{sig(r)}",
                 "SE": num(r["se"]),
                 "95\\% CI (t)": f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]" if pd.notna(r["ci_low"]) else "--",
-                "95\\% CI (boot)": f"[{r['boot_low']:+.2f}, {r['boot_high']:+.2f}]"
-                if pd.notna(r["boot_low"])
+                "95\\% CI (BCa)": f"[{r['bca_low']:+.2f}, {r['bca_high']:+.2f}]"
+                if pd.notna(r.get("bca_low"))
                 else "--",
                 "$p$ Welch": pval(r["p_welch"]),
                 "$p$ paired": pval(r["p_paired"]),
                 "$p$ Holm": pval(r["p_holm"]),
                 "Hedges $g$": num(r["hedges_g"]),
-                "$n_{80\\%}$": "--" if pd.isna(r["seeds_80_power"]) else str(int(r["seeds_80_power"])),
+                "$n_{\\min}$": "--" if pd.isna(r.get("seeds_for_min_effect")) else str(int(r["seeds_for_min_effect"])),
             }
         )
     df = pd.DataFrame(rows)
@@ -168,18 +195,26 @@ def kd_statistics(comparisons: pd.DataFrame) -> str:
     if not df.empty and comparisons["p_welch"].notna().any():
         order = comparisons.sort_values(["student", "pair", "method"]).reset_index(drop=True)
         bold[:, list(df.columns).index("$p$ Welch")] = (order["p_welch"] < 0.05).to_numpy()
+    effect = comparisons["min_effect_pp"].iloc[0] if "min_effect_pp" in comparisons and len(comparisons) else None
     caption = (
-        "KD gain over the student baseline (pp): standard error, 95\\% CIs (Welch t and percentile "
-        "bootstrap), Welch and paired (shared seeds) t-test $p$, Holm-adjusted Welch $p$ over all "
-        "cells, Hedges $g$ and the seeds per arm needed for 80\\% power at the observed effect. "
-        "$p<0.05$ in bold."
+        "KD gain over the student baseline (pp): standard error, 95\\% CIs (Welch t, the primary interval; "
+        "BCa bootstrap as a secondary check), Welch and paired (shared seeds) t-test $p$, Holm-adjusted Welch "
+        f"$p$ over all {int(comparisons['p_welch'].notna().sum()) if len(comparisons) else 0} cells, Hedges $g$ "
+        "and $n_{\\min}$: the seeds per arm an a priori two-sample t-test needs for 80\\% power to detect a "
+        + (f"{effect:g} pp" if effect is not None and pd.notna(effect) else "minimum-effect")
+        + " gain at the observed baseline SD. $p<0.05$ in bold."
     )
     return _styled(
-        df, bold, caption, "tab:kd-stats", "llc" + "c" * (df.shape[1] - 3) if not df.empty else None, SIG_FOOT
+        df,
+        bold,
+        caption,
+        "tab:kd-stats",
+        "llc" + "c" * (df.shape[1] - 3) if not df.empty else None,
+        sig_foot(comparisons),
     )
 
 
-def teachers(cells: pd.DataFrame, runs: pd.DataFrame) -> str:
+def tex_teachers(cells: pd.DataFrame, runs: pd.DataFrame) -> str:
     """Teacher accuracies (test and val) per architecture; best test accuracy bold."""
     t = cells[cells["stage"] == "teacher"].copy()
     t["params"] = t["student"].map(runs[runs["stage"] == "teacher"].groupby("student")["params"].first())
@@ -209,7 +244,7 @@ def teachers(cells: pd.DataFrame, runs: pd.DataFrame) -> str:
     )
 
 
-def fidelity(fidelity_table: pd.DataFrame) -> str:
+def tex_fidelity(fidelity_table: pd.DataFrame) -> str:
     """Agreement and KL per pair x method (and the baseline-vs-teacher control); best values bold."""
     if fidelity_table.empty:
         df = pd.DataFrame({"Pair": ["--"], "Student": ["no fidelity measurements"]})
@@ -251,7 +286,7 @@ def fidelity(fidelity_table: pd.DataFrame) -> str:
     )
 
 
-def stem(stem_stats: pd.DataFrame, metric_label: str) -> str:
+def tex_stem_ablation(stem_stats: pd.DataFrame, metric_label: str) -> str:
     """CIFAR vs ImageNet stem per architecture with the difference and its 95% CI."""
     if stem_stats.empty:
         return _styled(
@@ -289,7 +324,7 @@ def stem(stem_stats: pd.DataFrame, metric_label: str) -> str:
     )
 
 
-def clip(clip_stats: pd.DataFrame, metric_label: str) -> str:
+def tex_clip_ablation(clip_stats: pd.DataFrame, metric_label: str) -> str:
     """Bugged (student-only clipping) vs corrected arm with the max pre-clip projection gradient norms."""
     if clip_stats.empty:
         return _styled(
@@ -335,7 +370,7 @@ def clip(clip_stats: pd.DataFrame, metric_label: str) -> str:
     )
 
 
-def selection(selection_table: pd.DataFrame) -> str:
+def tex_selection(selection_table: pd.DataFrame) -> str:
     """Every selection grid point's val accuracy; the winner of each pair x method in bold."""
     if selection_table.empty:
         return _styled(
@@ -368,7 +403,7 @@ def selection(selection_table: pd.DataFrame) -> str:
     )
 
 
-def comparison(comp: pd.DataFrame) -> str:
+def tex_comparison(comp: pd.DataFrame) -> str:
     """Paper vs reproduction table (see :mod:`kdcore.analysis.compare`)."""
     if comp.empty:
         return _styled(
@@ -408,6 +443,49 @@ def comparison(comp: pd.DataFrame) -> str:
     )
 
 
+def tex_moderation(moderation: pd.DataFrame, metric_label: str) -> str:
+    """The moderation test per teacher and method: change of the KD gain per doubling of student parameters
+    with 95% CI, p, Holm p, the a priori figures and the conclusion in words (booktabs)."""
+    if moderation.empty:
+        return _styled(
+            pd.DataFrame({"Teacher": ["--"], "Note": ["no final KD cells"]}),
+            None,
+            "Moderation by student capacity: no final KD cells.",
+            "tab:moderation",
+        )
+    rows = []
+    for _, r in moderation.iterrows():
+        rows.append(
+            {
+                "Teacher": short(r["teacher"]),
+                "Method": METHOD_TEX.get(r["method"], r["method"]),
+                "Students": ", ".join(short(s) for s in str(r["students"]).split()),
+                "n": str(int(r["seeds_per_group"])),
+                "Slope (pp/doubling)": f"{r['slope']:+.3f}" if pd.notna(r["slope"]) else "--",
+                "95\\% CI": f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]" if pd.notna(r["ci_low"]) else "--",
+                "$p$": pval(r["p"]),
+                "$p$ Holm": pval(r["p_holm"]),
+                "Detectable (pp)": num(r["mde_gain_change"]),
+                "$n$ for effect": "--" if pd.isna(r["seeds_for_min_effect"]) else str(int(r["seeds_for_min_effect"])),
+            }
+        )
+    df = pd.DataFrame(rows)
+    bold = _mask(df)
+    bold[:, 7] = (moderation["p_holm"] < 0.05).to_numpy()
+    effect = moderation["min_effect_pp"].iloc[0]
+    m = int(moderation["holm_m"].iloc[0])
+    caption = (
+        f"Does student capacity moderate the KD gain ({metric_label})? Per teacher and method: weighted "
+        "least-squares slope of the per-student KD gain on $\\log_2$(student parameters), in pp per doubling, "
+        "with 95\\% CI (Welch--Satterthwaite df; with two students this is the difference in gains), $p$ and "
+        f"Holm-adjusted $p$ over the {m} teacher $\\times$ method families (bold when $<0.05$). A priori design: "
+        "the smallest change of the gain across the students' capacity range detectable with 80\\% power at "
+        f"the study's seeds and observed SD, and the seeds per group needed to detect a {effect:g} pp change. "
+        + " ".join(f"{short(r['teacher'])} {r['method']}: {r['conclusion']}." for _, r in moderation.iterrows())
+    )
+    return _styled(df, bold, caption, "tab:moderation", "lll" + "c" * (df.shape[1] - 3))
+
+
 TABLE_NAMES = tuple(TEX_TABLES)  # the names, from the one list in kdcore.analysis.outputs
 
 
@@ -416,13 +494,13 @@ def write_tables(tables: dict[str, pd.DataFrame], out_dir: str | Path, metric_la
     stem, clip, selection) into ``out_dir/<name>.tex``."""
     out_dir = Path(out_dir)
     texts = {
-        "main_results": main_results(tables["comparisons"], tables["cells"], tables["runs"], metric_label),
-        "kd_statistics": kd_statistics(tables["comparisons"]),
-        "teachers": teachers(tables["cells"], tables["runs"]),
-        "fidelity": fidelity(tables["fidelity"]),
-        "stem_ablation": stem(tables["stem"], metric_label),
-        "clip_ablation": clip(tables["clip"], metric_label),
-        "selection": selection(tables["selection"]),
+        "main_results": tex_main_results(tables["comparisons"], tables["cells"], tables["runs"], metric_label),
+        "kd_statistics": tex_kd_statistics(tables["comparisons"]),
+        "teachers": tex_teachers(tables["cells"], tables["runs"]),
+        "fidelity": tex_fidelity(tables["fidelity"]),
+        "stem_ablation": tex_stem_ablation(tables["stem"], metric_label),
+        "clip_ablation": tex_clip_ablation(tables["clip"], metric_label),
+        "selection": tex_selection(tables["selection"]),
     }
     return [atomic_write_text(out_dir / f"{name}.tex", text) for name, text in texts.items()]
 

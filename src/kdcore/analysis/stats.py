@@ -1,9 +1,10 @@
 """Statistics of the study from the tidy run table (all accuracies in percent, differences in pp).
 
-Tests and intervals come from scipy (``ttest_ind(equal_var=False)``, ``ttest_rel``, ``bootstrap``,
-noncentral t for power). Holm's step-down correction is not in scipy (``false_discovery_control`` is
-Benjamini-Hochberg); :func:`holm` implements it in a few documented lines and the tests check it against
-statsmodels' ``multipletests(method="holm")`` when statsmodels is installed.
+Tests and intervals come from scipy: the primary CI is the Welch t-interval (``ttest_ind(equal_var=False)``),
+the paired test uses ``ttest_rel``, and a BCa ``bootstrap`` interval is reported as a secondary check (the
+percentile bootstrap under-covers with 5 seeds). Holm's correction and the a priori power figures come from
+statsmodels (``multipletests``, ``TTestIndPower``). No post-hoc ("observed") power is reported: the design
+figure is the number of seeds per arm needed to detect ``min_effect_pp`` at the observed baseline SD.
 
 Whatever needs more seeds than a cell has yields ``None`` (NaN in tables) plus a note saying why, so
 that a one-seed study still renders.
@@ -19,9 +20,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestIndPower
 
 from kdcore.analysis.table import stem_arms
 from kdcore.errors import DataError
+from kdcore.selection import candidate_score, choose_winner
 
 METRICS = ("test_best", "test_final", "val_acc")
 METRIC_LABELS = {
@@ -35,6 +39,10 @@ POWER = 0.8
 N_BOOT = 9999
 BOOT_SEED = 20240601
 MAX_POWER_N = 100_000
+#: Default smallest effect of interest (pp); the study config's ``analysis.min_effect_pp`` overrides it.
+MIN_EFFECT_PP = 0.2
+BOOT_METHOD = "BCa"
+HOLM_FAMILY = "final pair x method KD cells vs their student's baseline"
 CELL_KEYS = ["stage", "teacher", "student", "pair", "method", "stem", "clip_scope", "alpha", "temperature", "beta"]
 NOTE_FEW = "needs at least 2 seeds in each arm"
 NOTE_PAIRED = "needs at least 2 seeds shared by both arms"
@@ -67,57 +75,42 @@ def describe(values: Any) -> dict[str, Any]:
 
 
 def holm(pvalues: Any) -> np.ndarray:
-    """Holm (1979) step-down adjusted p-values; NaN entries stay NaN and do not count in the family.
-
-    With the m finite p-values sorted ascending p_(1) <= ... <= p_(m), the adjusted value of p_(i) is
-    max_{j <= i} min(1, (m - j + 1) * p_(j)).
-    """
+    """Holm (1979) step-down adjusted p-values (statsmodels ``multipletests``); NaN entries stay NaN and do
+    not count in the family."""
     p = np.asarray(pvalues, dtype=float)
     out = np.full(p.shape, np.nan)
-    finite = np.flatnonzero(~np.isnan(p))
-    m = finite.size
-    if m == 0:
-        return out
-    order = finite[np.argsort(p[finite], kind="stable")]
-    scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
-    out[order] = np.maximum.accumulate(scaled)
+    finite = ~np.isnan(p)
+    if finite.any():
+        out[finite] = multipletests(p[finite], alpha=ALPHA, method="holm")[1]
     return out
 
 
-def power_two_sample(d: float, n: Any, alpha: float = ALPHA) -> np.ndarray:
-    """Power of the two-sided two-sample t-test with ``n`` per arm at standardised effect ``d``."""
-    n = np.asarray(n, dtype=float)
-    df = 2 * n - 2
-    nc = abs(d) * np.sqrt(n / 2.0)
-    crit = stats.t.ppf(1 - alpha / 2, df)
-    return stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc)
+def family_size(pvalues: Any) -> int:
+    """Number of tests in a Holm family: the finite p-values."""
+    return int(np.isfinite(np.asarray(pvalues, dtype=float)).sum())
 
 
-def seeds_for_power(d: float, power: float = POWER, alpha: float = ALPHA, max_n: int = MAX_POWER_N) -> int | None:
-    """Smallest number of seeds per arm giving ``power`` to detect effect ``d``; None if d is 0/NaN or n > max_n."""
-    if not np.isfinite(d) or d == 0:
+def significance_legend(m: int, family: str = HOLM_FAMILY) -> str:
+    """What the marks mean, with the correction and its family size (plain text; figures and tables format it)."""
+    return f"* Welch p < {ALPHA:g}, no correction; \u2020 Holm-adjusted p < {ALPHA:g} over {m} {family}"
+
+
+def seeds_to_detect(
+    effect_pp: float, sd_pp: float, power: float = POWER, alpha: float = ALPHA, max_n: int = MAX_POWER_N
+) -> int | None:
+    """A priori: seeds per arm for a two-sided two-sample t-test to detect ``effect_pp`` with ``power`` when
+    the run-to-run SD is ``sd_pp`` (statsmodels ``TTestIndPower``); None when undefined or above ``max_n``."""
+    if not (np.isfinite(effect_pp) and np.isfinite(sd_pp)) or effect_pp == 0 or sd_pp <= 0:
         return None
-    lo = 2
-    hi = 2
-    while power_two_sample(d, hi, alpha) < power:  # exponential search, then bisection
-        if hi >= max_n:
-            return None
-        lo, hi = hi, min(hi * 2, max_n)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if power_two_sample(d, mid, alpha) >= power:
-            hi = mid
-        else:
-            lo = mid + 1
-    return int(hi)
+    d = abs(effect_pp) / sd_pp
+    if TTestIndPower().power(d, max_n, alpha) < power:
+        return None
+    n = TTestIndPower().solve_power(effect_size=d, nobs1=None, alpha=alpha, power=power)
+    return max(2, math.ceil(float(np.asarray(n).item()) - 1e-9))
 
 
 def _mean_diff(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.mean(x, axis=axis) - np.mean(y, axis=axis)
-
-
-def _nan_or(value: Any) -> float:
-    return math.nan if value is None else float(value)
 
 
 def compare_arms(
@@ -126,12 +119,15 @@ def compare_arms(
     confidence: float = CONFIDENCE,
     n_resamples: int = N_BOOT,
     boot_seed: int = BOOT_SEED,
+    min_effect_pp: float = MIN_EFFECT_PP,
 ) -> dict[str, Any]:
     """Difference ``treated - control`` of two samples indexed by seed, with every statistic of the study.
 
     Keys: n_treated, n_control, mean_treated, std_treated, mean_control, std_control, diff, se, df,
-    ci_low, ci_high (Welch t), boot_low, boot_high (percentile bootstrap), p_welch, n_paired, paired_diff,
-    paired_ci_low, paired_ci_high, p_paired, cohen_d, hedges_g, seeds_80_power, notes (list of str).
+    ci_low, ci_high (Welch t, the primary interval), bca_low, bca_high (BCa bootstrap, secondary), p_welch,
+    n_paired, paired_diff, paired_ci_low, paired_ci_high, p_paired, cohen_d, hedges_g, min_effect_pp,
+    seeds_for_min_effect (a priori: seeds per arm to detect ``min_effect_pp`` at 80% power given the
+    control arm's SD), notes (list of str).
     """
     x = treated.dropna().astype(float)
     y = control.dropna().astype(float)
@@ -148,8 +144,8 @@ def compare_arms(
         "df": math.nan,
         "ci_low": math.nan,
         "ci_high": math.nan,
-        "boot_low": math.nan,
-        "boot_high": math.nan,
+        "bca_low": math.nan,
+        "bca_high": math.nan,
         "p_welch": math.nan,
         "n_paired": 0,
         "paired_diff": math.nan,
@@ -158,7 +154,8 @@ def compare_arms(
         "p_paired": math.nan,
         "cohen_d": math.nan,
         "hedges_g": math.nan,
-        "seeds_80_power": None,
+        "min_effect_pp": min_effect_pp,
+        "seeds_for_min_effect": seeds_to_detect(min_effect_pp, dy["std"]),
         "notes": [],
     }
     notes: list[str] = out["notes"]
@@ -172,23 +169,20 @@ def compare_arms(
             ci = res.confidence_interval(confidence_level=confidence)
             out.update(p_welch=float(res.pvalue), df=float(res.df), ci_low=float(ci.low), ci_high=float(ci.high))
             with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # tiny samples: scipy warns about few distinct resamples
+                warnings.simplefilter("ignore")  # tiny samples: scipy warns about degenerate BCa resamples
                 boot = stats.bootstrap(
                     (x.to_numpy(), y.to_numpy()),
                     _mean_diff,
                     n_resamples=n_resamples,
                     confidence_level=confidence,
-                    method="percentile",
+                    method="BCa",
                     vectorized=True,
                     rng=np.random.default_rng(boot_seed),
                 )
-            out.update(boot_low=float(boot.confidence_interval.low), boot_high=float(boot.confidence_interval.high))
+            out.update(bca_low=float(boot.confidence_interval.low), bca_high=float(boot.confidence_interval.high))
             pooled = math.sqrt(((nx - 1) * dx["std"] ** 2 + (ny - 1) * dy["std"] ** 2) / (nx + ny - 2))
             d = out["diff"] / pooled
             out.update(cohen_d=d, hedges_g=d * (1 - 3 / (4 * (nx + ny) - 9)))
-            out["seeds_80_power"] = seeds_for_power(d)
-            if out["seeds_80_power"] is None:
-                notes.append(f"more than {MAX_POWER_N} seeds per arm needed for {POWER:.0%} power (or zero effect)")
     else:
         notes.append(f"t-test, CI, effect size, power: {NOTE_FEW}")
     shared = x.index.intersection(y.index)
@@ -237,7 +231,8 @@ def kd_comparisons(runs: pd.DataFrame, metric: str = "test_best", **kwargs: Any)
 
     Columns: pair, teacher, student, method, alpha, temperature, beta, the keys of :func:`compare_arms`
     (``treated`` = KD, ``control`` = baseline; ``diff`` is the gain in pp), ``p_holm`` (Welch p-values
-    adjusted across all comparisons), ``p_holm_paired`` and ``notes`` (joined by '; ').
+    adjusted across all comparisons), ``p_holm_paired``, ``holm_m`` (the family size) and ``notes``
+    (joined by '; '). ``kwargs`` go to :func:`compare_arms` (e.g. ``min_effect_pp``).
     """
     check_metric(metric)
     final = runs[(runs["stage"] == "final") & (runs["method"] != "baseline") & (runs["clip_scope"] == "all")]
@@ -270,6 +265,7 @@ def kd_comparisons(runs: pd.DataFrame, metric: str = "test_best", **kwargs: Any)
         return pd.DataFrame(columns=[*cols, "diff", "p_welch", "p_holm", "p_holm_paired", "notes"])
     df["p_holm"] = holm(df["p_welch"])
     df["p_holm_paired"] = holm(df["p_paired"])
+    df["holm_m"] = family_size(df["p_welch"])
     df["notes"] = df["notes"].map("; ".join)
     return df.rename(columns={"diff": "gain"})
 
@@ -279,16 +275,35 @@ def _same(a: Any, b: Any) -> bool:
     return (pd.isna(a) and pd.isna(b)) or (not pd.isna(a) and not pd.isna(b) and math.isclose(float(a), float(b)))
 
 
+HP_KEYS = ["alpha", "temperature", "beta"]
+
+
+def _winning_point(grp: pd.DataFrame, metric: str) -> tuple | None:
+    """The grid point (alpha, temperature, beta) of one pair x method that :func:`kdcore.selection.choose_winner`
+    picks: highest mean ``metric`` over its selection seeds, ties to the first point in grid order."""
+    points = [
+        {"hp": hp, "score": candidate_score(g[metric].tolist())}
+        for hp, g in grp.groupby(HP_KEYS, dropna=False, sort=False)
+    ]
+    best = choose_winner(points)
+    return None if math.isnan(best["score"]) else best["hp"]
+
+
+def _same_point(a: Any, b: tuple) -> bool:
+    return all(_same(x, y) for x, y in zip(a, b, strict=True))
+
+
 def selection_table(runs: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
-    """Every selection-grid point (stage select) with its val accuracy, the winner per pair x method
-    (highest ``metric``, ties to the first in grid order) and whether the final runs used that point."""
-    sel = runs[runs["stage"] == "select"].sort_values(["pair", "method", "alpha", "temperature", "beta", "seed"])
+    """Every selection-grid run (stage select) with its val accuracy, ``winner`` (the run belongs to the grid
+    point the workflow's selection rule picks: highest mean ``metric`` over the selection seeds, ties to the
+    first point in grid order, see :mod:`kdcore.selection`) and whether the final runs used that point."""
+    sel = runs[runs["stage"] == "select"].sort_values(["pair", "method", *HP_KEYS, "seed"])
     final = runs[(runs["stage"] == "final") & (runs["method"] != "baseline")]
     rows = []
     for (pair, method), grp in sel.groupby(["pair", "method"], sort=True):
-        best_idx = grp[metric].idxmax() if grp[metric].notna().any() else None
+        best = _winning_point(grp, metric)
         fin = final[(final["pair"] == pair) & (final["method"] == method)]
-        for idx, r in grp.iterrows():
+        for _, r in grp.iterrows():
             used = any(
                 _same(f["alpha"], r["alpha"])
                 and _same(f["temperature"], r["temperature"])
@@ -307,7 +322,7 @@ def selection_table(runs: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame
                     "seed": r["seed"],
                     "val_acc": r["val_acc"],
                     "test_best": r["test_best"],
-                    "winner": idx == best_idx,
+                    "winner": best is not None and _same_point(tuple(r[HP_KEYS]), best),
                     "used_in_final": used,
                 }
             )
@@ -422,6 +437,46 @@ def clip_ablation(runs: pd.DataFrame, metric: str = "test_best", **kwargs: Any) 
     )
 
 
+def teacher_premise(runs: pd.DataFrame, metric: str = "test_best") -> pd.DataFrame:
+    """Per final pair: the teacher's mean accuracy against its student's baseline mean (CIFAR stem). KD from a
+    teacher that does not beat the student is not the paper's setting; ``holds`` is False for such pairs."""
+    check_metric(metric)
+    final = runs[(runs["stage"] == "final") & (runs["method"] != "baseline")]
+    teach, base = runs[runs["stage"] == "teacher"], baselines(runs)
+    rows = []
+    for pair, grp in final.groupby("pair", sort=True):
+        teacher, student = grp["teacher"].iloc[0], grp["student"].iloc[0]
+        t = describe(teach.loc[teach["student"] == teacher, metric])
+        b = describe(base.loc[base["student"] == student, metric])
+        margin = t["mean"] - b["mean"]
+        rows.append(
+            {
+                "pair": pair,
+                "teacher": teacher,
+                "student": student,
+                "teacher_mean": t["mean"],
+                "teacher_n": t["n"],
+                "baseline_mean": b["mean"],
+                "baseline_n": b["n"],
+                "margin": margin,
+                "holds": bool(margin > 0) if np.isfinite(margin) else None,
+            }
+        )
+    cols = ["pair", "teacher", "student", "teacher_mean", "teacher_n", "baseline_mean", "baseline_n", "margin"]
+    return pd.DataFrame(rows, columns=[*cols, "holds"])
+
+
+def premise_warnings(premise: pd.DataFrame) -> list[str]:
+    """One warning per pair whose teacher does not beat its student's baseline."""
+    return [
+        f"teacher {r['teacher']} ({r['teacher_mean']:.2f} %) does not beat the baseline of its student "
+        f"{r['student']} ({r['baseline_mean']:.2f} %): KD from a weaker teacher is not the paper's setting; "
+        "read this pair's gains with care"
+        for _, r in premise.iterrows()
+        if pd.notna(r["holds"]) and not r["holds"]
+    ]
+
+
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
@@ -442,35 +497,53 @@ def records(df: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def build_summary(
-    runs: pd.DataFrame, metric: str = "test_best", tables: dict[str, pd.DataFrame] | None = None
+    runs: pd.DataFrame,
+    metric: str = "test_best",
+    tables: dict[str, pd.DataFrame] | None = None,
+    min_effect_pp: float = MIN_EFFECT_PP,
 ) -> dict[str, Any]:
     """All statistics of the study as one JSON-ready dict (the content of summary.json); ``tables`` are
-    already computed statistics tables (keys of :data:`STAT_TABLES`) to reuse."""
+    already computed statistics tables (keys of :data:`STAT_TABLES`, or ``moderation``) to reuse."""
+    from kdcore.analysis.moderation import moderation_summary, moderation_table
+
     check_metric(metric)
     t = tables or {}
-    comp = t["comparisons"] if "comparisons" in t else kd_comparisons(runs, metric)
-    notes = []
+    comp = t["comparisons"] if "comparisons" in t else kd_comparisons(runs, metric, min_effect_pp=min_effect_pp)
+    premise = teacher_premise(runs, metric)
+    notes = premise_warnings(premise)
     if not comp.empty and comp["p_welch"].isna().any():
         notes.append(f"some KD cells have fewer than 2 seeds: their tests are null ({NOTE_FEW})")
+    m = family_size(comp["p_welch"]) if not comp.empty else 0
+    moderation = t["moderation"] if "moderation" in t else moderation_table(runs, metric, min_effect_pp)
     return {
-        "schema_version": 1,
+        "schema_version": 2,
         "metric": metric,
         "units": "accuracy in percent; differences in percentage points (pp)",
         "confidence": CONFIDENCE,
         "alpha": ALPHA,
-        "bootstrap": {"method": "percentile", "n_resamples": N_BOOT, "seed": BOOT_SEED},
+        "interval": {"primary": "Welch t-interval", "secondary": "BCa bootstrap (bca_low, bca_high)"},
+        "bootstrap": {"method": BOOT_METHOD, "role": "secondary", "n_resamples": N_BOOT, "seed": BOOT_SEED},
         "multiple_comparisons": {
             "method": "holm",
-            "family": "all final pair x method KD cells vs baseline",
-            "m": int(comp["p_welch"].notna().sum()) if not comp.empty else 0,
+            "family": HOLM_FAMILY,
+            "m": m,
+            "marks": significance_legend(m),
         },
-        "power": {"target": POWER, "test": "two-sided two-sample t-test, equal seeds per arm, observed Cohen's d"},
+        "power": {
+            "kind": "a priori (no post-hoc power)",
+            "target": POWER,
+            "min_effect_pp": min_effect_pp,
+            "test": "two-sided two-sample t-test, equal seeds per arm, SD = observed SD of the student's baseline",
+            "column": "seeds_for_min_effect",
+        },
+        "teacher_premise": records(premise),
         "n_runs": len(runs),
         "runs_per_stage": {k: int(v) for k, v in runs["stage"].value_counts().sort_index().items()},
         "sources": sorted(set(runs["source"])),
         "metric_label": METRIC_LABELS[metric],
         "cells": records(t["cells"] if "cells" in t else cell_summary(runs, metric)),
         "comparisons": records(comp),
+        "moderation": moderation_summary(moderation, metric),
         "selection": records(t["selection"] if "selection" in t else selection_table(runs)),
         "stem_ablation": records(t["stem_ablation"] if "stem_ablation" in t else stem_ablation(runs, metric)),
         "clip_ablation": records(t["clip_ablation"] if "clip_ablation" in t else clip_ablation(runs, metric)),
@@ -481,7 +554,9 @@ def build_summary(
 STAT_TABLES = ("cells", "comparisons", "selection", "stem_ablation", "clip_ablation")
 
 
-def write_statistics(runs: pd.DataFrame, out_dir: str | Path, metric: str = "test_best") -> dict[str, Path]:
+def write_statistics(
+    runs: pd.DataFrame, out_dir: str | Path, metric: str = "test_best", min_effect_pp: float = MIN_EFFECT_PP
+) -> dict[str, Path]:
     """Write summary.json and the CSV of every statistics table (cells, comparisons, selection,
     stem_ablation, clip_ablation) into ``out_dir``; return their paths."""
     from kdcore.analysis.table import write_table
@@ -491,12 +566,12 @@ def write_statistics(runs: pd.DataFrame, out_dir: str | Path, metric: str = "tes
     out_dir = Path(out_dir)
     tables = {
         "cells": cell_summary(runs, metric),
-        "comparisons": kd_comparisons(runs, metric),
+        "comparisons": kd_comparisons(runs, metric, min_effect_pp=min_effect_pp),
         "selection": selection_table(runs),
         "stem_ablation": stem_ablation(runs, metric),
         "clip_ablation": clip_ablation(runs, metric),
     }
     paths = {name: write_table(df, out_dir / f"{name}.csv") for name, df in tables.items()}
-    summary = build_summary(runs, metric, tables)
+    summary = build_summary(runs, metric, tables, min_effect_pp)
     paths["summary"] = atomic_write_json(out_dir / "summary.json", summary)
     return paths
