@@ -7,7 +7,7 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml", set_default=True)
+validate(config, "src/kdcore/schemas/config.schema.yaml", set_default=True)
 
 
 report: "workflow/report/workflow.rst"

@@ -7,7 +7,7 @@ import subprocess
 
 import pandas as pd
 import pytest
-from test_analysis_helpers import make_study
+from _analysis_study import make_study
 
 from kdcore.analysis import compare, figures, latex, stats, table
 

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+from _analysis_study import make_study
 from scipy import stats
-from test_analysis_helpers import make_study
 
 from kdcore.analysis import stats as S
 from kdcore.analysis.table import build_run_table

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_analysis_helpers import make_study, metrics
+from _analysis_study import make_study, metrics
 
 from kdcore.analysis.table import (
     RUN_COLUMNS,

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_analysis_helpers import make_study
+from _analysis_study import make_study
 
 REPO = Path(__file__).resolve().parents[1]
 

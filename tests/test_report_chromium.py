@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _analysis_study import make_study
 from _chromium import HeadlessChromium, find_chromium
-from test_analysis_helpers import make_study
 from test_analysis_workflow import REPO, write_analysis_snakefile
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_workflow_helpers import REPO, Plan, append_code, copy_workflow, dry_run, snakemake
+from _workflow_tools import REPO, Plan, append_code, copy_workflow, dry_run, snakemake
 
 pytestmark = pytest.mark.slow
 

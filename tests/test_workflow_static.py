@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_workflow_helpers import REPO, Plan, copy_workflow, dry_run, snakemake
+from _workflow_tools import REPO, Plan, copy_workflow, dry_run, snakemake
 
 TRAINING_RULES = ("train_teacher", "train_baseline", "train_select", "train_final", "train_stem", "train_clip")
 GPU_RULES = (*TRAINING_RULES, "fidelity_final", "fidelity_baseline")

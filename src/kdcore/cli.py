@@ -4,6 +4,7 @@
     train             train one run from a run config (YAML)
     fidelity          measure a student's fidelity to its teacher on the test set
     import-reference  convert the paper's results zip into our per-run metrics files
+    status            runs done / running / pending of a study, ETAs, failures
 
 Bad input is reported as one line on stderr and exit status 2.
 """
@@ -75,6 +76,21 @@ def cmd_import_reference(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from kdcore.config import load_config_file, merge_config, validate_study_config
+    from kdcore.status import render_text, study_status, to_json
+
+    study = None
+    if args.config:
+        merged: dict = {}
+        for path in args.config:
+            merged = merge_config(merged, load_config_file(path))
+        study = validate_study_config(merged)
+    status = study_status(args.results, study, stale_after=args.stale_after)
+    print(to_json(status) if args.json else render_text(status), end="" if not args.json else "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m kdcore", description=__doc__.split("\n\n")[0])
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings only")
@@ -108,6 +124,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("zip", type=Path, help="the paper's raw_results_json.zip")
     p.add_argument("outdir", type=Path, help="folder to write runs/<...>/metrics.json into")
     p.set_defaults(func=cmd_import_reference)
+
+    p = sub.add_parser("status", help="where a study stands: runs done / running / pending, ETAs, failures")
+    p.add_argument("results", nargs="?", type=Path, default=Path("results"), help="results folder (default: results)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        action="append",
+        help="study config(s) as given to snakemake --configfile (merged in order over the defaults); "
+        "adds the runs not started yet",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--stale-after", type=float, default=600.0, help="seconds without progress before a run counts as interrupted"
+    )
+    p.set_defaults(func=cmd_status)
     return parser
 
 

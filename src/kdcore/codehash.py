@@ -34,11 +34,6 @@ def module_path(module: str, src_root: str | os.PathLike[str]) -> Path | None:
     return None
 
 
-def _is_package(module: str, src_root: Path) -> bool:
-    path = module_path(module, src_root)
-    return path is not None and path.name == "__init__.py"
-
-
 @cache
 def _parse(text: str, filename: str) -> ast.Module:
     """Parse Python source (cached by content)."""

@@ -2,7 +2,14 @@
 
 A run config is a plain nested dict (usually read from YAML). ``resolve_config`` fills in defaults,
 checks every value and returns a new dict; every problem is reported as one ``ConfigError`` line that
-names the key and what is allowed.
+names the key and the value.
+
+The single source of every key's type, range, default and description is the JSON schema
+``kdcore/schemas/config.schema.yaml``, shipped inside the package so that an installed kdcore finds it.
+It describes the workflow's study config (its top level, validated by the Snakefile) and the run config
+(``$defs/run_config``); the two share their ``train``/``runtime`` keys and the data spec through ``$defs``.
+Rules across keys (a teacher exactly when the method uses one, finite numbers, a method's own
+hyper-parameters) are code.
 """
 
 from __future__ import annotations
@@ -10,183 +17,246 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+import math
+from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import yaml
+from jsonschema import Draft202012Validator, validators
+from jsonschema.exceptions import ValidationError, best_match
+from jsonschema.protocols import Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
 
 from kdcore.errors import ConfigError
 
-ARCHITECTURES = ("resnet18", "resnet34", "resnet50", "resnet101")
-STEMS = ("cifar", "imagenet")
-CLIP_SCOPES = ("all", "student_only")
-PRECISIONS = ("auto", "fp32", "bf16")
-CHANNELS_LAST = ("auto", True, False)
-
-REQUIRED = object()
-
-MODEL_DEFAULTS: dict[str, Any] = {"arch": REQUIRED, "width": 64, "stem": "cifar", "num_classes": 10}
-TEACHER_DEFAULTS: dict[str, Any] = {**MODEL_DEFAULTS, "checkpoint": REQUIRED}
-TRAIN_DEFAULTS: dict[str, Any] = {
-    "epochs": 100,
-    "batch_size": 128,
-    "lr": 0.1,
-    "lr_min": 1.0e-4,
-    "momentum": 0.9,
-    "nesterov": True,
-    "weight_decay": 5.0e-4,
-    "clip_norm": 1.0,
-    "clip_scope": "all",
-    "seed": 0,
+SCHEMA_URI = "urn:kdcore:config-schema"
+RUN_CONFIG_REF = f"{SCHEMA_URI}#/$defs/run_config"
+DATA_SPEC_REF = f"{SCHEMA_URI}#/$defs/data_spec"
+RUN_SECTIONS = ("data", "model", "teacher", "method", "train", "runtime", "labels")
+_TYPE_WORDS = {
+    "integer": "a whole number",
+    "number": "a number",
+    "boolean": "true or false",
+    "string": "a string",
+    "object": "a mapping",
+    "array": "a list",
+    "null": "null",
 }
-RUNTIME_DEFAULTS: dict[str, Any] = {
-    "device": "auto",
-    "threads": None,
-    "precision": "auto",
-    "channels_last": "auto",
-    "compile": False,
-    "deterministic": False,
-    "eval_batch_size": 1000,
-    "log_every_epoch": True,
-}
-TOP_LEVEL_KEYS = ("data", "model", "teacher", "method", "train", "runtime", "labels")
 
 
-def _fill(section: str, given: Mapping[str, Any] | None, defaults: Mapping[str, Any]) -> dict[str, Any]:
-    """Merge ``given`` over ``defaults``; unknown or missing keys are errors naming ``section.key``."""
-    if given is None:
-        given = {}
-    if not isinstance(given, Mapping):
-        raise ConfigError(f"config key '{section}' must be a mapping, got {type(given).__name__}")
-    unknown = sorted(set(given) - set(defaults))
-    if unknown:
-        raise ConfigError(f"unknown config key '{section}.{unknown[0]}' (allowed: {', '.join(sorted(defaults))})")
-    out = {}
-    for key, default in defaults.items():
-        value = given.get(key, default)
-        if value is REQUIRED:
-            raise ConfigError(f"missing config key '{section}.{key}'")
-        out[key] = copy.deepcopy(value)
+# ----------------------------------------------------------------------------- the schema
+def schema_path() -> Path:
+    """The schema file inside the installed package (the Snakefile validates the study config with it)."""
+    return Path(__file__).resolve().parent / "schemas" / "config.schema.yaml"
+
+
+@cache
+def load_schema() -> dict[str, Any]:
+    """The configuration schema (read once; callers must not modify it)."""
+    return yaml.safe_load(schema_path().read_text(encoding="utf-8"))
+
+
+@cache
+def _registry() -> Registry:
+    # stored without "$schema": a subschema naming its dialect would make jsonschema switch to the plain
+    # validator class of that dialect on the way down, and the defaults would not be filled in
+    contents = {k: v for k, v in load_schema().items() if k != "$schema"}
+    return Registry().with_resource(SCHEMA_URI, Resource(contents=contents, specification=DRAFT202012))
+
+
+def lookup(ref: str) -> Mapping[str, Any]:
+    """The subschema at ``ref`` (``#/$defs/...`` or an absolute reference into the schema)."""
+    return _registry().resolver(SCHEMA_URI).lookup(ref).contents
+
+
+def properties_of(schema: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """The properties a mapping schema allows: those of its ``$ref`` target, its own, those of its ``then``."""
+    props: dict[str, Mapping[str, Any]] = {}
+    if "$ref" in schema:
+        props.update(properties_of(lookup(schema["$ref"])))
+    props.update(schema.get("properties", {}))
+    if "then" in schema:  # a nullable mapping: ``if: {type: object}, then: {properties: ...}``
+        props.update(properties_of(schema["then"]))
+    return props
+
+
+def resolved(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """``schema`` merged over its ``$ref`` target (recursively); its own keywords win."""
+    if "$ref" not in schema:
+        return dict(schema)
+    base = resolved(lookup(schema["$ref"]))
+    return {**base, **{k: v for k, v in schema.items() if k != "$ref"}}
+
+
+def _fill_defaults(cls: type[Validator]) -> type[Validator]:
+    """``cls`` extended to set missing properties to their schema ``default`` (as Snakemake's validate does)."""
+    check_properties = cls.VALIDATORS["properties"]
+
+    def properties(validator: Any, props: Mapping[str, Any], instance: Any, schema: Mapping[str, Any]):
+        if validator.is_type(instance, "object"):
+            for key, sub in props.items():
+                if "default" in sub and key not in instance:
+                    instance[key] = copy.deepcopy(sub["default"])
+        yield from check_properties(validator, props, instance, schema)
+
+    return validators.extend(cls, {"properties": properties})
+
+
+_DefaultFillingValidator = _fill_defaults(Draft202012Validator)
+
+
+def schema_defaults(ref: str) -> dict[str, Any]:
+    """The defaults of the mapping schema at ``ref`` (keys without a default are left out)."""
+    return {k: copy.deepcopy(s["default"]) for k, s in properties_of(lookup(ref)).items() if "default" in s}
+
+
+def data_defaults() -> dict[str, Any]:
+    """Defaults of a data spec (every key but ``source``), for ``kdcore.data``."""
+    return schema_defaults(DATA_SPEC_REF)
+
+
+# ----------------------------------------------------------------------------- validation
+def _interval(schema: Mapping[str, Any]) -> str:
+    if "exclusiveMinimum" in schema:
+        low = f"({schema['exclusiveMinimum']:g}"
+    else:
+        low = f"[{schema['minimum']:g}" if "minimum" in schema else "(-inf"
+    if "exclusiveMaximum" in schema:
+        high = f"{schema['exclusiveMaximum']:g})"
+    else:
+        high = f"{schema['maximum']:g}]" if "maximum" in schema else "inf]"
+    return f"{low}, {high}"
+
+
+def describe_error(error: ValidationError, noun: str = "config key") -> str:
+    """One line naming the key and the value of a schema violation."""
+    path = [str(p) for p in error.absolute_path]
+    key, value, kind, schema = ".".join(path), error.instance, error.validator, error.schema
+    if kind in ("additionalProperties", "unevaluatedProperties"):
+        allowed = sorted(properties_of(schema))
+        unknown = sorted(str(k) for k in value if k not in allowed)
+        return f"unknown {noun} '{'.'.join([*path, unknown[0]])}' (allowed: {', '.join(allowed)})"
+    if kind == "required":
+        missing = [k for k in error.validator_value if k not in value]
+        return f"missing {noun} '{'.'.join([*path, missing[0]])}'"
+    where = f"{noun} '{key}'" if key else noun
+    if kind == "enum":
+        return f"{where}: {value!r} is not allowed (allowed: {', '.join(map(str, error.validator_value))})"
+    if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        return f"{where}: {value!r} is outside {_interval(schema)}"
+    if kind == "type":
+        types = [error.validator_value] if isinstance(error.validator_value, str) else error.validator_value
+        return f"{where}: expected {' or '.join(_TYPE_WORDS.get(t, t) for t in types)}, got {value!r}"
+    if kind == "multipleOf":
+        return f"{where}: {value!r} is not a multiple of {error.validator_value}"
+    if kind == "pattern":
+        return f"{where}: {value!r} is not allowed ({schema.get('description', error.validator_value)})"
+    return f"{where}: {error.message}"
+
+
+def validate_with_defaults(instance: Any, ref: str, noun: str = "config key") -> Any:
+    """A copy of ``instance`` with schema defaults filled in; the first violation is a ConfigError."""
+    instance = copy.deepcopy(instance)
+    validator = _DefaultFillingValidator({"$ref": ref}, registry=_registry())
+    error = best_match(validator.iter_errors(instance))
+    if error is not None:
+        raise ConfigError(describe_error(error, noun))
+    return instance
+
+
+def check_finite(value: Any, key: str) -> None:
+    """NaN and infinities anywhere in ``value`` are errors (JSON schema ranges cannot see them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config key '{key}': {value!r} is not a finite number")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            check_finite(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            check_finite(v, f"{key}[{i}]")
+
+
+def _number_types(section_schema: Mapping[str, Any], section: dict[str, Any]) -> dict[str, Any]:
+    """Whole numbers of integer keys as int, values of number keys as float (3.0 epochs -> 3, lr 1 -> 1.0)."""
+    props = properties_of(section_schema)
+    for key, value in section.items():
+        types = resolved(props[key]).get("type") if key in props else None
+        if types == "integer" or (isinstance(types, list) and "integer" in types):
+            section[key] = int(value) if isinstance(value, float) else value
+        elif types == "number" and isinstance(value, int) and not isinstance(value, bool):
+            section[key] = float(value)
+    return section
+
+
+def check_data_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A data spec checked against the schema, with defaults filled in (errors name ``data spec key``)."""
+    check_finite(spec, "")
+    return validate_with_defaults(spec, DATA_SPEC_REF, noun="data spec key")
+
+
+def merge_config(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[str, Any]:
+    """``overlay`` over ``base`` as Snakemake merges ``--configfile`` files: mappings key by key, the rest replaced."""
+    out = copy.deepcopy(dict(base))
+    for key, value in overlay.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge_config(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
     return out
 
 
-def check_choice(key: str, value: Any, allowed: tuple[Any, ...]) -> Any:
-    if value not in allowed:
-        raise ConfigError(f"config key '{key}': {value!r} is not allowed (allowed: {', '.join(map(str, allowed))})")
-    return value
+def validate_study_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A study config (the workflow's) checked against the schema, with defaults filled in."""
+    return validate_with_defaults(config, SCHEMA_URI)
 
 
-def check_number(
-    key: str,
-    value: Any,
-    *,
-    kind: type = float,
-    low: float | None = None,
-    high: float | None = None,
-    low_open: bool = False,
-) -> Any:
-    """Check a numeric value; ``low_open`` makes the lower bound exclusive (e.g. T > 0)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"config key '{key}': expected a number, got {value!r}")
-    if kind is int and not float(value).is_integer():
-        raise ConfigError(f"config key '{key}': expected a whole number, got {value!r}")
-    value = kind(value)
-    too_low = low is not None and (value <= low if low_open else value < low)
-    too_high = high is not None and value > high
-    if too_low or too_high:
-        left = "(" if low_open else "["
-        lo = "-inf" if low is None else f"{low:g}"
-        hi = "inf" if high is None else f"{high:g}"
-        raise ConfigError(f"config key '{key}': {value!r} is outside {left}{lo}, {hi}]")
-    return value
-
-
-def check_bool(key: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"config key '{key}': expected true or false, got {value!r}")
-    return value
-
-
-def _check_model(section: str, model: dict[str, Any]) -> dict[str, Any]:
-    check_choice(f"{section}.arch", model["arch"], ARCHITECTURES)
-    check_choice(f"{section}.stem", model["stem"], STEMS)
-    model["width"] = check_number(f"{section}.width", model["width"], kind=int, low=1)
-    model["num_classes"] = check_number(f"{section}.num_classes", model["num_classes"], kind=int, low=2)
-    return model
-
-
-def _check_train(train: dict[str, Any]) -> dict[str, Any]:
-    num: dict[str, Callable[[Any], Any]] = {
-        "epochs": lambda v: check_number("train.epochs", v, kind=int, low=1),
-        "batch_size": lambda v: check_number("train.batch_size", v, kind=int, low=1),
-        "lr": lambda v: check_number("train.lr", v, low=0, low_open=True),
-        "lr_min": lambda v: check_number("train.lr_min", v, low=0),
-        "momentum": lambda v: check_number("train.momentum", v, low=0, high=1),
-        "weight_decay": lambda v: check_number("train.weight_decay", v, low=0),
-        "clip_norm": lambda v: check_number("train.clip_norm", v, low=0, low_open=True),
-        "seed": lambda v: check_number("train.seed", v, kind=int, low=0),
-    }
-    for key, check in num.items():
-        train[key] = check(train[key])
-    check_bool("train.nesterov", train["nesterov"])
-    check_choice("train.clip_scope", train["clip_scope"], CLIP_SCOPES)
-    return train
-
-
-def _check_runtime(runtime: dict[str, Any]) -> dict[str, Any]:
-    device = runtime["device"]
-    if not isinstance(device, str) or not (device in ("auto", "cpu", "cuda") or device.startswith("cuda:")):
-        raise ConfigError(f"config key 'runtime.device': {device!r} is not allowed (allowed: auto, cpu, cuda, cuda:N)")
-    if runtime["threads"] is not None:
-        runtime["threads"] = check_number("runtime.threads", runtime["threads"], kind=int, low=1)
-    check_choice("runtime.precision", runtime["precision"], PRECISIONS)
-    check_choice("runtime.channels_last", runtime["channels_last"], CHANNELS_LAST)
-    for key in ("compile", "deterministic", "log_every_epoch"):
-        check_bool(f"runtime.{key}", runtime[key])
-    runtime["eval_batch_size"] = check_number("runtime.eval_batch_size", runtime["eval_batch_size"], kind=int, low=1)
-    return runtime
-
-
+# ----------------------------------------------------------------------------- run configs
 def resolve_config(raw: Mapping[str, Any]) -> dict[str, Any]:
     """Validate ``raw`` and return the full run config with every default filled in."""
     from kdcore.methods import get_method  # the registry; methods validate their own parameters
 
     if not isinstance(raw, Mapping):
         raise ConfigError(f"a run config must be a mapping, got {type(raw).__name__}")
-    unknown = sorted(set(raw) - set(TOP_LEVEL_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown config key '{unknown[0]}' (allowed: {', '.join(TOP_LEVEL_KEYS)})")
-    if "data" not in raw or not isinstance(raw["data"], (str, Path)):
-        raise ConfigError("config key 'data' must be the path of a prepared dataset file")
+    given = {k: (str(v) if k == "data" and isinstance(v, Path) else v) for k, v in raw.items()}
+    for key in ("teacher", "method", "train", "runtime", "labels"):
+        if key in given and not given[key]:
+            del given[key]  # null or empty: the default (no teacher, baseline, defaults)
+    check_finite({k: v for k, v in given.items() if k != "labels"}, "")
+    cfg = validate_with_defaults(given, RUN_CONFIG_REF)
 
-    method_raw = dict(raw.get("method") or {"name": "baseline"})
-    name = method_raw.pop("name", "baseline")
+    method_params = dict(cfg["method"])
+    name = method_params.pop("name")
     method = get_method(name)
-    method_params = method.validate_params(method_raw)
-
-    teacher = None
-    if method.needs_teacher:
-        if not raw.get("teacher"):
-            raise ConfigError(f"config key 'teacher' is required by method '{name}'")
-        teacher = _check_model("teacher", _fill("teacher", raw["teacher"], TEACHER_DEFAULTS))
-        teacher["checkpoint"] = str(teacher["checkpoint"])
-    elif raw.get("teacher"):
+    method_params = method.validate_params(method_params)
+    if method.needs_teacher and "teacher" not in cfg:
+        raise ConfigError(f"config key 'teacher' is required by method '{name}'")
+    if not method.needs_teacher and "teacher" in cfg:
         raise ConfigError(f"config key 'teacher' must be empty for method '{name}', which uses no teacher")
 
-    labels = raw.get("labels") or {}
-    if not isinstance(labels, Mapping):
-        raise ConfigError("config key 'labels' must be a mapping of names to strings")
-
+    run_schema = properties_of(lookup(RUN_CONFIG_REF))
+    sections = {key: _number_types(run_schema[key], cfg[key]) for key in ("model", "train", "runtime")}
+    teacher = _number_types(run_schema["teacher"], cfg["teacher"]) if "teacher" in cfg else None
     return {
-        "data": str(raw["data"]),
-        "model": _check_model("model", _fill("model", raw.get("model"), MODEL_DEFAULTS)),
+        "data": cfg["data"],
+        "model": sections["model"],
         "teacher": teacher,
         "method": {"name": name, **method_params},
-        "train": _check_train(_fill("train", raw.get("train"), TRAIN_DEFAULTS)),
-        "runtime": _check_runtime(_fill("runtime", raw.get("runtime"), RUNTIME_DEFAULTS)),
-        "labels": {str(k): v for k, v in labels.items()},
+        "train": sections["train"],
+        "runtime": sections["runtime"],
+        "labels": {str(k): v for k, v in cfg["labels"].items()},
     }
+
+
+def run_section_defaults(section: str) -> dict[str, Any]:
+    """Defaults of one section of the run config (``train``, ``runtime``, ``model``)."""
+    return schema_defaults(f"{RUN_CONFIG_REF}/properties/{section}")
+
+
+TRAIN_DEFAULTS: dict[str, Any] = run_section_defaults("train")
+RUNTIME_DEFAULTS: dict[str, Any] = run_section_defaults("runtime")
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

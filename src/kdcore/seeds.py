@@ -11,8 +11,6 @@ import hashlib
 
 import torch
 
-STREAMS = ("student_init", "projection_init", "data_order", "augmentation", "synthetic_data", "subset")
-
 
 def derive_seed(seed: int, stream: str, *extra: int | str) -> int:
     """A 63-bit seed that depends only on (seed, stream, *extra)."""

@@ -1,6 +1,6 @@
 """Helpers of the workflow tests: copy the workflow, run Snakemake, parse what a dry run schedules.
 
-(No tests here; the module name only matches the test pattern so that it belongs with them.)
+(No tests here.)
 """
 
 from __future__ import annotations

@@ -1,0 +1,91 @@
+"""Where a study's runs live: the run folders a study config implies, under ``results/runs``.
+
+The layout is the workflow's (workflow/rules/common.smk): ``teachers/<arch>/seed<s>``,
+``baselines/<student>/seed<s>``, ``select/<teacher>-<student>/<method>/<hp>/seed<s>``,
+``final/<teacher>-<student>/<method>/seed<s>``, ``stem/<arch>-imagenet/seed<s>``,
+``clip/<teacher>-<student>/<method>/seed<s>``; each run's log is ``results/logs/<same path>.log``.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+STAGES = ("teachers", "baselines", "select", "final", "stem", "clip")
+HP_ABBREVIATIONS = {"alpha": "a", "temperature": "T", "beta": "b"}
+
+
+@dataclass(frozen=True)
+class ExpectedRun:
+    """One training run of a study: its folder under ``runs/`` and its length in epochs."""
+
+    stage: str
+    path: str
+    epochs: int
+
+
+def format_value(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else f"{value:g}"
+
+
+def grid_points(grid: Mapping[str, list[Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(folder name, hyper-parameters) of every point of a selection grid, in grid order.
+
+    Single-valued keys other than the first are left out of the name (``{alpha: [0.5], beta: [0.5]}`` ->
+    ``a0.5``)."""
+    keys = list(grid)
+    shown = [k for i, k in enumerate(keys) if i == 0 or len(grid[k]) > 1]
+    points = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        params = dict(zip(keys, values, strict=True))
+        points.append(("-".join(f"{HP_ABBREVIATIONS.get(k, k)}{format_value(params[k])}" for k in shown), params))
+    return points
+
+
+def _unique(items: list[str]) -> list[str]:
+    return list(dict.fromkeys(items))
+
+
+def expected_runs(study: Mapping[str, Any]) -> list[ExpectedRun]:
+    """Every training run of a (validated, defaults filled) study config, without duplicates."""
+    pairs = [(p["teacher"], p["student"]) for p in study["pairs"]]
+    teachers, students = _unique([t for t, _ in pairs]), _unique([s for _, s in pairs])
+    e_teacher, e_student = study["epochs"]["teacher"], study["epochs"]["student"]
+    final_seeds, methods = study["final"]["seeds"], list(study["methods"])
+    runs = [
+        ExpectedRun("teachers", f"teachers/{a}/seed{s}", e_teacher)
+        for a in teachers
+        for s in study["teachers"]["seeds"]
+    ]
+    runs += [ExpectedRun("baselines", f"baselines/{a}/seed{s}", e_student) for a in students for s in final_seeds]
+    if study["selection"]["enabled"]:
+        runs += [
+            ExpectedRun("select", f"select/{t}-{s}/{m}/{hp}/seed{seed}", e_student)
+            for t, s in pairs
+            for m in methods
+            for hp, _ in grid_points(study["methods"][m]["grid"])
+            for seed in study["selection"]["seeds"]
+        ]
+    runs += [
+        ExpectedRun("final", f"final/{t}-{s}/{m}/seed{seed}", e_student)
+        for t, s in pairs
+        for m in methods
+        for seed in final_seeds
+    ]
+    stem = study["ablations"]["stem"]
+    for run in stem["runs"] if stem["enabled"] else []:
+        epochs = e_teacher if run["epochs"] == "teacher" else e_student
+        cifar_arm = "teachers" if run["epochs"] == "teacher" else "baselines"
+        for seed in run["seeds"]:
+            runs.append(ExpectedRun("stem", f"stem/{run['arch']}-imagenet/seed{seed}", epochs))
+            runs.append(ExpectedRun(cifar_arm, f"{cifar_arm}/{run['arch']}/seed{seed}", epochs))
+    clip = study["ablations"]["clip"]
+    if clip["enabled"]:
+        runs += [
+            ExpectedRun("clip", f"clip/{p['teacher']}-{p['student']}/{clip['method']}/seed{seed}", e_student)
+            for p in clip["pairs"]
+            for seed in clip["seeds"]
+        ]
+    return list({run.path: run for run in runs}.values())
