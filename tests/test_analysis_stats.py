@@ -115,7 +115,7 @@ def test_significance_legend_names_correction_and_family_size():
 
 
 def test_teacher_premise_warns_when_teacher_is_weaker(tmp_path):
-    from test_analysis_helpers import default_acc
+    from _analysis_study import default_acc
 
     def weak_r34(stage, student, teacher, method, seed):  # teacher R34 below the R18 student's baseline
         acc = default_acc(stage, student, teacher, method, seed)
