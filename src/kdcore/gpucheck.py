@@ -69,13 +69,13 @@ class CheckPlan:
 def gpu_plan() -> CheckPlan:
     return CheckPlan(
         cpu=False,
-        budgets={"bench": 210, "r18_data": 60, "r18": 180, "smoke": 120, "concurrency": 75},
+        budgets={"bench": 200, "r18_data": 45, "r18": 170, "smoke": 110, "concurrency": 70},
         bench_args=("--device", "cuda"),
         r18_width=64,
-        r18_default_epochs=20,
+        r18_default_epochs=15,
         smoke_until=None,
         concurrency_procs=(1, 2, 4),
-        concurrency_steps=100,
+        concurrency_steps=150,
         concurrency_width=64,
     )
 
@@ -83,8 +83,9 @@ def gpu_plan() -> CheckPlan:
 def cpu_plan() -> CheckPlan:
     return CheckPlan(
         cpu=True,
-        budgets={"bench": 60, "r18_data": 30, "r18": 60, "smoke": 90, "concurrency": 45},
-        bench_args=("--quick", "--device", "cpu", "--steps", "1", "--workers", "1"),
+        # generous: a shared 2-core machine can be several times slower than the ~45 s an idle one needs
+        budgets={"bench": 300, "r18_data": 90, "r18": 240, "smoke": 300, "concurrency": 180},
+        bench_args=("--quick", "--device", "cpu", "--steps", "1", "--workers", "1", "--batch-size", "32"),
         r18_width=8,
         r18_default_epochs=1,
         smoke_until="train_baseline",
@@ -106,9 +107,14 @@ class Console:
 
     log_path: Path
     lock: threading.Lock = field(default_factory=threading.Lock)
+    lines: list[str] = field(default_factory=list)
+
+    def lines_of(self, tag: str) -> list[str]:
+        return [line for line in self.lines if line.startswith(f"[{tag}] ")]
 
     def say(self, text: str) -> None:
         with self.lock:
+            self.lines.append(text)
             print(text, flush=True)
             with open(self.log_path, "a", encoding="utf-8") as fh:
                 fh.write(text + "\n")
@@ -166,7 +172,14 @@ def kdcore_cmd(*args: str) -> list[str]:
 # ----------------------------------------------------------------------------- step 1: bench
 def step_bench(plan: CheckPlan, outdir: Path, tmp: Path, console: Console, results: dict) -> dict[str, Any]:
     out = outdir / "bench.json"
-    run_logged(kdcore_cmd("kdcore.bench", *plan.bench_args, "--out", str(out)), plan.budgets["bench"], console, "bench")
+    cmd = kdcore_cmd("kdcore.bench", *plan.bench_args, "--out", str(out))
+    try:
+        run_logged(cmd, plan.budgets["bench"], console, "bench")
+    except StepTimeout as exc:  # bench.json is written at the end: keep the rows it printed
+        rows = [
+            line.removeprefix("[bench] ") for line in console.lines_of("bench") if line.startswith("[bench] resnet")
+        ]
+        raise PartialResult(str(exc), {"printed_rows": rows}) from None
     bench = json.loads(out.read_text(encoding="utf-8"))
     rows = [
         {k: row[k] for k in ("case", "fast_images_per_s", "standard_images_per_s", "speedup", "fast_epoch_s")}
@@ -183,13 +196,23 @@ def r18_data_spec(plan: CheckPlan, archive: Path | None) -> dict[str, Any]:
     return {"source": "folder", "path": str(archive), "val_size": 5000, "split_seed": 1234}
 
 
+def parse_printed_row(line: str) -> dict[str, Any] | None:
+    """Case and fast s/epoch of a row as ``kdcore.bench`` prints it (28-character case column), else None."""
+    fields = line[28:].split()
+    try:
+        return {"case": line[:28].strip(), "fast_epoch_s": float(fields[3])}
+    except (IndexError, ValueError):
+        return None
+
+
 def estimate_epochs(plan: CheckPlan, results: dict) -> tuple[int, str]:
     """Epochs that fit the R18 budget, from the bench's R18 epoch time when it ran (with eval and slack)."""
-    rows = (results["steps"].get("bench") or {}).get("result", {}).get("rows", [])
-    r18 = [r for r in rows if r["case"] == "resnet18"]
+    bench = (results["steps"].get("bench") or {}).get("result") or {}
+    r18 = [r for r in bench.get("rows", []) if r["case"] == "resnet18"]
+    r18 += [row for row in map(parse_printed_row, bench.get("printed_rows", [])) if row and row["case"] == "resnet18"]
     if plan.cpu or not r18:
         return plan.r18_default_epochs, "default (no bench R18 time)"
-    epoch_s = 1.15 * r18[0]["fast_epoch_s"] + 1.0  # + validation pass and per-epoch checkpointing
+    epoch_s = 1.3 * r18[0]["fast_epoch_s"] + 1.5  # + validation pass and per-epoch checkpointing
     usable = plan.budgets["r18"] - 40  # process start, data to the device, final test evaluation
     return max(1, min(200, math.floor(usable / epoch_s))), f"from bench R18 epoch {r18[0]['fast_epoch_s']:.1f} s"
 
@@ -324,7 +347,12 @@ def step_concurrency(plan: CheckPlan, outdir: Path, tmp: Path, console: Console,
     cmd = kdcore_cmd("kdcore.gpucheck", "concurrency", "--device", plan.device, "--out", str(out))
     cmd += ["--procs", *map(str, plan.concurrency_procs), "--steps", str(plan.concurrency_steps)]
     cmd += ["--width", str(plan.concurrency_width), "--batch-size", str(plan.batch_size)]
-    run_logged(cmd, plan.budgets["concurrency"], console, "concurrency")
+    try:
+        run_logged(cmd, plan.budgets["concurrency"], console, "concurrency")
+    except StepTimeout as exc:
+        if out.exists():
+            raise PartialResult(str(exc), json.loads(out.read_text(encoding="utf-8"))) from None
+        raise
     return json.loads(out.read_text(encoding="utf-8"))
 
 
@@ -530,10 +558,13 @@ def cmd_concurrency(args: argparse.Namespace) -> int:
                 f"({', '.join(f'{v:.0f}' for v in row['per_process_images_per_s'])} per process)",
                 flush=True,
             )
-    result = {"width": args.width, "batch_size": args.batch_size, "steps": args.steps, "rows": rows}
-    if args.out:
-        atomic_write_json(args.out, result)
+            if args.out:  # after each row, so that a run cut short keeps what it measured
+                atomic_write_json(args.out, concurrency_result(args, rows))
     return 0
+
+
+def concurrency_result(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"width": args.width, "batch_size": args.batch_size, "steps": args.steps, "rows": rows}
 
 
 def add_concurrency_arguments(sub: Any) -> None:
@@ -571,6 +602,8 @@ def table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def bench_lines(result: dict[str, Any]) -> list[str]:
+    if "rows" not in result:
+        return ["Rows printed before the bench was stopped:", "", "```", *result.get("printed_rows", []), "```"]
     rows = [
         [r["case"], fmt(r["fast_images_per_s"]), fmt(r["standard_images_per_s"]), fmt(r["speedup"], 2) + "x",
          fmt(r["fast_epoch_s"], 1), fmt(r["standard_epoch_s"], 1),
