@@ -133,5 +133,15 @@ def test_partial_bench_rows_feed_the_epoch_estimate():
     assert "5.0" in why
 
 
+def test_smoke_placement_on_a_gpu_must_be_cuda_bf16_channels_last():
+    gpu, cpu = gpucheck.gpu_plan(), gpucheck.cpu_plan()
+    good = {"device": "cuda:0", "precision": "bfloat16", "channels_last": True}
+    assert gpucheck.placement_as_expected(gpu, good)
+    assert not gpucheck.placement_as_expected(gpu, good | {"precision": "float32"})
+    assert not gpucheck.placement_as_expected(gpu, good | {"channels_last": False})
+    assert not gpucheck.placement_as_expected(gpu, good | {"device": "cpu"})
+    assert gpucheck.placement_as_expected(cpu, {"device": "cpu", "precision": "float32", "channels_last": False})
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))

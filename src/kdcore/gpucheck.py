@@ -314,6 +314,13 @@ def smoke_run_placements(root: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def placement_as_expected(plan: CheckPlan, run: dict[str, Any]) -> bool:
+    """On the CPU: the CPU; on a GPU: CUDA with what ``auto`` means there (bf16 autocast, channels_last)."""
+    if plan.cpu:
+        return run["device"] == "cpu"
+    return run["device"].startswith("cuda") and run["precision"] == "bfloat16" and run["channels_last"] is True
+
+
 def step_smoke(plan: CheckPlan, outdir: Path, tmp: Path, console: Console, results: dict) -> dict[str, Any]:
     import torch
 
@@ -329,9 +336,10 @@ def step_smoke(plan: CheckPlan, outdir: Path, tmp: Path, console: Console, resul
     runs = smoke_run_placements(root)
     if not runs:
         raise RuntimeError("smoke: Snakemake finished but no run wrote a metrics.json")
-    wrong = [r["run"] for r in runs if not r["device"].startswith(plan.device)]
+    wrong = [r["run"] for r in runs if not placement_as_expected(plan, r)]
     if wrong:
-        raise PartialResult(f"smoke: runs not on {plan.device}: {wrong}", {"runs": runs})
+        expected = plan.device + ("" if plan.cpu else ", bfloat16, channels_last")
+        raise PartialResult(f"smoke: runs not placed as expected ({expected}): {wrong}", {"runs": runs})
     placements = sorted({(r["device"], r["precision"], r["channels_last"]) for r in runs})
     return {
         "seconds": time.perf_counter() - start,
