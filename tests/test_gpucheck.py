@@ -1,0 +1,147 @@
+"""The GPU check (scripts/gpu-check.sh, kdcore.gpucheck): its CPU-sized run end to end, and its error paths."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kdcore import gpucheck
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "scripts" / "gpu-check.sh"
+
+
+def run_script(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the script sets it to this repo's src/
+    return subprocess.run(["bash", str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def cpu_check(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess, Path]:
+    outdir = tmp_path_factory.mktemp("gpu-check") / "out"
+    return run_script(str(outdir), "--cpu"), outdir
+
+
+@pytest.mark.slow
+def test_cpu_check_passes_and_writes_flat_outputs(cpu_check):
+    proc, outdir = cpu_check
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert sorted(p.name for p in outdir.iterdir()) == ["bench.json", "check.log", "results.json", "results.md"]
+    assert "gpu-check: all steps ok" in proc.stdout
+
+
+@pytest.mark.slow
+def test_cpu_check_results_json(cpu_check):
+    _, outdir = cpu_check
+    results = json.loads((outdir / "results.json").read_text())
+    assert results["mode"] == "cpu"
+    assert results["environment"]["torch"] == torch.__version__
+    assert list(results["steps"]) == ["bench", "r18", "smoke", "concurrency"]
+    for name, step in results["steps"].items():
+        assert step["status"] == "ok", (name, step.get("error"))
+        assert step["wall_s"] > 0
+    steps = {name: step["result"] for name, step in results["steps"].items()}
+
+    bench_rows = steps["bench"]["rows"]
+    assert {r["case"] for r in bench_rows} >= {"resnet18", "resnet50"}
+    assert all(r["fast_images_per_s"] > 0 and r["standard_images_per_s"] > 0 for r in bench_rows)
+    assert json.loads((outdir / "bench.json").read_text())["kind"] == "bench"
+
+    r18 = steps["r18"]
+    assert r18["epochs_done"] == r18["epochs_planned"] == 1
+    assert all(e["seconds"] > 0 and 0 <= e["val_acc"] <= 1 for e in r18["per_epoch"])
+    assert r18["final"]["environment"]["device"] == "cpu"
+
+    smoke = steps["smoke"]
+    assert smoke["n_runs"] == 2  # the two smoke baselines (--until train_baseline)
+    assert {p["device"] for p in smoke["placements"]} == {"cpu"}
+
+    concurrency = steps["concurrency"]["rows"]
+    assert [r["processes"] for r in concurrency] == [1, 2]
+    for row in concurrency:
+        assert row["aggregate_images_per_s"] > 0
+        assert len(row["per_process_images_per_s"]) == row["processes"]
+
+
+@pytest.mark.slow
+def test_cpu_check_markdown_matches_json(cpu_check):
+    proc, outdir = cpu_check
+    markdown = (outdir / "results.md").read_text()
+    assert markdown in proc.stdout  # printed at the end
+    for title in gpucheck.SECTION_TITLES.values():
+        assert f"## {title}" in markdown
+    for name in gpucheck.STEP_NAMES:
+        assert f"| {name} | ok |" in markdown
+    results = json.loads((outdir / "results.json").read_text())
+    fast = results["steps"]["bench"]["result"]["rows"][0]["fast_images_per_s"]
+    assert f"| {fast:.0f} |" in markdown
+
+
+def test_gpu_mode_without_cuda_refuses_before_work(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible")
+    proc = run_script(str(tmp_path / "out"), timeout=120)
+    assert proc.returncode == 2
+    assert "no CUDA GPU" in proc.stderr and "--cpu" in proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_script_rejects_unknown_option(tmp_path):
+    proc = run_script(str(tmp_path), "--gpus", "2", timeout=30)
+    assert proc.returncode == 2
+    assert "unknown option --gpus" in proc.stderr
+
+
+def test_failed_step_is_recorded_and_the_check_goes_on(tmp_path, monkeypatch):
+    def broken(*_args):
+        raise RuntimeError("bench: exit status 3\nboom")
+
+    monkeypatch.setitem(gpucheck.STEPS, "bench", broken)
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    results = {
+        "mode": "cpu",
+        "environment": gpucheck.environment(),
+        "started": "now",
+        "steps": {},
+        "archive_path": None,
+    }
+    console = gpucheck.Console(outdir / "check.log")
+    gpucheck.run_step("bench", gpucheck.cpu_plan(), outdir, tmp_path, console, results)
+    saved = json.loads((outdir / "results.json").read_text())
+    assert saved["steps"]["bench"]["status"] == "failed"
+    assert "boom" in saved["steps"]["bench"]["error"]
+    assert "| bench | failed |" in (outdir / "results.md").read_text()
+    assert "**failed**: bench: exit status 3" in (outdir / "results.md").read_text()
+
+
+def test_partial_bench_rows_feed_the_epoch_estimate():
+    line = (
+        f"{'resnet18':<28}{9000:>11.0f}{1500:>11.0f}{6.0:>6.2f}x{5.0:>10.1f}{30.0:>10.1f}{50.0:>9.3f}{'5%':>7}{900:>8}"
+    )
+    assert gpucheck.parse_printed_row(line) == {"case": "resnet18", "fast_epoch_s": 5.0}
+    results = {"steps": {"bench": {"result": {"printed_rows": [line, "garbage"]}}}}
+    epochs, why = gpucheck.estimate_epochs(gpucheck.gpu_plan(), results)
+    budget = gpucheck.gpu_plan().budgets["r18"]
+    assert epochs == int((budget - 40) // (1.3 * 5.0 + 1.5))
+    assert "5.0" in why
+
+
+def test_smoke_placement_on_a_gpu_must_be_cuda_bf16_channels_last():
+    gpu, cpu = gpucheck.gpu_plan(), gpucheck.cpu_plan()
+    good = {"device": "cuda:0", "precision": "bfloat16", "channels_last": True}
+    assert gpucheck.placement_as_expected(gpu, good)
+    assert not gpucheck.placement_as_expected(gpu, good | {"precision": "float32"})
+    assert not gpucheck.placement_as_expected(gpu, good | {"channels_last": False})
+    assert not gpucheck.placement_as_expected(gpu, good | {"device": "cpu"})
+    assert gpucheck.placement_as_expected(cpu, {"device": "cpu", "precision": "float32", "channels_last": False})
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))
