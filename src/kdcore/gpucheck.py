@@ -69,7 +69,7 @@ class CheckPlan:
 def gpu_plan() -> CheckPlan:
     return CheckPlan(
         cpu=False,
-        budgets={"bench": 180, "r18_data": 45, "r18": 160, "smoke": 150, "concurrency": 70},
+        budgets={"bench": 160, "r18_data": 45, "r18": 130, "smoke": 150, "concurrency": 60},
         bench_args=("--device", "cuda"),
         r18_width=64,
         r18_default_epochs=15,
