@@ -9,6 +9,7 @@ A *data spec* (a dict, usually from YAML) names a source and how to split it::
     val_size: 5000
     split_seed: 1234
     subset: {train: null, val: null, test: null, seed: 0}  # per-class balanced sizes, null = all
+    num_classes: 10      # how many classes the source must have (checked when the artefact is made)
 
 ``prepare_dataset(spec, out_path)`` writes the artefact described in docs/design.md ("Prepared dataset
 artefact") atomically and returns a summary; ``load_dataset(path)`` reads it back (``weights_only=True``)
@@ -25,6 +26,9 @@ Sources
     :func:`synthetic_images`).
 
 Split
+    The split is named ``paper`` when it is the paper's exactly (torchvision source, val_size 5000,
+    split_seed 1234, no subset) and ``other`` otherwise; the name is stored in the artefact (``split.name``)
+    and in each run's metrics.json (``data.split``).
     The validation set is taken from the training source: with ``perm = torch.randperm(n_train_total,
     generator=torch.Generator().manual_seed(split_seed))``, ``val = perm[:val_size]`` and
     ``train = perm[val_size:]``, both kept **in permutation order** (not sorted). For the torchvision
@@ -65,7 +69,9 @@ from kdcore.seeds import derive_seed
 
 FORMAT = "kdcore-dataset/1"
 SOURCES: tuple[str, ...] = ("synthetic", "folder", "torchvision")
-SPEC_KEYS: tuple[str, ...] = ("source", "path", "download", "synthetic", "val_size", "split_seed", "subset")
+SPEC_KEYS: tuple[str, ...] = (
+    "source", "path", "download", "synthetic", "val_size", "split_seed", "subset", "num_classes",
+)  # fmt: skip
 SYNTHETIC_KEYS: tuple[str, ...] = ("n_train", "n_test", "seed")
 SUBSET_KEYS: tuple[str, ...] = ("train", "val", "test", "seed")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -83,7 +89,10 @@ DEFAULT_SPEC: dict[str, Any] = {
     "val_size": 5000,
     "split_seed": 1234,
     "subset": None,
+    "num_classes": 10,
 }
+#: The paper's split: torchvision's CIFAR-10 training set, 5000 validation images drawn with seed 1234.
+PAPER_SPLIT: dict[str, Any] = {"source": "torchvision", "val_size": 5000, "split_seed": 1234}
 
 
 @dataclass(frozen=True, eq=False)
@@ -126,12 +135,19 @@ class PreparedData:
             raise ConfigError(f"unknown split {name!r}; allowed: {', '.join(SPLITS)}")
         return getattr(self, f"{name}_images"), getattr(self, f"{name}_labels")
 
+    @property
+    def split_name(self) -> str:
+        """``paper`` when the split is the paper's exactly, else ``other``."""
+        return self.split.get("name") or split_name(self.source.get("kind", ""), self.split, self.subset)
+
     def summary(self) -> dict[str, Any]:
-        """The ``data`` block of metrics.json: fingerprint, source, synthetic flag and split sizes."""
+        """The ``data`` block of metrics.json: fingerprint, source, synthetic flag, split name and sizes."""
         return {
             "fingerprint": self.fingerprint,
             "source": self.source,
             "synthetic": self.synthetic,
+            "split": self.split_name,
+            "classes": list(self.classes),
             "n_train": self.n_train,
             "n_val": self.n_val,
             "n_test": self.n_test,
@@ -209,6 +225,7 @@ def validate_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"data spec synthetic: only used by source 'synthetic' (source is {source!r})")
 
     out["val_size"] = _check_int(out["val_size"], "val_size", 0)
+    out["num_classes"] = _check_int(out["num_classes"], "num_classes", 2)
     out["split_seed"] = _check_int(out["split_seed"], "split_seed", 0)
 
     subset = out["subset"]
@@ -482,6 +499,26 @@ def balanced_subset(labels: torch.Tensor, size: int, num_classes: int, seed: int
     return torch.sort(torch.cat(chosen)).values
 
 
+def check_classes(classes: tuple[str, ...], num_classes: int, where: str) -> None:
+    """A source must have exactly ``num_classes`` classes; otherwise one DataError listing what it has."""
+    if len(classes) != num_classes:
+        raise DataError(
+            f"{where}: found {len(classes)} classes ({', '.join(classes)}), but the data spec's num_classes "
+            f"is {num_classes}; add or remove class folders, or set num_classes"
+        )
+
+
+def split_name(source_kind: str, split: Mapping[str, Any], subset: Mapping[str, Any] | None) -> str:
+    """``paper`` for the paper's split (torchvision, val_size 5000, split_seed 1234, no subset), else ``other``."""
+    is_paper = (
+        source_kind == PAPER_SPLIT["source"]
+        and split.get("val_size") == PAPER_SPLIT["val_size"]
+        and split.get("seed") == PAPER_SPLIT["split_seed"]
+        and subset is None
+    )
+    return "paper" if is_paper else "other"
+
+
 def fingerprint(splits: Mapping[str, tuple[torch.Tensor, torch.Tensor]], classes: tuple[str, ...] | list[str]) -> str:
     """sha256 hex of the class names and each split's image and label bytes (see the module docstring)."""
     h = hashlib.sha256()
@@ -503,6 +540,7 @@ def prepare_dataset(spec: Mapping[str, Any], out_path: str | os.PathLike[str]) -
     started = time.perf_counter()
     spec = validate_spec(spec)
     raw = read_source(spec)
+    check_classes(raw.classes, spec["num_classes"], spec["path"] or spec["source"])
     n_classes = len(raw.classes)
     train_idx, val_idx = split_indices(int(raw.train_labels.shape[0]), spec["val_size"], spec["split_seed"])
     splits = {
@@ -525,9 +563,16 @@ def prepare_dataset(spec: Mapping[str, Any], out_path: str | os.PathLike[str]) -
     artefact.update(
         {
             "classes": list(raw.classes),
+            "num_classes": n_classes,
             "source": raw.source,
             "synthetic": raw.synthetic,
-            "split": {"val_size": spec["val_size"], "seed": spec["split_seed"]},
+            "split": {
+                "val_size": spec["val_size"],
+                "seed": spec["split_seed"],
+                "name": split_name(
+                    raw.source["kind"], {"val_size": spec["val_size"], "seed": spec["split_seed"]}, subset
+                ),
+            },
             "subset": subset,
             "fingerprint": digest,
         }
@@ -569,6 +614,8 @@ def load_dataset(path: str | os.PathLike[str], verify: bool = True) -> PreparedD
     if missing:
         raise DataError(f"{path}: prepared dataset lacks keys {missing}")
     classes = tuple(obj["classes"])
+    if obj.get("num_classes", len(classes)) != len(classes):
+        raise DataError(f"{path}: records num_classes {obj['num_classes']} but {len(classes)} class names")
     splits = {}
     for name in SPLITS:
         images, labels = obj[f"{name}_images"], obj[f"{name}_labels"]

@@ -299,7 +299,7 @@ def resume_key(cfg: dict[str, Any], data: PreparedData) -> dict[str, Any]:
     }
 
 
-def check_classes(cfg: dict[str, Any], data: PreparedData) -> None:
+def check_num_classes(cfg: dict[str, Any], data: PreparedData) -> None:
     """The dataset's classes must be as many as the model's outputs."""
     wanted = cfg["model"]["num_classes"]
     if data.num_classes != wanted:
@@ -315,7 +315,7 @@ def build_run(cfg: dict[str, Any], out_dir: Path) -> Run:
     placement = make_placement(runtime)
     configure_backend(runtime, placement.device)
     data = load_dataset(cfg["data"])
-    check_classes(cfg, data)
+    check_num_classes(cfg, data)
     method = get_method(cfg["method"]["name"])({k: v for k, v in cfg["method"].items() if k != "name"})
 
     student = build_student(cfg["model"], train["seed"])

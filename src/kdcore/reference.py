@@ -19,6 +19,7 @@ ECE, per-class teacher accuracy, the projection gradient norm of runs that clipp
 from __future__ import annotations
 
 import json
+import logging
 import re
 import zipfile
 from functools import cache
@@ -27,6 +28,8 @@ from typing import Any
 
 from kdcore.atomic import atomic_write_json
 from kdcore.errors import DataError
+
+log = logging.getLogger("kdcore.reference")
 
 SOURCE_LABEL = "paper-reference"
 PAPER_DEVICE = "A100 (paper)"
@@ -79,6 +82,49 @@ _REQUIRED = (
     "test_acc_final",
     "history",
 )
+
+
+def _seeds(n: int) -> list[str]:
+    return [f"seed{k}" for k in range(n)]
+
+
+def expected_members() -> list[str]:
+    """Every member the paper's v2 results zip holds: 126 results.json and 40 fidelity.json files."""
+    pairs = ("resnet34_to_resnet18", "resnet50_to_resnet18", "resnet50_to_resnet34", "resnet101_to_resnet34")
+    alphas = ("0.3", "0.5", "0.7")
+    grids = [f"feature/a{a}" for a in alphas] + [f"logit/a{a}_t{t}" for a in alphas for t in (2, 3, 4)]
+    dirs = [f"runs/teachers/{t}/{s}" for t in _TEACHER_DIRS for s in _seeds(3)]
+    dirs += [f"runs/select/{p}/{g}/seed0" for p in pairs for g in grids]
+    dirs += [f"runs/final/baseline/{a}/{s}" for a in ("resnet18", "resnet34") for s in _seeds(5)]
+    finals = [f"runs/final/{p}_{m}/{s}" for p in pairs for m in ("logit", "feature") for s in _seeds(5)]
+    stems = [(a, 3) for a in ("resnet18", "resnet34")] + [("resnet50", 1)]
+    dirs += finals + [
+        f"runs/stem_ablation/{a}_{st}/{s}" for a, n in stems for st in ("cifar", "imagenet") for s in _seeds(n)
+    ]
+    dirs += [f"runs/bug_ablation/resnet50_to_resnet18/feature_bugged/a0.7/{s}" for s in _seeds(5)]
+    return sorted([f"{d}/results.json" for d in dirs] + [f"{d}/fidelity.json" for d in finals])
+
+
+def missing_members(names: list[str]) -> list[str]:
+    """The members of the paper's layout (:func:`expected_members`) that ``names`` lacks."""
+    present = set(names)
+    return [m for m in expected_members() if m not in present]
+
+
+def check_complete(zip_path: Path, names: list[str], allow_partial: bool) -> list[str]:
+    """Compare a zip's members with the paper's layout; DataError if any is missing, unless ``allow_partial``
+    (then one warning lists them). Returns the missing members."""
+    missing = missing_members(names)
+    if not missing:
+        return missing
+    expected = expected_members()
+    found = len(expected) - len(missing)
+    head = f"paper results zip {str(zip_path)!r} holds {found} of the {len(expected)} files the paper's layout has"
+    if not allow_partial:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise DataError(f"{head}; missing: {shown} (use --allow-partial to import it anyway)")
+    log.warning("%s; importing anyway (allow_partial); missing:\n  %s", head, "\n  ".join(missing))
+    return missing
 
 
 @cache
@@ -297,10 +343,12 @@ def _read_json(zf: zipfile.ZipFile, member: str) -> Any:
         raise DataError(f"paper zip member {member!r}: not valid JSON ({exc})") from exc
 
 
-def import_reference(zip_path: str | Path, out_dir: str | Path) -> int:
+def import_reference(zip_path: str | Path, out_dir: str | Path, *, allow_partial: bool = False) -> int:
     """Convert the paper's results zip into ``out_dir/<run_id>/{metrics,fidelity}.json``; return the run count.
 
     Every member is read and validated before anything is written, so bad input leaves ``out_dir`` as it was.
+    A zip that lacks any run or fidelity file of the paper's layout is a DataError listing them, unless
+    ``allow_partial`` (then a warning lists them and the rest is imported).
     """
     zip_path, out_dir = Path(zip_path), Path(out_dir)
     if not zip_path.is_file():
@@ -326,6 +374,7 @@ def import_reference(zip_path: str | Path, out_dir: str | Path) -> int:
             if run_dir not in metrics_by_dir:
                 raise DataError(f"paper zip member {member!r}: no results.json beside it")
             fidelities[run_dir] = convert_fidelity(_read_json(zf, member), member, metrics_by_dir[run_dir])
+    check_complete(zip_path, names, allow_partial)
     seen: dict[str, str] = {}
     for run_dir, metrics in metrics_by_dir.items():
         run_id = metrics["labels"]["run_id"]
