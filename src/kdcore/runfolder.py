@@ -91,6 +91,8 @@ def clear_run_files(out_dir: str | os.PathLike[str], keep_resume: bool = False) 
         if keep_resume and name == RESUME_FILE:
             continue
         path = Path(out_dir) / name
+        if path.is_dir():
+            raise RunFolderError(f"{path} is a folder where the run's {name} file belongs; move it away")
         if path.exists():
             path.unlink()
             removed.append(name)
