@@ -99,8 +99,22 @@ def clear_run_files(out_dir: str | os.PathLike[str], keep_resume: bool = False) 
     return removed
 
 
+def remove_stale_temporaries(out_dir: str | os.PathLike[str]) -> list[str]:
+    """Remove temporary files that an atomic write killed mid-way left behind (only call under the lock)."""
+    removed = []
+    for name in RUN_FILES:
+        for tmp in Path(out_dir).glob(f".{name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp.name)
+    return removed
+
+
 def claim_run_folder(out_dir: str | os.PathLike[str], force: bool) -> None:
-    """Refuse a folder that holds a finished run, unless ``force``: then remove its results first."""
+    """Refuse a folder that holds a finished run, unless ``force``: then remove its results first.
+
+    Temporary files of writes interrupted by a crash are removed either way.
+    """
+    remove_stale_temporaries(out_dir)
     if not is_finished(out_dir):
         return
     if not force:
