@@ -360,32 +360,34 @@ def _iter_dir_files(root: Path) -> Iterator[tuple[str, Path | None]]:
             yield prefix + f, Path(dirpath) / f
 
 
-def _read_folder(spec: Mapping[str, Any]) -> RawData:
-    """Read a train/test class-folder tree from a directory or a tar archive."""
-    path = Path(spec["path"])
+def _folder_entries(path: Path) -> list[tuple[str, Any]]:
+    """(name, payload) of every entry of a folder source: bytes (archive) or a file path (directory);
+    folders end in '/' with payload None."""
     if not path.exists():
         raise DataError(f"data folder or archive not found: {path}")
-    is_archive = path.is_file()
-    if is_archive:
-        try:
-            readable = tarfile.is_tarfile(path)
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise DataError(f"{path}: cannot read archive ({exc})") from exc
-        if not readable:
-            raise DataError(f"{path}: not a directory or a tar archive (.tar, .tar.gz, .tgz)")
-    entries: list[tuple[str, Any]] = list(_iter_tar_files(path) if is_archive else _iter_dir_files(path))
+    if not path.is_file():
+        return list(_iter_dir_files(path))
+    try:
+        readable = tarfile.is_tarfile(path)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read archive ({exc})") from exc
+    if not readable:
+        raise DataError(f"{path}: not a directory or a tar archive (.tar, .tar.gz, .tgz)")
+    return list(_iter_tar_files(path))
 
-    # find the root: the tree itself, or its only top-level folder
-    def top(name: str) -> str:
-        return name.split("/", 1)[0]
 
-    tops = {top(n) for n, _ in entries if n and not top(n).startswith(".")}
-    depth = 0
-    root_name = ""
+def _tree_root(entries: list[tuple[str, Any]]) -> tuple[str, int]:
+    """(root folder name, depth): the tree itself ('', 0), or its only top-level folder (name, 1)."""
+    tops = {n.split("/", 1)[0] for n, _ in entries if n and not n.split("/", 1)[0].startswith(".")}
     if not tops & {"train", "test"} and len(tops) == 1:
-        root_name = next(iter(tops))
-        depth = 1
-    # collect split/class/file
+        return next(iter(tops)), 1
+    return "", 0
+
+
+def _class_files(
+    entries: list[tuple[str, Any]], path: Path, root_name: str, depth: int
+) -> dict[str, dict[str, list[tuple[str, Any]]]]:
+    """{split: {class: [(name, payload), ...]}} of a train/test class-folder tree; stray entries are errors."""
     files: dict[str, dict[str, list[tuple[str, Any]]]] = {"train": {}, "test": {}}
     for name, payload in entries:
         parts = [p for p in name.split("/") if p]
@@ -401,20 +403,47 @@ def _read_folder(spec: Mapping[str, Any]) -> RawData:
                 raise DataError(f"{path}: {name} is a file where the {split}/ folder should be")
             continue
         if len(rel) == 2:
-            if is_dir:
-                files[split].setdefault(rel[1], [])
-            else:
+            if not is_dir:
                 raise DataError(f"{path}: file {name} is outside a class folder ({split}/<class>/<image>)")
+            files[split].setdefault(rel[1], [])
             continue
         if len(rel) > 3 or is_dir:
             raise DataError(f"{path}: {name} is nested too deep; expected {split}/<class>/<image>")
         files[split].setdefault(rel[1], []).append((name, payload))
-
     split_dirs = {_split_of(name, depth, root_name) for name, _ in entries}
     for split in ("train", "test"):
         if split not in split_dirs:
             where = f"{path}/{root_name}" if root_name else str(path)
             raise DataError(f"{where}: missing the {split}/ split folder (expected train/<class>/* and test/<class>/*)")
+    return files
+
+
+def _decode_split(
+    path: Path, split: str, members: dict[str, list[tuple[str, Any]]], classes: tuple[str, ...], is_archive: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images [N,3,32,32] and int64 labels of one split, class by class, files sorted by name."""
+    items: list[tuple[str, Any, int]] = []
+    for label, cls in enumerate(classes):
+        found = sorted(members[cls], key=lambda item: item[0])
+        if not found:
+            raise DataError(f"{path}: class folder {split}/{cls} is empty")
+        items.extend((name, payload, label) for name, payload in found)
+    images = np.empty((len(items), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    for i, (name, payload, _) in enumerate(items):
+        label_text = f"{path}::{name}" if is_archive else str(payload)
+        data = payload if is_archive else _read_bytes(payload, label_text)
+        images[i] = _image_from_bytes(data, label_text)
+    labels = torch.tensor([lab for _, _, lab in items], dtype=torch.int64)
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels
+
+
+def _read_folder(spec: Mapping[str, Any]) -> RawData:
+    """Read a train/test class-folder tree from a directory or a tar archive."""
+    path = Path(spec["path"])
+    entries = _folder_entries(path)
+    is_archive = path.is_file()
+    root_name, depth = _tree_root(entries)
+    files = _class_files(entries, path, root_name, depth)
     train_cls, test_cls = set(files["train"]), set(files["test"])
     if train_cls != test_cls:
         raise DataError(
@@ -424,22 +453,7 @@ def _read_folder(spec: Mapping[str, Any]) -> RawData:
     classes = tuple(sorted(train_cls))
     if not classes:
         raise DataError(f"{path}: no class folders under train/ and test/")
-
-    arrays: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for split in ("train", "test"):
-        items: list[tuple[str, Any, int]] = []
-        for label, cls in enumerate(classes):
-            members = sorted(files[split][cls], key=lambda item: item[0])
-            if not members:
-                raise DataError(f"{path}: class folder {split}/{cls} is empty")
-            items.extend((name, payload, label) for name, payload in members)
-        images = np.empty((len(items), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-        for i, (name, payload, _) in enumerate(items):
-            label_text = f"{path}::{name}" if is_archive else str(payload)
-            data = payload if is_archive else _read_bytes(payload, label_text)
-            images[i] = _image_from_bytes(data, label_text)
-        labels = torch.tensor([lab for _, _, lab in items], dtype=torch.int64)
-        arrays[split] = (torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels)
+    arrays = {split: _decode_split(path, split, files[split], classes, is_archive) for split in ("train", "test")}
     source = {
         "kind": "folder",
         "path": str(path),
