@@ -186,7 +186,9 @@ def test_importer_allow_partial_imports_the_rest_and_prints_the_list(tmp_path, c
     assert cli.main(["-q", "import-reference", str(zip_path), str(out), "--allow-partial"]) == 0
     printed = capsys.readouterr().out
     assert "imported 125 runs" in printed and f"  {run}" in printed and "missing (1)" in printed
-    assert len(list(out.rglob("metrics.json"))) == 125
+    imported = sorted(out.rglob("metrics.json"))
+    assert len(imported) == 125
+    assert json.loads(imported[0].read_text())["data"]["split"] == "paper"  # the paper's own runs
 
 
 # ----------------------------------------------------------------------------- provenance (issue 13)

@@ -38,6 +38,8 @@ PAPER_DATA = {
     "fingerprint": None,
     "source": {"kind": "torchvision", "name": "CIFAR-10"},
     "synthetic": False,
+    "split": "paper",
+    "classes": None,
     "n_train": 45000,
     "n_val": 5000,
     "n_test": 10000,
@@ -210,6 +212,34 @@ def _check_result(raw: Any, member: str, stage: str, fields: dict[str, str]) -> 
     return raw
 
 
+PAPER_ENVIRONMENT: dict[str, Any] = {
+    **dict.fromkeys(("torch", "torchvision", "python", "precision", "threads", "git_commit", "hostname")),
+    "device": "cuda",
+    "device_name": PAPER_DEVICE,
+}
+
+
+def _convert_epoch(h: dict[str, Any], member: str) -> dict[str, Any]:
+    """One paper history entry as a kdcore history entry (what the paper does not record is None)."""
+    if "epoch" not in h or "val_acc" not in h:
+        raise DataError(f"paper zip member {member!r}: a history entry lacks epoch or val_acc")
+    return {
+        "epoch": int(h["epoch"]),
+        "lr": None,
+        "loss": h.get("loss_total"),
+        "loss_ce": h.get("loss_ce"),
+        "loss_kd": h.get("loss_kd"),
+        "train_acc": h.get("train_acc"),
+        "val_acc": h["val_acc"],
+        "grad_norm_mean": None,
+        "grad_norm_max": h.get("grad_norm_max"),
+        "proj_grad_norm_mean": None,
+        "proj_grad_norm_max": h.get("proj_grad_norm_max"),
+        "seconds": None,
+        "images_per_s": None,
+    }
+
+
 def convert_result(raw: dict[str, Any], member: str) -> dict[str, Any]:
     """Convert one paper ``results.json`` (found at zip path ``member``) into a kdcore metrics dict."""
     stage, fields = classify_member(member)
@@ -226,29 +256,8 @@ def convert_result(raw: dict[str, Any], member: str) -> dict[str, Any]:
         method_cfg.update(alpha=alpha, temperature=temperature)
     elif method == "feature":
         method_cfg.update(alpha=alpha, beta=beta)
-    history_in = raw["history"]
-    has_proj = any("proj_grad_norm_max" in h for h in history_in)
-    history = []
-    for h in history_in:
-        if "epoch" not in h or "val_acc" not in h:
-            raise DataError(f"paper zip member {member!r}: a history entry lacks epoch or val_acc")
-        history.append(
-            {
-                "epoch": int(h["epoch"]),
-                "lr": None,
-                "loss": h.get("loss_total"),
-                "loss_ce": h.get("loss_ce"),
-                "loss_kd": h.get("loss_kd"),
-                "train_acc": h.get("train_acc"),
-                "val_acc": h["val_acc"],
-                "grad_norm_mean": None,
-                "grad_norm_max": h.get("grad_norm_max"),
-                "proj_grad_norm_mean": None,
-                "proj_grad_norm_max": h.get("proj_grad_norm_max"),
-                "seconds": None,
-                "images_per_s": None,
-            }
-        )
+    has_proj = any("proj_grad_norm_max" in h for h in raw["history"])
+    history = [_convert_epoch(h, member) for h in raw["history"]]
     labels = {"stage": stage, "run_id": run_id, "source": SOURCE_LABEL, "zip_member": member, "method": method}
     if teacher:
         labels["pair"] = f"{teacher}-{student}"
@@ -276,17 +285,7 @@ def convert_result(raw: dict[str, Any], member: str) -> dict[str, Any]:
             "labels": labels,
         },
         "labels": labels,
-        "environment": {
-            "torch": None,
-            "torchvision": None,
-            "python": None,
-            "device": "cuda",
-            "device_name": PAPER_DEVICE,
-            "precision": None,
-            "threads": None,
-            "git_commit": None,
-            "hostname": None,
-        },
+        "environment": dict(PAPER_ENVIRONMENT),
         "data": dict(PAPER_DATA),
         "model": {"arch": student, "width": PAPER_WIDTH, "stem": stem, "params": param_count(student, stem)},
         "teacher": teacher_block,
