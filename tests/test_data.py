@@ -59,7 +59,7 @@ def make_tar(src: Path, archive: Path, arcname: str) -> Path:
 
 
 def folder_spec(path: Path, **extra: Any) -> dict[str, Any]:
-    return {"source": "folder", "path": str(path), "val_size": 6, "split_seed": 1234, **extra}
+    return {"source": "folder", "path": str(path), "val_size": 6, "split_seed": 1234, "num_classes": 3, **extra}
 
 
 CLASSES = ["cat", "ant", "bee"]  # deliberately unsorted
@@ -89,13 +89,16 @@ def test_synthetic_fixture_round_trip(synthetic_dataset: Path) -> None:
     # the artefact is exactly the documented dict
     raw = torch.load(synthetic_dataset, weights_only=True)
     assert raw["format"] == FORMAT
-    assert raw["split"] == {"val_size": 100, "seed": 1234} and raw["subset"] is None
+    assert raw["split"] == {"val_size": 100, "seed": 1234, "name": "other"} and raw["subset"] is None
+    assert raw["num_classes"] == 10 == len(raw["classes"])
     splits = {n: data.split_tensors(n) for n in ("train", "val", "test")}
     assert fingerprint(splits, data.classes) == raw["fingerprint"] == data.fingerprint
     assert data.summary() == {
         "fingerprint": data.fingerprint,
         "source": data.source,
         "synthetic": True,
+        "split": "other",
+        "classes": [f"class{i}" for i in range(10)],
         "n_train": 400,
         "n_val": 100,
         "n_test": 100,
@@ -247,7 +250,7 @@ def test_folder_converts_modes_to_rgb(tmp_path: Path) -> None:
     rgba = np.zeros((32, 32, 4), dtype=np.uint8)
     rgba[..., 0], rgba[..., 3] = 200, 255
     Image.fromarray(rgba, mode="RGBA").save(root / "train" / "b" / "zz_rgba.png")
-    data = load_dataset(prepare_dataset(folder_spec(root, val_size=0), tmp_path / "m.pt")["path"])
+    data = load_dataset(prepare_dataset(folder_spec(root, val_size=0, num_classes=2), tmp_path / "m.pt")["path"])
     images = torch.cat([data.train_images, data.val_images])
     assert data.n_train == 10 and data.n_val == 0
     assert any(torch.all(img == 77) for img in images)

@@ -128,3 +128,21 @@ def test_lease_is_logged(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> No
     with lease_device("auto", lock_dir=tmp_path, gpu_ids=GPUS):
         pass
     assert "device lease: cuda:0 (gpu uuid-aaaa, slot 0 of 1" in caplog.text
+
+
+def test_placement_follows_the_runtime_section() -> None:
+    import torch
+
+    from kdcore.devices import autocast_context, make_placement
+    from kdcore.errors import TrainingError
+
+    cpu = make_placement({"device": "cpu", "precision": "fp32", "channels_last": "auto"})
+    assert (cpu.device.type, cpu.dtype, cpu.channels_last) == ("cpu", torch.float32, False)
+    assert cpu.memory_format == torch.contiguous_format
+    bf16 = make_placement({"device": "cpu", "precision": "bf16", "channels_last": True})
+    assert bf16.dtype == torch.bfloat16 and bf16.memory_format == torch.channels_last
+    with autocast_context(bf16.device, bf16.dtype):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainingError, match="'cuda:0' but CUDA is not available"):
+            make_placement({"device": "cuda:0", "precision": "auto", "channels_last": "auto"})

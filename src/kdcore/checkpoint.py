@@ -44,6 +44,29 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
+def _shape(value: Any) -> str:
+    return "x".join(map(str, value.shape)) if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def state_dict_mismatch(expected: dict[str, torch.Tensor], found: dict[str, Any]) -> str:
+    """One line describing how ``found`` differs from ``expected`` in names and shapes ('' if it fits)."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    wrong = [k for k in expected if k in found and _shape(found[k]) != _shape(expected[k])]
+    parts = []
+    if wrong:
+        first = wrong[0]
+        parts.append(
+            f"{len(wrong)} tensor(s) of the wrong shape (first: {first} is {_shape(found[first])} in the file, "
+            f"{_shape(expected[first])} in the model)"
+        )
+    if missing:
+        parts.append(f"{len(missing)} missing (first: {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]})")
+    return "; ".join(parts)
+
+
 def load_model(path: str | Path, spec: dict[str, Any] | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """Build the model a checkpoint describes and load its weights (on the CPU).
 
@@ -61,9 +84,12 @@ def load_model(path: str | Path, spec: dict[str, Any] | None = None) -> tuple[nn
         if found != wanted:
             raise CheckpointError(f"checkpoint {path} holds {found}, but the config asks for {wanted}")
     model = build_model(found["arch"], width=found["width"], stem=found["stem"], num_classes=found["num_classes"])
-    try:
-        model.load_state_dict(payload["state_dict"])
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {path} does not fit {found}: {exc}") from exc
+    state_dict = payload.get("state_dict")
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f"checkpoint {path} holds no state_dict")
+    problem = state_dict_mismatch(model.state_dict(), state_dict)
+    if problem:
+        raise CheckpointError(f"checkpoint {path} says it holds {found}, but its weights do not fit: {problem}")
+    model.load_state_dict(state_dict)
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
     return model, meta

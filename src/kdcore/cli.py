@@ -6,7 +6,8 @@
     import-reference  convert the paper's results zip into our per-run metrics files
     status            runs done / running / pending of a study, ETAs, failures
 
-Bad input is reported as one line on stderr and exit status 2.
+Bad input is reported as one line on stderr and exit status 2; a failing file system (full disk, read-only
+folder, a folder where a file should be) as one line naming the path and the cause, and exit status 1.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.threads:
             runtime["threads"] = args.threads
         config["runtime"] = runtime
-    metrics = train_run(config, args.out)
+    metrics = train_run(config, args.out, force=args.force)
     print(json.dumps(metrics["results"], indent=2))
     return 0
 
@@ -69,10 +70,17 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
 
 
 def cmd_import_reference(args: argparse.Namespace) -> int:
-    from kdcore.reference import import_reference
+    import zipfile
 
-    count = import_reference(args.zip, args.outdir)
-    print(f"imported {count} runs into {args.outdir}")
+    from kdcore.reference import expected_members, import_reference, missing_members
+
+    count = import_reference(args.zip, args.outdir, allow_partial=args.allow_partial)
+    with zipfile.ZipFile(args.zip) as zf:
+        missing = missing_members(zf.namelist())
+    print(f"imported {count} runs into {args.outdir} ({len(expected_members()) - len(missing)} of the paper's files)")
+    if missing:
+        print(f"missing ({len(missing)}), imported without them (--allow-partial):")
+        print("\n".join(f"  {m}" for m in missing))
     return 0
 
 
@@ -89,6 +97,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     status = study_status(args.results, study, stale_after=args.stale_after)
     print(to_json(status) if args.json else render_text(status), end="" if not args.json else "\n")
     return 0
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for an OSError: its own message if kdcore wrote one, else the cause and the path(s)."""
+    if exc.strerror is None:
+        return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+    cause = exc.strerror[:1].lower() + exc.strerror[1:]
+    return f"{cause}: {paths}" if paths else cause
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, required=True, help="run directory (metrics.json, best.pt, final.pt)")
     p.add_argument("--device", help="overrides runtime.device (auto, cpu, cuda, cuda:N)")
     p.add_argument("--threads", type=int, help="overrides runtime.threads")
+    p.add_argument("--force", action="store_true", help="remove the results of a finished run in --out and train again")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("fidelity", help="student-vs-teacher fidelity on the test set")
@@ -123,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import-reference", help="convert the paper's results zip into our run files")
     p.add_argument("zip", type=Path, help="the paper's raw_results_json.zip")
     p.add_argument("outdir", type=Path, help="folder to write runs/<...>/metrics.json into")
+    p.add_argument(
+        "--allow-partial",
+        action="store_true",
+        help="import even when runs or fidelity files the paper's layout expects are missing (they are listed)",
+    )
     p.set_defaults(func=cmd_import_reference)
 
     p = sub.add_parser("status", help="where a study stands: runs done / running / pending, ETAs, failures")
@@ -151,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
+    except OSError as exc:  # kdcore's WriteError included: the file system failed, not the input
+        print(f"error: {describe_os_error(exc)}", file=sys.stderr)
+        return 1
     except KDCoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

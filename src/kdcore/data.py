@@ -9,6 +9,7 @@ A *data spec* (a dict, usually from YAML) names a source and how to split it::
     val_size: 5000
     split_seed: 1234
     subset: {train: null, val: null, test: null, seed: 0}  # per-class balanced sizes, null = all
+    num_classes: 10      # how many classes the source must have (checked when the artefact is made)
 
 ``prepare_dataset(spec, out_path)`` writes the artefact described in docs/design.md ("Prepared dataset
 artefact") atomically and returns a summary; ``load_dataset(path)`` reads it back (``weights_only=True``)
@@ -25,6 +26,9 @@ Sources
     :func:`synthetic_images`).
 
 Split
+    The split is named ``paper`` when it is the paper's exactly (torchvision source, val_size 5000,
+    split_seed 1234, no subset) and ``other`` otherwise; the name is stored in the artefact (``split.name``)
+    and in each run's metrics.json (``data.split``).
     The validation set is taken from the training source: with ``perm = torch.randperm(n_train_total,
     generator=torch.Generator().manual_seed(split_seed))``, ``val = perm[:val_size]`` and
     ``train = perm[val_size:]``, both kept **in permutation order** (not sorted). For the torchvision
@@ -65,7 +69,9 @@ from kdcore.seeds import derive_seed
 
 FORMAT = "kdcore-dataset/1"
 SOURCES: tuple[str, ...] = ("synthetic", "folder", "torchvision")
-SPEC_KEYS: tuple[str, ...] = ("source", "path", "download", "synthetic", "val_size", "split_seed", "subset")
+SPEC_KEYS: tuple[str, ...] = (
+    "source", "path", "download", "synthetic", "val_size", "split_seed", "subset", "num_classes",
+)  # fmt: skip
 SYNTHETIC_KEYS: tuple[str, ...] = ("n_train", "n_test", "seed")
 SUBSET_KEYS: tuple[str, ...] = ("train", "val", "test", "seed")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -83,7 +89,10 @@ DEFAULT_SPEC: dict[str, Any] = {
     "val_size": 5000,
     "split_seed": 1234,
     "subset": None,
+    "num_classes": 10,
 }
+#: The paper's split: torchvision's CIFAR-10 training set, 5000 validation images drawn with seed 1234.
+PAPER_SPLIT: dict[str, Any] = {"source": "torchvision", "val_size": 5000, "split_seed": 1234}
 
 
 @dataclass(frozen=True, eq=False)
@@ -126,12 +135,19 @@ class PreparedData:
             raise ConfigError(f"unknown split {name!r}; allowed: {', '.join(SPLITS)}")
         return getattr(self, f"{name}_images"), getattr(self, f"{name}_labels")
 
+    @property
+    def split_name(self) -> str:
+        """``paper`` when the split is the paper's exactly, else ``other``."""
+        return self.split.get("name") or split_name(self.source.get("kind", ""), self.split, self.subset)
+
     def summary(self) -> dict[str, Any]:
-        """The ``data`` block of metrics.json: fingerprint, source, synthetic flag and split sizes."""
+        """The ``data`` block of metrics.json: fingerprint, source, synthetic flag, split name and sizes."""
         return {
             "fingerprint": self.fingerprint,
             "source": self.source,
             "synthetic": self.synthetic,
+            "split": self.split_name,
+            "classes": list(self.classes),
             "n_train": self.n_train,
             "n_val": self.n_val,
             "n_test": self.n_test,
@@ -209,6 +225,7 @@ def validate_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"data spec synthetic: only used by source 'synthetic' (source is {source!r})")
 
     out["val_size"] = _check_int(out["val_size"], "val_size", 0)
+    out["num_classes"] = _check_int(out["num_classes"], "num_classes", 2)
     out["split_seed"] = _check_int(out["split_seed"], "split_seed", 0)
 
     subset = out["subset"]
@@ -343,32 +360,34 @@ def _iter_dir_files(root: Path) -> Iterator[tuple[str, Path | None]]:
             yield prefix + f, Path(dirpath) / f
 
 
-def _read_folder(spec: Mapping[str, Any]) -> RawData:
-    """Read a train/test class-folder tree from a directory or a tar archive."""
-    path = Path(spec["path"])
+def _folder_entries(path: Path) -> list[tuple[str, Any]]:
+    """(name, payload) of every entry of a folder source: bytes (archive) or a file path (directory);
+    folders end in '/' with payload None."""
     if not path.exists():
         raise DataError(f"data folder or archive not found: {path}")
-    is_archive = path.is_file()
-    if is_archive:
-        try:
-            readable = tarfile.is_tarfile(path)
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise DataError(f"{path}: cannot read archive ({exc})") from exc
-        if not readable:
-            raise DataError(f"{path}: not a directory or a tar archive (.tar, .tar.gz, .tgz)")
-    entries: list[tuple[str, Any]] = list(_iter_tar_files(path) if is_archive else _iter_dir_files(path))
+    if not path.is_file():
+        return list(_iter_dir_files(path))
+    try:
+        readable = tarfile.is_tarfile(path)
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read archive ({exc})") from exc
+    if not readable:
+        raise DataError(f"{path}: not a directory or a tar archive (.tar, .tar.gz, .tgz)")
+    return list(_iter_tar_files(path))
 
-    # find the root: the tree itself, or its only top-level folder
-    def top(name: str) -> str:
-        return name.split("/", 1)[0]
 
-    tops = {top(n) for n, _ in entries if n and not top(n).startswith(".")}
-    depth = 0
-    root_name = ""
+def _tree_root(entries: list[tuple[str, Any]]) -> tuple[str, int]:
+    """(root folder name, depth): the tree itself ('', 0), or its only top-level folder (name, 1)."""
+    tops = {n.split("/", 1)[0] for n, _ in entries if n and not n.split("/", 1)[0].startswith(".")}
     if not tops & {"train", "test"} and len(tops) == 1:
-        root_name = next(iter(tops))
-        depth = 1
-    # collect split/class/file
+        return next(iter(tops)), 1
+    return "", 0
+
+
+def _class_files(
+    entries: list[tuple[str, Any]], path: Path, root_name: str, depth: int
+) -> dict[str, dict[str, list[tuple[str, Any]]]]:
+    """{split: {class: [(name, payload), ...]}} of a train/test class-folder tree; stray entries are errors."""
     files: dict[str, dict[str, list[tuple[str, Any]]]] = {"train": {}, "test": {}}
     for name, payload in entries:
         parts = [p for p in name.split("/") if p]
@@ -384,20 +403,47 @@ def _read_folder(spec: Mapping[str, Any]) -> RawData:
                 raise DataError(f"{path}: {name} is a file where the {split}/ folder should be")
             continue
         if len(rel) == 2:
-            if is_dir:
-                files[split].setdefault(rel[1], [])
-            else:
+            if not is_dir:
                 raise DataError(f"{path}: file {name} is outside a class folder ({split}/<class>/<image>)")
+            files[split].setdefault(rel[1], [])
             continue
         if len(rel) > 3 or is_dir:
             raise DataError(f"{path}: {name} is nested too deep; expected {split}/<class>/<image>")
         files[split].setdefault(rel[1], []).append((name, payload))
-
     split_dirs = {_split_of(name, depth, root_name) for name, _ in entries}
     for split in ("train", "test"):
         if split not in split_dirs:
             where = f"{path}/{root_name}" if root_name else str(path)
             raise DataError(f"{where}: missing the {split}/ split folder (expected train/<class>/* and test/<class>/*)")
+    return files
+
+
+def _decode_split(
+    path: Path, split: str, members: dict[str, list[tuple[str, Any]]], classes: tuple[str, ...], is_archive: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 images [N,3,32,32] and int64 labels of one split, class by class, files sorted by name."""
+    items: list[tuple[str, Any, int]] = []
+    for label, cls in enumerate(classes):
+        found = sorted(members[cls], key=lambda item: item[0])
+        if not found:
+            raise DataError(f"{path}: class folder {split}/{cls} is empty")
+        items.extend((name, payload, label) for name, payload in found)
+    images = np.empty((len(items), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
+    for i, (name, payload, _) in enumerate(items):
+        label_text = f"{path}::{name}" if is_archive else str(payload)
+        data = payload if is_archive else _read_bytes(payload, label_text)
+        images[i] = _image_from_bytes(data, label_text)
+    labels = torch.tensor([lab for _, _, lab in items], dtype=torch.int64)
+    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels
+
+
+def _read_folder(spec: Mapping[str, Any]) -> RawData:
+    """Read a train/test class-folder tree from a directory or a tar archive."""
+    path = Path(spec["path"])
+    entries = _folder_entries(path)
+    is_archive = path.is_file()
+    root_name, depth = _tree_root(entries)
+    files = _class_files(entries, path, root_name, depth)
     train_cls, test_cls = set(files["train"]), set(files["test"])
     if train_cls != test_cls:
         raise DataError(
@@ -407,22 +453,7 @@ def _read_folder(spec: Mapping[str, Any]) -> RawData:
     classes = tuple(sorted(train_cls))
     if not classes:
         raise DataError(f"{path}: no class folders under train/ and test/")
-
-    arrays: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for split in ("train", "test"):
-        items: list[tuple[str, Any, int]] = []
-        for label, cls in enumerate(classes):
-            members = sorted(files[split][cls], key=lambda item: item[0])
-            if not members:
-                raise DataError(f"{path}: class folder {split}/{cls} is empty")
-            items.extend((name, payload, label) for name, payload in members)
-        images = np.empty((len(items), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
-        for i, (name, payload, _) in enumerate(items):
-            label_text = f"{path}::{name}" if is_archive else str(payload)
-            data = payload if is_archive else _read_bytes(payload, label_text)
-            images[i] = _image_from_bytes(data, label_text)
-        labels = torch.tensor([lab for _, _, lab in items], dtype=torch.int64)
-        arrays[split] = (torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), labels)
+    arrays = {split: _decode_split(path, split, files[split], classes, is_archive) for split in ("train", "test")}
     source = {
         "kind": "folder",
         "path": str(path),
@@ -482,6 +513,26 @@ def balanced_subset(labels: torch.Tensor, size: int, num_classes: int, seed: int
     return torch.sort(torch.cat(chosen)).values
 
 
+def check_classes(classes: tuple[str, ...], num_classes: int, where: str) -> None:
+    """A source must have exactly ``num_classes`` classes; otherwise one DataError listing what it has."""
+    if len(classes) != num_classes:
+        raise DataError(
+            f"{where}: found {len(classes)} classes ({', '.join(classes)}), but the data spec's num_classes "
+            f"is {num_classes}; add or remove class folders, or set num_classes"
+        )
+
+
+def split_name(source_kind: str, split: Mapping[str, Any], subset: Mapping[str, Any] | None) -> str:
+    """``paper`` for the paper's split (torchvision, val_size 5000, split_seed 1234, no subset), else ``other``."""
+    is_paper = (
+        source_kind == PAPER_SPLIT["source"]
+        and split.get("val_size") == PAPER_SPLIT["val_size"]
+        and split.get("seed") == PAPER_SPLIT["split_seed"]
+        and subset is None
+    )
+    return "paper" if is_paper else "other"
+
+
 def fingerprint(splits: Mapping[str, tuple[torch.Tensor, torch.Tensor]], classes: tuple[str, ...] | list[str]) -> str:
     """sha256 hex of the class names and each split's image and label bytes (see the module docstring)."""
     h = hashlib.sha256()
@@ -503,6 +554,7 @@ def prepare_dataset(spec: Mapping[str, Any], out_path: str | os.PathLike[str]) -
     started = time.perf_counter()
     spec = validate_spec(spec)
     raw = read_source(spec)
+    check_classes(raw.classes, spec["num_classes"], spec["path"] or spec["source"])
     n_classes = len(raw.classes)
     train_idx, val_idx = split_indices(int(raw.train_labels.shape[0]), spec["val_size"], spec["split_seed"])
     splits = {
@@ -525,9 +577,16 @@ def prepare_dataset(spec: Mapping[str, Any], out_path: str | os.PathLike[str]) -
     artefact.update(
         {
             "classes": list(raw.classes),
+            "num_classes": n_classes,
             "source": raw.source,
             "synthetic": raw.synthetic,
-            "split": {"val_size": spec["val_size"], "seed": spec["split_seed"]},
+            "split": {
+                "val_size": spec["val_size"],
+                "seed": spec["split_seed"],
+                "name": split_name(
+                    raw.source["kind"], {"val_size": spec["val_size"], "seed": spec["split_seed"]}, subset
+                ),
+            },
             "subset": subset,
             "fingerprint": digest,
         }
@@ -569,6 +628,8 @@ def load_dataset(path: str | os.PathLike[str], verify: bool = True) -> PreparedD
     if missing:
         raise DataError(f"{path}: prepared dataset lacks keys {missing}")
     classes = tuple(obj["classes"])
+    if obj.get("num_classes", len(classes)) != len(classes):
+        raise DataError(f"{path}: records num_classes {obj['num_classes']} but {len(classes)} class names")
     splits = {}
     for name in SPLITS:
         images, labels = obj[f"{name}_images"], obj[f"{name}_labels"]

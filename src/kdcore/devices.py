@@ -6,6 +6,10 @@ shared by all jobs of the machine. The operating system drops the lock when the 
 crashes, so a lease can never outlive its job. If every slot is taken the job waits and polls.
 Without CUDA GPUs the lease is simply ``"cpu"``.
 
+Placement (the second half of this module) turns a run config's ``runtime`` section into where and how a
+run computes: the torch device, the autocast dtype and the memory format, plus the process-wide backend
+switches (threads, cuDNN, determinism). torch is imported inside functions, so leasing stays cheap.
+
 GPUs are identified by their UUID when torch can report it (else by their ``CUDA_VISIBLE_DEVICES``
 entry, else their index), so jobs that see different subsets of the GPUs (e.g. under SLURM, where
 ``CUDA_VISIBLE_DEVICES`` is set per job) still lock the same physical device under the same name.
@@ -21,10 +25,15 @@ import socket
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from kdcore.errors import ConfigError
+from kdcore.errors import ConfigError, TrainingError
+
+if TYPE_CHECKING:
+    import torch
 
 LOGGER = logging.getLogger("kdcore.devices")
 LOCK_DIR_ENV = "KDCORE_LOCK_DIR"
@@ -165,3 +174,88 @@ def lease_device(
             LOGGER.info("device lease: all %d GPU slot(s) busy, waiting (locks in %s)", len(candidates), folder)
             waited = True
         time.sleep(poll_seconds)
+
+
+# ----------------------------------------------------------------------------- placement
+def resolve_device(requested: str) -> torch.device:
+    """The torch device for ``runtime.device`` (auto: CUDA when available, else the CPU)."""
+    import torch
+
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(f"runtime.device is {requested!r} but CUDA is not available on this machine")
+    return torch.device(requested)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 / AMX), where bf16 autocast pays off."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(requested: str, device: torch.device) -> torch.dtype:
+    """bf16 autocast on CUDA and on CPUs with native bf16 when 'auto'; float32 otherwise."""
+    import torch
+
+    if requested == "fp32":
+        return torch.float32
+    if requested == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda" or cpu_has_native_bf16():
+        return torch.bfloat16
+    return torch.float32
+
+
+def autocast_context(device: torch.device, dtype: torch.dtype) -> AbstractContextManager[Any]:
+    """Autocast to ``dtype`` on ``device``, or nothing for float32."""
+    import torch
+
+    if dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass
+class Placement:
+    """Where and how a run computes: device, autocast dtype, channels-last memory format or not."""
+
+    device: torch.device
+    dtype: torch.dtype
+    channels_last: bool
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        import torch
+
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+
+def make_placement(runtime: dict[str, Any]) -> Placement:
+    """The placement a resolved ``runtime`` section asks for (channels_last auto: on CUDA only)."""
+    device = resolve_device(runtime["device"])
+    dtype = resolve_precision(runtime["precision"], device)
+    channels_last = runtime["channels_last"]
+    if channels_last == "auto":
+        channels_last = device.type == "cuda"
+    return Placement(device, dtype, bool(channels_last))
+
+
+def configure_backend(runtime: dict[str, Any], device: torch.device) -> None:
+    """Threads and determinism switches for this process."""
+    import torch
+
+    if runtime["threads"]:
+        torch.set_num_threads(runtime["threads"])
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not runtime["deterministic"]
+        torch.backends.cudnn.deterministic = runtime["deterministic"]
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if runtime["deterministic"]:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)

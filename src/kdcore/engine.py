@@ -15,12 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import platform
-import socket
-import subprocess
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,90 +23,27 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdcore import __version__
 from kdcore.atomic import atomic_torch_save, atomic_write_json
 from kdcore.augment import augment_batch, normalize_batch
 from kdcore.checkpoint import load_model, read_checkpoint, save_model_checkpoint, save_weights
 from kdcore.config import resolve_config, training_digest
-from kdcore.data import load_dataset
-from kdcore.errors import TrainingError
+from kdcore.data import PreparedData, load_dataset
+from kdcore.devices import Placement, autocast_context, configure_backend, make_placement
+from kdcore.errors import CheckpointError, DataError, TrainingError
 from kdcore.methods import get_method
 from kdcore.methods.base import ForwardOutputs, Method
 from kdcore.models import build_model, count_parameters
+from kdcore.provenance import device_name, environment_info, file_sha256, run_code_digest
+from kdcore.runfolder import RESUME_FILE, claim_run_folder, clear_run_files, lock_run_folder, move_aside
 from kdcore.seeds import derive_seed, generator
+
+# kdcore.bench and kdcore.fidelity import these from here
+__all__ = ["Placement", "configure_backend", "device_name", "make_placement", "predict_logits", "train_run"]
 
 log = logging.getLogger("kdcore.train")
 
 METRICS_SCHEMA_VERSION = 1
-RESUME_FORMAT = "kdcore-resume/1"
-
-
-# ----------------------------------------------------------------------------- placement
-def resolve_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError(f"runtime.device is {requested!r} but CUDA is not available on this machine")
-    return torch.device(requested)
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX-512 BF16 / AMX), where bf16 autocast pays off."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def resolve_precision(requested: str, device: torch.device) -> torch.dtype:
-    """bf16 autocast on CUDA and on CPUs with native bf16 when 'auto'; float32 otherwise."""
-    if requested == "fp32":
-        return torch.float32
-    if requested == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda" or cpu_has_native_bf16():
-        return torch.bfloat16
-    return torch.float32
-
-
-def autocast_context(device: torch.device, dtype: torch.dtype):
-    if dtype == torch.float32:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-@dataclass
-class Placement:
-    device: torch.device
-    dtype: torch.dtype
-    channels_last: bool
-
-    @property
-    def memory_format(self) -> torch.memory_format:
-        return torch.channels_last if self.channels_last else torch.contiguous_format
-
-
-def make_placement(runtime: dict[str, Any]) -> Placement:
-    device = resolve_device(runtime["device"])
-    dtype = resolve_precision(runtime["precision"], device)
-    channels_last = runtime["channels_last"]
-    if channels_last == "auto":
-        channels_last = device.type == "cuda"
-    return Placement(device, dtype, bool(channels_last))
-
-
-def configure_backend(runtime: dict[str, Any], device: torch.device) -> None:
-    """Threads and determinism switches for this process."""
-    if runtime["threads"]:
-        torch.set_num_threads(runtime["threads"])
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not runtime["deterministic"]
-        torch.backends.cudnn.deterministic = runtime["deterministic"]
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    if runtime["deterministic"]:
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        torch.use_deterministic_algorithms(True, warn_only=True)
+RESUME_FORMAT = "kdcore-resume/2"
 
 
 # ----------------------------------------------------------------------------- models
@@ -329,68 +261,88 @@ def make_step_fn(
 
 
 # ----------------------------------------------------------------------------- run
-def cpu_name() -> str:
-    """The processor's model name (from /proc/cpuinfo where there is one)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
-
-
-def environment_info(placement: Placement) -> dict[str, Any]:
-    import torchvision
-
-    return {
-        "kdcore": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "python": platform.python_version(),
-        "device": str(placement.device),
-        "device_name": device_name(placement.device),
-        "precision": str(placement.dtype).replace("torch.", ""),
-        "channels_last": placement.channels_last,
-        "threads": torch.get_num_threads(),
-        "hostname": socket.gethostname(),
-        "git_commit": git_commit(),
-    }
-
-
-def git_commit() -> str | None:
-    """The commit of the kdcore source tree, when it is a git checkout (with '-dirty' if modified)."""
-    here = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(here), "status", "--porcelain", "--", "."],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return commit + ("-dirty" if dirty else "")
-
-
 def model_info(model: nn.Module, spec: dict[str, Any]) -> dict[str, Any]:
     return {"arch": spec["arch"], "width": spec["width"], "stem": spec["stem"], "params": count_parameters(model)}
 
 
-def save_resume_state(path: Path, state: RunState, epoch: int, digest: str) -> None:
+@dataclass
+class Run:
+    """Everything one run needs, built once by :func:`build_run`."""
+
+    cfg: dict[str, Any]
+    out_dir: Path
+    placement: Placement
+    data: PreparedData
+    method: Method
+    teacher: nn.Module | None
+    state: RunState
+    resume_key: dict[str, Any]
+
+    @property
+    def resume_path(self) -> Path:
+        return self.out_dir / RESUME_FILE
+
+    @property
+    def best_path(self) -> Path:
+        return self.out_dir / "best.pt"
+
+
+def resume_key(cfg: dict[str, Any], data: PreparedData) -> dict[str, Any]:
+    """What must be unchanged for a partial run to be resumed: the config, the dataset's content,
+    the teacher checkpoint's content and the kdcore code the run executes."""
+    teacher = cfg["teacher"]
+    return {
+        "config": training_digest(cfg),
+        "data": data.fingerprint,
+        "teacher": file_sha256(teacher["checkpoint"]) if teacher else None,
+        "code": run_code_digest(cfg["method"]["name"]),
+    }
+
+
+def check_num_classes(cfg: dict[str, Any], data: PreparedData) -> None:
+    """The dataset's classes must be as many as the model's outputs."""
+    wanted = cfg["model"]["num_classes"]
+    if data.num_classes != wanted:
+        raise DataError(
+            f"{cfg['data']}: the dataset has {data.num_classes} classes ({', '.join(data.classes)}), "
+            f"but model.num_classes is {wanted}"
+        )
+
+
+def build_run(cfg: dict[str, Any], out_dir: Path) -> Run:
+    """Data, method, student, teacher, projections and optimiser, on the run's device."""
+    runtime, train = cfg["runtime"], cfg["train"]
+    placement = make_placement(runtime)
+    configure_backend(runtime, placement.device)
+    data = load_dataset(cfg["data"])
+    check_num_classes(cfg, data)
+    method = get_method(cfg["method"]["name"])({k: v for k, v in cfg["method"].items() if k != "name"})
+
+    student = build_student(cfg["model"], train["seed"])
+    teacher = load_teacher(cfg["teacher"]) if method.needs_teacher else None
+    trainable = method.build_trainable(student, teacher, generator(train["seed"], "projection_init"))
+    for module in (student, teacher, trainable):
+        if module is not None:
+            module.to(placement.device, memory_format=placement.memory_format)
+
+    params = list(student.parameters()) + (list(trainable.parameters()) if trainable is not None else [])
+    optimizer = torch.optim.SGD(
+        params,
+        lr=train["lr"],
+        momentum=train["momentum"],
+        nesterov=train["nesterov"],
+        weight_decay=train["weight_decay"],
+    )
+    state = RunState(student, trainable, optimizer, history=[])
+    return Run(cfg, out_dir, placement, data, method, teacher, state, resume_key(cfg, data))
+
+
+def save_resume_state(path: Path, state: RunState, epoch: int, key: dict[str, Any]) -> None:
     atomic_torch_save(
         path,
         {
             "format": RESUME_FORMAT,
-            "training_digest": digest,
+            "resume_key": key,
             "epochs_done": epoch + 1,
             "student": state.student.state_dict(),
             "trainable": state.trainable.state_dict() if state.trainable is not None else None,
@@ -403,14 +355,42 @@ def save_resume_state(path: Path, state: RunState, epoch: int, digest: str) -> N
     )
 
 
-def try_resume(path: Path, state: RunState, digest: str) -> int:
-    """Restore from ``path`` if it belongs to this run; return the number of epochs already done."""
+def read_resume_state(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+    """The resume payload at ``path`` if it belongs to this run, else None (with one log line saying why).
+
+    An unreadable (e.g. truncated) file is moved aside to ``last.pt.corrupt-<time>``.
+    """
     if not path.exists():
+        return None
+    try:
+        payload = read_checkpoint(path)
+    except CheckpointError as exc:
+        moved = move_aside(path)
+        log.warning("%s is unreadable (%s); moved it to %s and starting from epoch 0", path, exc, moved.name)
+        return None
+    if payload.get("format") != RESUME_FORMAT:
+        log.warning("%s is a %s file, not %s; starting from epoch 0", path, payload.get("format"), RESUME_FORMAT)
+        return None
+    changed = [name for name, value in key.items() if payload["resume_key"].get(name) != value]
+    if changed:
+        what = {"config": "run config", "data": "dataset", "teacher": "teacher checkpoint", "code": "kdcore code"}
+        log.warning(
+            "%s was written with a different %s; starting from epoch 0", path, " and ".join(what[c] for c in changed)
+        )
+        return None
+    return payload
+
+
+def resume_or_restart(run: Run) -> int:
+    """Restore the run from its last.pt if that belongs to it; otherwise clear the folder for a fresh start.
+
+    Returns the number of epochs already done.
+    """
+    payload = read_resume_state(run.resume_path, run.resume_key)
+    if payload is None:
+        clear_run_files(run.out_dir)
         return 0
-    payload = read_checkpoint(path)
-    if payload.get("format") != RESUME_FORMAT or payload.get("training_digest") != digest:
-        log.warning("ignoring %s: it belongs to a different run configuration; starting from scratch", path)
-        return 0
+    state = run.state
     state.student.load_state_dict(payload["student"])
     if state.trainable is not None:
         state.trainable.load_state_dict(payload["trainable"])
@@ -419,7 +399,10 @@ def try_resume(path: Path, state: RunState, digest: str) -> int:
     state.best_val_acc = float(payload["best_val_acc"])
     state.best_epoch = int(payload["best_epoch"])
     state.best_state = payload["best_state"]
-    log.info("resuming from epoch %d (%s)", payload["epochs_done"], path)
+    # best.pt always matches the resume state (a scheduler may also have deleted it after a failure)
+    spec = run.cfg["model"]
+    save_weights(run.best_path, state.best_state, spec, epoch=state.best_epoch, val_acc=state.best_val_acc)
+    log.info("resuming from epoch %d (%s)", payload["epochs_done"], run.resume_path)
     return int(payload["epochs_done"])
 
 
@@ -430,113 +413,83 @@ def format_eta(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-def train_run(config: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
-    """Train one run described by ``config`` and write metrics.json, best.pt and final.pt to ``out_dir``.
-
-    If ``out_dir/last.pt`` holds a partial run of the same configuration, training resumes from it.
-    Returns the metrics dict that was written.
-    """
-    cfg = resolve_config(config)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    runtime, train = cfg["runtime"], cfg["train"]
-    placement = make_placement(runtime)
-    configure_backend(runtime, placement.device)
-    digest = training_digest(cfg)
-
-    data = load_dataset(cfg["data"])
-    method_cls = get_method(cfg["method"]["name"])
-    method = method_cls({k: v for k, v in cfg["method"].items() if k != "name"})
-
-    student = build_student(cfg["model"], train["seed"])
-    teacher = load_teacher(cfg["teacher"]) if method.needs_teacher else None
-    trainable = method.build_trainable(student, teacher, generator(train["seed"], "projection_init"))
-
-    student.to(placement.device, memory_format=placement.memory_format)
-    if teacher is not None:
-        teacher.to(placement.device, memory_format=placement.memory_format)
-    if trainable is not None:
-        trainable.to(placement.device, memory_format=placement.memory_format)
-
-    params = list(student.parameters()) + (list(trainable.parameters()) if trainable is not None else [])
-    optimizer = torch.optim.SGD(
-        params,
-        lr=train["lr"],
-        momentum=train["momentum"],
-        nesterov=train["nesterov"],
-        weight_decay=train["weight_decay"],
+def log_epoch(entry: dict[str, Any], epochs: int, remaining_seconds: float) -> None:
+    log.info(
+        "epoch %d/%d loss %.4f (ce %.4f kd %.4f) train %.2f%% val %.2f%% lr %.4g %.0f img/s ETA %s",
+        entry["epoch"],
+        epochs,
+        entry["loss"],
+        entry["loss_ce"],
+        entry["loss_kd"],
+        100 * entry["train_acc"],
+        100 * entry["val_acc"],
+        entry["lr"],
+        entry["images_per_s"],
+        format_eta(remaining_seconds),
     )
-    state = RunState(student, trainable, optimizer, history=[])
-    resume_path = out_dir / "last.pt"
-    start_epoch = try_resume(resume_path, state, digest)
-    best_path = out_dir / "best.pt"
-    if start_epoch and not best_path.exists():
-        # a scheduler may delete the outputs of an interrupted job; last.pt carries the best weights
-        save_weights(best_path, state.best_state, cfg["model"], epoch=state.best_epoch, val_acc=state.best_val_acc)
 
+
+def fit(run: Run, start_epoch: int) -> None:
+    """Train from ``start_epoch`` to the last epoch, keeping best.pt and last.pt up to date after each."""
+    cfg, placement, state, data = run.cfg, run.placement, run.state, run.data
+    runtime, train = cfg["runtime"], cfg["train"]
     train_images = data.train_images.to(placement.device)
     train_labels = data.train_labels.to(placement.device)
     val_images, val_labels = data.val_images.to(placement.device), data.val_labels.to(placement.device)
 
-    step_model = torch.compile(student) if runtime["compile"] else student
-    step_fn = make_step_fn(step_model, trainable, optimizer, method, teacher, cfg, placement)
-    eval_bs = runtime["eval_batch_size"]
+    step_model = torch.compile(state.student) if runtime["compile"] else state.student
+    step_fn = make_step_fn(step_model, state.trainable, state.optimizer, run.method, run.teacher, cfg, placement)
     run_start = time.perf_counter()
     for epoch in range(start_epoch, train["epochs"]):
         entry = train_one_epoch(epoch, state, step_fn, train_images, train_labels, cfg, placement)
-        entry["val_acc"] = accuracy(student, val_images, val_labels, placement, eval_bs)
+        entry["val_acc"] = accuracy(state.student, val_images, val_labels, placement, runtime["eval_batch_size"])
         state.history.append(entry)
         if entry["val_acc"] > state.best_val_acc:
             state.best_val_acc, state.best_epoch = entry["val_acc"], epoch + 1
-            state.best_state = {k: v.detach().to("cpu", copy=True) for k, v in student.state_dict().items()}
-            save_weights(best_path, state.best_state, cfg["model"], epoch=epoch + 1, val_acc=entry["val_acc"])
-        save_resume_state(resume_path, state, epoch, digest)
+            state.best_state = {k: v.detach().to("cpu", copy=True) for k, v in state.student.state_dict().items()}
+            save_weights(run.best_path, state.best_state, cfg["model"], epoch=epoch + 1, val_acc=entry["val_acc"])
+        save_resume_state(run.resume_path, state, epoch, run.resume_key)
         if runtime["log_every_epoch"]:
             elapsed = time.perf_counter() - run_start
-            remaining = elapsed / (epoch + 1 - start_epoch) * (train["epochs"] - epoch - 1)
-            log.info(
-                "epoch %d/%d loss %.4f (ce %.4f kd %.4f) train %.2f%% val %.2f%% lr %.4g %.0f img/s ETA %s",
-                epoch + 1,
-                train["epochs"],
-                entry["loss"],
-                entry["loss_ce"],
-                entry["loss_kd"],
-                100 * entry["train_acc"],
-                100 * entry["val_acc"],
-                entry["lr"],
-                entry["images_per_s"],
-                format_eta(remaining),
-            )
+            log_epoch(entry, train["epochs"], elapsed / (epoch + 1 - start_epoch) * (train["epochs"] - epoch - 1))
 
-    save_model_checkpoint(out_dir / "final.pt", student, cfg["model"], epoch=train["epochs"])
-    test_images, test_labels = data.test_images.to(placement.device), data.test_labels.to(placement.device)
-    test_final = accuracy(student, test_images, test_labels, placement, eval_bs)
-    best_model, _ = load_model(best_path, cfg["model"])
+
+def evaluate(run: Run) -> tuple[float, float]:
+    """Write final.pt and return (test@best, test@final): the run's only two looks at the test set."""
+    cfg, placement = run.cfg, run.placement
+    eval_bs = cfg["runtime"]["eval_batch_size"]
+    save_model_checkpoint(run.out_dir / "final.pt", run.state.student, cfg["model"], epoch=cfg["train"]["epochs"])
+    test_images = run.data.test_images.to(placement.device)
+    test_labels = run.data.test_labels.to(placement.device)
+    test_final = accuracy(run.state.student, test_images, test_labels, placement, eval_bs)
+    best_model, _ = load_model(run.best_path, cfg["model"])
     best_model.to(placement.device, memory_format=placement.memory_format)
     test_best = accuracy(best_model, test_images, test_labels, placement, eval_bs)
+    return test_best, test_final
 
+
+def record(run: Run, test_best: float, test_final: float) -> dict[str, Any]:
+    """Write metrics.json (last: it marks the run folder finished), remove last.pt, return the metrics."""
+    cfg, state, teacher = run.cfg, run.state, run.teacher
     history = state.history
     metrics = {
         "schema_version": METRICS_SCHEMA_VERSION,
         "kind": "train",
         "config": cfg,
         "labels": cfg["labels"],
-        "environment": environment_info(placement),
-        "data": {
-            "fingerprint": data.fingerprint,
-            "source": data.source,
-            "synthetic": data.synthetic,
-            "n_train": int(data.train_labels.shape[0]),
-            "n_val": int(data.val_labels.shape[0]),
-            "n_test": int(data.test_labels.shape[0]),
-        },
-        "model": model_info(student, cfg["model"]),
+        "environment": {**environment_info(run.placement), "code_digest": run.resume_key["code"]},
+        "data": run.data.summary(),
+        "model": model_info(state.student, cfg["model"]),
         "teacher": None
         if teacher is None
-        else {**model_info(teacher, cfg["teacher"]), "checkpoint": cfg["teacher"]["checkpoint"]},
+        else {
+            **model_info(teacher, cfg["teacher"]),
+            "checkpoint": cfg["teacher"]["checkpoint"],
+            "sha256": run.resume_key["teacher"],
+        },
         "history": history,
         "results": {
-            "epochs": train["epochs"],
+            "epochs": cfg["train"]["epochs"],
             "best_val_acc": state.best_val_acc,
             "best_epoch": state.best_epoch,
             "final_val_acc": history[-1]["val_acc"],
@@ -547,8 +500,8 @@ def train_run(config: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
             "train_seconds": sum(h["seconds"] for h in history),
         },
     }
-    atomic_write_json(out_dir / "metrics.json", metrics)
-    resume_path.unlink(missing_ok=True)
+    atomic_write_json(run.out_dir / "metrics.json", metrics)
+    run.resume_path.unlink(missing_ok=True)
     log.info(
         "done: best val %.2f%% (epoch %d), test@best %.2f%%, test@final %.2f%%",
         100 * state.best_val_acc,
@@ -557,3 +510,21 @@ def train_run(config: dict[str, Any], out_dir: str | Path) -> dict[str, Any]:
         100 * test_final,
     )
     return metrics
+
+
+def train_run(config: dict[str, Any], out_dir: str | Path, *, force: bool = False) -> dict[str, Any]:
+    """Train one run described by ``config`` and write metrics.json, best.pt and final.pt to ``out_dir``.
+
+    If ``out_dir/last.pt`` holds a partial run of the same config, data, teacher and code, training
+    resumes from it; otherwise it starts from epoch 0. A folder that holds a finished run (metrics.json)
+    is refused unless ``force``, which removes its results first. The folder is locked for the whole run.
+    Returns the metrics dict that was written.
+    """
+    cfg = resolve_config(config)
+    with lock_run_folder(out_dir) as folder:
+        claim_run_folder(folder, force)
+        run = build_run(cfg, folder)
+        start_epoch = resume_or_restart(run)
+        fit(run, start_epoch)
+        test_best, test_final = evaluate(run)
+        return record(run, test_best, test_final)

@@ -19,6 +19,7 @@ ECE, per-class teacher accuracy, the projection gradient norm of runs that clipp
 from __future__ import annotations
 
 import json
+import logging
 import re
 import zipfile
 from functools import cache
@@ -28,6 +29,8 @@ from typing import Any
 from kdcore.atomic import atomic_write_json
 from kdcore.errors import DataError
 
+log = logging.getLogger("kdcore.reference")
+
 SOURCE_LABEL = "paper-reference"
 PAPER_DEVICE = "A100 (paper)"
 #: The paper trains on torchvision's CIFAR-10 with a 45k/5k train/val split of the 50k training images.
@@ -35,6 +38,8 @@ PAPER_DATA = {
     "fingerprint": None,
     "source": {"kind": "torchvision", "name": "CIFAR-10"},
     "synthetic": False,
+    "split": "paper",
+    "classes": None,
     "n_train": 45000,
     "n_val": 5000,
     "n_test": 10000,
@@ -79,6 +84,49 @@ _REQUIRED = (
     "test_acc_final",
     "history",
 )
+
+
+def _seeds(n: int) -> list[str]:
+    return [f"seed{k}" for k in range(n)]
+
+
+def expected_members() -> list[str]:
+    """Every member the paper's v2 results zip holds: 126 results.json and 40 fidelity.json files."""
+    pairs = ("resnet34_to_resnet18", "resnet50_to_resnet18", "resnet50_to_resnet34", "resnet101_to_resnet34")
+    alphas = ("0.3", "0.5", "0.7")
+    grids = [f"feature/a{a}" for a in alphas] + [f"logit/a{a}_t{t}" for a in alphas for t in (2, 3, 4)]
+    dirs = [f"runs/teachers/{t}/{s}" for t in _TEACHER_DIRS for s in _seeds(3)]
+    dirs += [f"runs/select/{p}/{g}/seed0" for p in pairs for g in grids]
+    dirs += [f"runs/final/baseline/{a}/{s}" for a in ("resnet18", "resnet34") for s in _seeds(5)]
+    finals = [f"runs/final/{p}_{m}/{s}" for p in pairs for m in ("logit", "feature") for s in _seeds(5)]
+    stems = [(a, 3) for a in ("resnet18", "resnet34")] + [("resnet50", 1)]
+    dirs += finals + [
+        f"runs/stem_ablation/{a}_{st}/{s}" for a, n in stems for st in ("cifar", "imagenet") for s in _seeds(n)
+    ]
+    dirs += [f"runs/bug_ablation/resnet50_to_resnet18/feature_bugged/a0.7/{s}" for s in _seeds(5)]
+    return sorted([f"{d}/results.json" for d in dirs] + [f"{d}/fidelity.json" for d in finals])
+
+
+def missing_members(names: list[str]) -> list[str]:
+    """The members of the paper's layout (:func:`expected_members`) that ``names`` lacks."""
+    present = set(names)
+    return [m for m in expected_members() if m not in present]
+
+
+def check_complete(zip_path: Path, names: list[str], allow_partial: bool) -> list[str]:
+    """Compare a zip's members with the paper's layout; DataError if any is missing, unless ``allow_partial``
+    (then one warning lists them). Returns the missing members."""
+    missing = missing_members(names)
+    if not missing:
+        return missing
+    expected = expected_members()
+    found = len(expected) - len(missing)
+    head = f"paper results zip {str(zip_path)!r} holds {found} of the {len(expected)} files the paper's layout has"
+    if not allow_partial:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise DataError(f"{head}; missing: {shown} (use --allow-partial to import it anyway)")
+    log.warning("%s; importing anyway (allow_partial); missing:\n  %s", head, "\n  ".join(missing))
+    return missing
 
 
 @cache
@@ -164,6 +212,34 @@ def _check_result(raw: Any, member: str, stage: str, fields: dict[str, str]) -> 
     return raw
 
 
+PAPER_ENVIRONMENT: dict[str, Any] = {
+    **dict.fromkeys(("torch", "torchvision", "python", "precision", "threads", "git_commit", "hostname")),
+    "device": "cuda",
+    "device_name": PAPER_DEVICE,
+}
+
+
+def _convert_epoch(h: dict[str, Any], member: str) -> dict[str, Any]:
+    """One paper history entry as a kdcore history entry (what the paper does not record is None)."""
+    if "epoch" not in h or "val_acc" not in h:
+        raise DataError(f"paper zip member {member!r}: a history entry lacks epoch or val_acc")
+    return {
+        "epoch": int(h["epoch"]),
+        "lr": None,
+        "loss": h.get("loss_total"),
+        "loss_ce": h.get("loss_ce"),
+        "loss_kd": h.get("loss_kd"),
+        "train_acc": h.get("train_acc"),
+        "val_acc": h["val_acc"],
+        "grad_norm_mean": None,
+        "grad_norm_max": h.get("grad_norm_max"),
+        "proj_grad_norm_mean": None,
+        "proj_grad_norm_max": h.get("proj_grad_norm_max"),
+        "seconds": None,
+        "images_per_s": None,
+    }
+
+
 def convert_result(raw: dict[str, Any], member: str) -> dict[str, Any]:
     """Convert one paper ``results.json`` (found at zip path ``member``) into a kdcore metrics dict."""
     stage, fields = classify_member(member)
@@ -180,29 +256,8 @@ def convert_result(raw: dict[str, Any], member: str) -> dict[str, Any]:
         method_cfg.update(alpha=alpha, temperature=temperature)
     elif method == "feature":
         method_cfg.update(alpha=alpha, beta=beta)
-    history_in = raw["history"]
-    has_proj = any("proj_grad_norm_max" in h for h in history_in)
-    history = []
-    for h in history_in:
-        if "epoch" not in h or "val_acc" not in h:
-            raise DataError(f"paper zip member {member!r}: a history entry lacks epoch or val_acc")
-        history.append(
-            {
-                "epoch": int(h["epoch"]),
-                "lr": None,
-                "loss": h.get("loss_total"),
-                "loss_ce": h.get("loss_ce"),
-                "loss_kd": h.get("loss_kd"),
-                "train_acc": h.get("train_acc"),
-                "val_acc": h["val_acc"],
-                "grad_norm_mean": None,
-                "grad_norm_max": h.get("grad_norm_max"),
-                "proj_grad_norm_mean": None,
-                "proj_grad_norm_max": h.get("proj_grad_norm_max"),
-                "seconds": None,
-                "images_per_s": None,
-            }
-        )
+    has_proj = any("proj_grad_norm_max" in h for h in raw["history"])
+    history = [_convert_epoch(h, member) for h in raw["history"]]
     labels = {"stage": stage, "run_id": run_id, "source": SOURCE_LABEL, "zip_member": member, "method": method}
     if teacher:
         labels["pair"] = f"{teacher}-{student}"
@@ -230,17 +285,7 @@ def convert_result(raw: dict[str, Any], member: str) -> dict[str, Any]:
             "labels": labels,
         },
         "labels": labels,
-        "environment": {
-            "torch": None,
-            "torchvision": None,
-            "python": None,
-            "device": "cuda",
-            "device_name": PAPER_DEVICE,
-            "precision": None,
-            "threads": None,
-            "git_commit": None,
-            "hostname": None,
-        },
+        "environment": dict(PAPER_ENVIRONMENT),
         "data": dict(PAPER_DATA),
         "model": {"arch": student, "width": PAPER_WIDTH, "stem": stem, "params": param_count(student, stem)},
         "teacher": teacher_block,
@@ -297,10 +342,12 @@ def _read_json(zf: zipfile.ZipFile, member: str) -> Any:
         raise DataError(f"paper zip member {member!r}: not valid JSON ({exc})") from exc
 
 
-def import_reference(zip_path: str | Path, out_dir: str | Path) -> int:
+def import_reference(zip_path: str | Path, out_dir: str | Path, *, allow_partial: bool = False) -> int:
     """Convert the paper's results zip into ``out_dir/<run_id>/{metrics,fidelity}.json``; return the run count.
 
     Every member is read and validated before anything is written, so bad input leaves ``out_dir`` as it was.
+    A zip that lacks any run or fidelity file of the paper's layout is a DataError listing them, unless
+    ``allow_partial`` (then a warning lists them and the rest is imported).
     """
     zip_path, out_dir = Path(zip_path), Path(out_dir)
     if not zip_path.is_file():
@@ -326,6 +373,7 @@ def import_reference(zip_path: str | Path, out_dir: str | Path) -> int:
             if run_dir not in metrics_by_dir:
                 raise DataError(f"paper zip member {member!r}: no results.json beside it")
             fidelities[run_dir] = convert_fidelity(_read_json(zf, member), member, metrics_by_dir[run_dir])
+    check_complete(zip_path, names, allow_partial)
     seen: dict[str, str] = {}
     for run_dir, metrics in metrics_by_dir.items():
         run_id = metrics["labels"]["run_id"]
