@@ -11,6 +11,7 @@ Skips when Chromium or Snakemake is not installed (CI installs Debian's ``chromi
 from __future__ import annotations
 
 import base64
+import json
 import os
 import re
 import shutil
@@ -29,9 +30,13 @@ pytestmark = pytest.mark.slow
 
 CHROMIUM = find_chromium()
 REPORT_RST = REPO / "workflow" / "report"
-#: The CSV tables the analysis rules put in the report (design.md: runs, comparisons, selection; comparison
-#: only when a reference zip is configured, which this study does not).
-CSV_TABLES = ("runs", "comparisons", "selection")
+#: The tables the analysis rules put in the report, per category (design.md: runs, comparisons, selection,
+#: moderation; comparison only when a reference zip is configured, which this study does not). summary.json is
+#: under Summary, listed by its warnings label.
+REPORT_TABLES = {
+    "Tables": ("runs.csv", "comparisons.csv", "selection.csv", "moderation.csv"),
+    "Summary": ("summary.json",),
+}
 
 #: Page-side helpers: the navbar's links and result rows, found by their visible text.
 HELPERS_JS = r"""
@@ -167,7 +172,7 @@ def test_report_opens_without_errors(browser: HeadlessChromium) -> None:
     browser.evaluate("__kd.navbar().querySelector('ol a').click(); true")
     assert browser.wait_for("__kd.click('Workflow')")
     nav = browser.evaluate("__kd.norm(__kd.navbar().innerText)")
-    for item in ("Workflow", "Statistics", "About", "Figures", "LaTeX tables", "Tables"):
+    for item in ("Workflow", "Statistics", "About", "Figures", "LaTeX tables", "Tables", "Summary"):
         assert item in nav, nav
     description = browser.evaluate("__kd.norm(__kd.content().innerText)")
     assert caption_openings("workflow") in description
@@ -215,15 +220,20 @@ def test_every_figure_renders_with_its_caption(browser: HeadlessChromium, report
     assert len({tuple(p) for p in inside[:: max(1, len(inside) // 20000)]}) > 50
 
 
-@pytest.mark.parametrize("category", ["LaTeX tables", "Tables"])
+@pytest.mark.parametrize("category", ["LaTeX tables", "Tables", "Summary"])
 def test_every_table_is_listed_with_caption_and_data(browser: HeadlessChromium, report: Path, category: str) -> None:
     tables = report / "results/tables"
     if category == "LaTeX tables":
         files = {p.stem: p for p in sorted(tables.glob("*.tex"))}
-        assert len(files) == 7, sorted(files)
+        assert len(files) == 8, sorted(files)
         openings = dict.fromkeys(files, caption_openings("latex"))
+    elif category == "Summary":
+        # a labelled result is listed by its label (the warnings of summary.json, "none" for this study)
+        notes = json.loads((tables / "summary.json").read_text())["notes"]
+        files = {" | ".join(notes) if notes else "none": tables / "summary.json"}
+        openings = dict.fromkeys(files, caption_openings("summary"))
     else:
-        files = {str(Path("results/tables") / f"{name}.csv"): tables / f"{name}.csv" for name in CSV_TABLES}
+        files = {str(Path("results/tables") / name): tables / name for name in REPORT_TABLES[category]}
         openings = {row: caption_openings(Path(row).stem) for row in files}
     assert sorted(show_category(browser, category)) == sorted(files)
     for row, path in files.items():

@@ -27,7 +27,7 @@ CLIP = {"prepare_data", "train_teacher", "train_select", "select_winner", "train
 PART = "analysis_part_table"
 
 EXPECTED_RULES = {
-    "results/figures/gain_vs_capacity.pdf": KD | {PART, "analysis_comparisons", "analysis_figure"},
+    "results/figures/gain_vs_capacity.pdf": KD | {PART, "analysis_moderation", "analysis_figure"},
     "results/figures/convergence.pdf": KD | {PART, "analysis_figure"},
     "results/figures/fidelity.pdf": KD | FIDELITY | {PART, "analysis_comparisons", "analysis_figure"},
     "results/figures/stem_ablation.pdf": STEM | {PART, "analysis_stat_table", "analysis_figure"},
@@ -39,6 +39,7 @@ EXPECTED_RULES = {
     "results/tables/stem_ablation.tex": STEM | {PART, "analysis_stat_table", "analysis_latex"},
     "results/tables/clip_ablation.tex": CLIP | {PART, "analysis_stat_table", "analysis_latex"},
     "results/tables/selection.tex": (KD - {"train_baseline"}) | {PART, "analysis_selection", "analysis_latex"},
+    "results/tables/moderation.tex": KD | {PART, "analysis_moderation", "analysis_latex"},
 }
 
 
@@ -80,13 +81,16 @@ def test_target_plans_only_its_rules(tmp_path, target):
 
 
 def test_gain_vs_capacity_job_counts(tmp_path):
-    """Only the distillation teachers (seed teachers.distill_seed of each of the 3 teachers), one part table."""
+    """Only the distillation teachers (seed teachers.distill_seed of each of the 3 teachers), one part table
+    (kd), the moderation table drawn from it and the figure: no stem, clip or fidelity jobs."""
     proc = dry_run(tmp_path, "results/figures/gain_vs_capacity.pdf")
     assert proc.returncode == 0, proc.stderr[-3000:]
     counts = job_counts(proc.stdout)
     assert counts["train_teacher"] == 3 and counts[PART] == 1
     assert counts["train_final"] == 40 and counts["train_baseline"] == 10
-    assert "results/tables/parts/kd/runs.csv" in planned_outputs(proc.stdout)
+    planned = planned_outputs(proc.stdout)
+    assert "results/tables/parts/kd/runs.csv" in planned and "results/tables/moderation.csv" in planned
+    assert counts["analysis_moderation"] == 1 and counts["analysis_figure"] == 1
 
 
 def test_stem_figure_plans_only_stem_runs_and_their_cifar_arms(tmp_path):

@@ -32,16 +32,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from kdcore.atomic import atomic_write_json
 from kdcore.augment import CIFAR10_MEAN, CIFAR10_STD
 from kdcore.config import resolve_config
-from kdcore.engine import (
-    RunState,
-    configure_backend,
-    device_name,
-    make_placement,
-    make_step_fn,
-    train_one_epoch,
-)
+from kdcore.devices import configure_backend, make_placement
+from kdcore.engine import RunState, make_step_fn, train_one_epoch
 from kdcore.methods import get_method
 from kdcore.models import build_model
+from kdcore.provenance import device_name
 from kdcore.seeds import generator
 
 EPOCH_IMAGES = 45_000

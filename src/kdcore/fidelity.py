@@ -16,7 +16,8 @@ from kdcore.atomic import atomic_write_json
 from kdcore.checkpoint import load_model
 from kdcore.config import RUNTIME_DEFAULTS
 from kdcore.data import load_dataset
-from kdcore.engine import Placement, make_placement, predict_logits
+from kdcore.devices import Placement, make_placement
+from kdcore.engine import predict_logits
 
 FIDELITY_SCHEMA_VERSION = 1
 ECE_BINS = 15

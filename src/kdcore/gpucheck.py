@@ -376,7 +376,7 @@ STEPS: dict[str, Callable[..., dict[str, Any]]] = {
 def environment() -> dict[str, Any]:
     import torch
 
-    from kdcore.engine import cpu_name
+    from kdcore.provenance import cpu_name
 
     cuda = torch.cuda.is_available()
     return {
@@ -463,7 +463,8 @@ def build_r18_step(width: int, batch_size: int, device: str, threads: int | None
     import torch
 
     from kdcore.bench import Case, build_case
-    from kdcore.engine import RunState, configure_backend, make_placement, make_step_fn
+    from kdcore.devices import configure_backend, make_placement
+    from kdcore.engine import RunState, make_step_fn
 
     runtime = {"device": device, "threads": threads}
     cfg, method, student, teacher, trainable = build_case(Case("resnet18"), width, runtime, batch_size)
@@ -486,7 +487,8 @@ def wait_for(path: Path, timeout: float, what: str) -> None:
 def cmd_worker(args: argparse.Namespace) -> int:
     """One training process: warm up, report ready, wait for the common start, time ``steps`` steps."""
     from kdcore.bench import synchronize, synthetic_images
-    from kdcore.engine import device_name, train_one_epoch
+    from kdcore.engine import train_one_epoch
+    from kdcore.provenance import device_name
 
     state, step_fn, placement, cfg = build_r18_step(args.width, args.batch_size, args.device, args.threads)
     images, labels = synthetic_images(args.steps * args.batch_size, seed=args.seed)

@@ -5,7 +5,8 @@
 # code_digest(); from analysis_common.smk the output names, analysis_part_files(), analysis_reads(),
 # analysis_metric() and reference_zip(). Optional config keys (docs/design.md, "Analysis API"):
 # analysis.metric (test_best | test_final | val_acc, default test_best), analysis.reference_zip (path of the
-# paper's results zip; the comparison runs only when it is set).
+# paper's results zip; the comparison runs only when it is set), analysis.min_effect_pp (smallest effect of
+# interest for the a priori design figures of the comparisons, the moderation test and summary.json).
 # Every rule is CPU-only and light; plotting code is hashed apart from the statistics so that a plotting
 # edit re-runs only figure jobs.
 
@@ -50,7 +51,12 @@ rule analysis_stats:
     input:
         runs=f"{ANALYSIS_TABLES}/runs.csv",
     output:
-        summary=f"{ANALYSIS_TABLES}/summary.json",
+        summary=report(
+            f"{ANALYSIS_TABLES}/summary.json",
+            caption="../report/summary.rst",
+            category="Summary",
+            labels=summary_report_labels,
+        ),
         cells=f"{ANALYSIS_TABLES}/cells.csv",
     log:
         "results/logs/analysis/stats.log",
@@ -60,7 +66,13 @@ rule analysis_stats:
         "../envs/kdcore.yaml"
     params:
         metric=analysis_metric(),
-        code=code_digest("kdcore.analysis.stats", "kdcore.analysis.table", scripts=("analysis_stats.py", "_common.py")),
+        min_effect_pp=analysis_min_effect_pp(),
+        code=code_digest(
+            "kdcore.analysis.stats",
+            "kdcore.analysis.moderation",
+            "kdcore.analysis.table",
+            scripts=("analysis_stats.py", "_common.py"),
+        ),
     script:
         "../scripts/analysis_stats.py"
 
@@ -79,8 +91,12 @@ rule analysis_stat_table:
     params:
         table=lambda w: w.stat,
         metric=analysis_metric(),
+        min_effect_pp=analysis_min_effect_pp(),
         code=code_digest(
-            "kdcore.analysis.stats", "kdcore.analysis.table", scripts=("analysis_stat_table.py", "_common.py")
+            "kdcore.analysis.stats",
+            "kdcore.analysis.moderation",
+            "kdcore.analysis.table",
+            scripts=("analysis_stat_table.py", "_common.py"),
         ),
     script:
         "../scripts/analysis_stat_table.py"
@@ -90,6 +106,13 @@ use rule analysis_stat_table as analysis_comparisons with:
     output:
         table=report(
             f"{ANALYSIS_TABLES}/{{stat,comparisons}}.csv", caption="../report/comparisons.rst", category="Tables"
+        ),
+
+
+use rule analysis_stat_table as analysis_moderation with:
+    output:
+        table=report(
+            f"{ANALYSIS_TABLES}/{{stat,moderation}}.csv", caption="../report/moderation.rst", category="Tables"
         ),
 
 
@@ -121,7 +144,10 @@ rule analysis_figure:
         figure=lambda w: w.figure,
         metric=analysis_metric(),
         code=code_digest(
-            "kdcore.analysis.figures", "kdcore.analysis.table", scripts=("analysis_figure.py", "_common.py")
+            "kdcore.analysis.figures",
+            "kdcore.analysis.moderation",
+            "kdcore.analysis.table",
+            scripts=("analysis_figure.py", "_common.py"),
         ),
     script:
         "../scripts/analysis_figure.py"

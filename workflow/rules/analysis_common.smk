@@ -4,6 +4,7 @@
 # Uses from common.smk: teacher_metrics(), baseline_metrics(), select_metrics(), final_metrics(),
 # stem_metrics(), clip_metrics(), clip_runs(), run_dir(), all_fidelity_files().
 
+import json
 from pathlib import Path
 
 from kdcore.analysis.outputs import (
@@ -30,6 +31,18 @@ def analysis_setting(key: str, default):
 
 def analysis_metric() -> str:
     return analysis_setting("metric", "test_best")
+
+
+def analysis_min_effect_pp() -> float:
+    """Smallest effect of interest (pp) for the a priori design figures (schema default 0.2)."""
+    return float(analysis_setting("min_effect_pp", 0.2))
+
+
+def summary_report_labels(wildcards, output) -> dict[str, str]:
+    """Report labels of summary.json, read when the report is built: its warnings (``notes``, e.g. a teacher
+    that does not beat its student's baseline), so that they show in the report beside the file."""
+    notes = json.loads(Path(output.summary).read_text())["notes"]
+    return {"warnings": " | ".join(notes) if notes else "none"}
 
 
 def reference_zip() -> str | None:

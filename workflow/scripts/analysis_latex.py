@@ -26,13 +26,16 @@ def table(name):
 
 # the same calls as latex.write_tables makes, cells computed from the runs read (stats.cell_summary)
 TEX_FUNCTIONS = {
-    "main_results": lambda: latex.main_results(table("comparisons"), stats.cell_summary(runs(), metric), runs(), label),
-    "kd_statistics": lambda: latex.kd_statistics(table("comparisons")),
-    "teachers": lambda: latex.teachers(stats.cell_summary(runs(), metric), runs()),
-    "fidelity": lambda: latex.fidelity(table("fidelity")),
-    "stem_ablation": lambda: latex.stem(table("stem_ablation"), label),
-    "clip_ablation": lambda: latex.clip(table("clip_ablation"), label),
-    "selection": lambda: latex.selection(table("selection")),
+    "main_results": lambda: latex.tex_main_results(
+        table("comparisons"), stats.cell_summary(runs(), metric), runs(), label
+    ),
+    "kd_statistics": lambda: latex.tex_kd_statistics(table("comparisons")),
+    "teachers": lambda: latex.tex_teachers(stats.cell_summary(runs(), metric), runs()),
+    "fidelity": lambda: latex.tex_fidelity(table("fidelity")),
+    "stem_ablation": lambda: latex.tex_stem_ablation(table("stem_ablation"), label),
+    "clip_ablation": lambda: latex.tex_clip_ablation(table("clip_ablation"), label),
+    "selection": lambda: latex.tex_selection(table("selection")),
+    "moderation": lambda: latex.tex_moderation(table("moderation"), label),
 }
 
 atomic_write_text(snakemake.output.tex, TEX_FUNCTIONS[snakemake.params.table]())

@@ -1,6 +1,7 @@
 """Workflow script: statistics of the whole study (summary.json and the per-cell table cells.csv).
 
-Input: ``runs`` (the whole study's runs.csv). Params: ``metric``. Outputs: ``summary``, ``cells``.
+Input: ``runs`` (the whole study's runs.csv). Params: ``metric``, ``min_effect_pp`` (analysis.min_effect_pp,
+for the a priori design figures). Outputs: ``summary``, ``cells``.
 """
 
 from _common import setup
@@ -15,5 +16,8 @@ runs = read_table(snakemake.input.runs)
 metric = snakemake.params.metric
 cells = stats.cell_summary(runs, metric)
 write_table(cells, snakemake.output.cells)
-atomic_write_json(snakemake.output.summary, stats.build_summary(runs, metric, {"cells": cells}))
+summary = stats.build_summary(runs, metric, {"cells": cells}, snakemake.params.min_effect_pp)
+atomic_write_json(snakemake.output.summary, summary)
+for note in summary["notes"]:
+    log.warning("%s", note)
 log.info("statistics of %d runs written", len(runs))

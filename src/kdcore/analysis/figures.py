@@ -657,7 +657,7 @@ FIGURES = tuple(FIGURE_READS)  # the names, from the one list in kdcore.analysis
 
 def write_figure(name: str, tables_dir: str | Path, pdf_path: str | Path, metric: str = "test_best") -> list[Path]:
     """Draw figure ``name`` (one of :data:`FIGURES`) from the CSV tables in ``tables_dir`` (runs, history,
-    fidelity, comparisons, stem_ablation, clip_ablation) into ``pdf_path`` and the PNG beside it."""
+    fidelity, comparisons, moderation, stem_ablation, clip_ablation) into ``pdf_path`` and the PNG beside it."""
     from kdcore.analysis.table import read_table
     from kdcore.errors import ConfigError
 
@@ -668,7 +668,11 @@ def write_figure(name: str, tables_dir: str | Path, pdf_path: str | Path, metric
         metric, metric
     )
     if name == "gain_vs_capacity":
-        return plot_gain_per_cell(read_table(tables_dir / "comparisons.csv"), pdf_path, label)
+        from kdcore.analysis.moderation import gain_cells, gain_points
+
+        runs = read_table(tables_dir / "runs.csv")
+        moderation = read_table(tables_dir / "moderation.csv")
+        return plot_gain_vs_capacity(gain_points(runs, metric), gain_cells(runs, metric), moderation, pdf_path, label)
     if name == "convergence":
         return plot_convergence(read_table(tables_dir / "runs.csv"), read_table(tables_dir / "history.csv"), pdf_path)
     if name == "fidelity":

@@ -491,7 +491,7 @@ TABLE_NAMES = tuple(TEX_TABLES)  # the names, from the one list in kdcore.analys
 
 def write_tables(tables: dict[str, pd.DataFrame], out_dir: str | Path, metric_label: str) -> list[Path]:
     """Write every LaTeX table of the study from the analysis tables (runs, cells, comparisons, fidelity,
-    stem, clip, selection) into ``out_dir/<name>.tex``."""
+    stem, clip, selection, moderation) into ``out_dir/<name>.tex``."""
     out_dir = Path(out_dir)
     texts = {
         "main_results": tex_main_results(tables["comparisons"], tables["cells"], tables["runs"], metric_label),
@@ -501,6 +501,7 @@ def write_tables(tables: dict[str, pd.DataFrame], out_dir: str | Path, metric_la
         "stem_ablation": tex_stem_ablation(tables["stem"], metric_label),
         "clip_ablation": tex_clip_ablation(tables["clip"], metric_label),
         "selection": tex_selection(tables["selection"]),
+        "moderation": tex_moderation(tables["moderation"], metric_label),
     }
     return [atomic_write_text(out_dir / f"{name}.tex", text) for name, text in texts.items()]
 
@@ -527,5 +528,6 @@ def write_all(tables_dir: str | Path, out_dir: str | Path, metric_label: str) ->
         "stem": "stem_ablation",
         "clip": "clip_ablation",
         "selection": "selection",
+        "moderation": "moderation",
     }
     return write_tables({k: read_table(tables_dir / f"{v}.csv") for k, v in names.items()}, out_dir, metric_label)

@@ -47,11 +47,12 @@ STAT_TABLES: dict[str, tuple[str, ...]] = {
     "selection": ("selection",),
     "stem_ablation": ("stem",),
     "clip_ablation": ("clip",),
+    "moderation": ("kd",),
 }
 
 #: Figures (kdcore.analysis.figures) -> what each is drawn from.
 FIGURES: dict[str, Reads] = {
-    "gain_vs_capacity": Reads(stats=("comparisons",)),
+    "gain_vs_capacity": Reads(runs=("kd",), stats=("moderation",)),
     "convergence": Reads(runs=("teachers", "kd"), history=True),
     "fidelity": Reads(stats=("comparisons",), fidelity=True),
     "stem_ablation": Reads(runs=("stem",), stats=("stem_ablation",)),
@@ -67,6 +68,7 @@ TEX_TABLES: dict[str, Reads] = {
     "stem_ablation": Reads(stats=("stem_ablation",)),
     "clip_ablation": Reads(stats=("clip_ablation",)),
     "selection": Reads(stats=("selection",)),
+    "moderation": Reads(stats=("moderation",)),
 }
 
 

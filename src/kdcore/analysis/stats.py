@@ -558,7 +558,8 @@ def write_statistics(
     runs: pd.DataFrame, out_dir: str | Path, metric: str = "test_best", min_effect_pp: float = MIN_EFFECT_PP
 ) -> dict[str, Path]:
     """Write summary.json and the CSV of every statistics table (cells, comparisons, selection,
-    stem_ablation, clip_ablation) into ``out_dir``; return their paths."""
+    stem_ablation, clip_ablation, moderation) into ``out_dir``; return their paths."""
+    from kdcore.analysis.moderation import moderation_table
     from kdcore.analysis.table import write_table
     from kdcore.atomic import atomic_write_json
 
@@ -570,6 +571,7 @@ def write_statistics(
         "selection": selection_table(runs),
         "stem_ablation": stem_ablation(runs, metric),
         "clip_ablation": clip_ablation(runs, metric),
+        "moderation": moderation_table(runs, metric, min_effect_pp),
     }
     paths = {name: write_table(df, out_dir / f"{name}.csv") for name, df in tables.items()}
     summary = build_summary(runs, metric, tables, min_effect_pp)
