@@ -103,7 +103,7 @@ def test_part_tables_give_the_whole_study_statistics(tmp_path):
     computed from the whole study's run table, written as CSV as the workflow does."""
     import pandas as pd
 
-    from kdcore.analysis import outputs, stats
+    from kdcore.analysis import moderation, outputs, stats
     from kdcore.analysis.table import read_tables, write_table
 
     m, f = make_study(tmp_path / "runs", seeds=(0, 1, 2))
@@ -121,6 +121,7 @@ def test_part_tables_give_the_whole_study_statistics(tmp_path):
     whole = build_run_table(m, f)
     calls = {
         "comparisons": stats.kd_comparisons,
+        "moderation": moderation.moderation_table,
         "selection": stats.selection_table,
         "stem_ablation": stats.stem_ablation,
         "clip_ablation": stats.clip_ablation,
@@ -143,7 +144,7 @@ def test_outputs_of_a_study_without_optional_parts():
 
     core = {"teachers", "kd"}
     assert outputs.available(outputs.FIGURES, core) == ["gain_vs_capacity", "convergence"]
-    assert outputs.available(outputs.TEX_TABLES, core) == ["main_results", "kd_statistics", "teachers"]
-    assert outputs.available_stat_tables(core | {"stem"}) == ["comparisons", "stem_ablation"]
+    assert outputs.available(outputs.TEX_TABLES, core) == ["main_results", "kd_statistics", "teachers", "moderation"]
+    assert outputs.available_stat_tables(core | {"stem"}) == ["comparisons", "stem_ablation", "moderation"]
     assert outputs.FIGURES["fidelity"].parts() == ("kd", "fidelity")
     assert set(outputs.available(outputs.FIGURES, set(outputs.PARTS))) == set(outputs.FIGURES)
