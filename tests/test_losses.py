@@ -21,9 +21,9 @@ def softmax(row: list[float], t: float = 1.0) -> list[float]:
 
 
 def test_registry_lists_methods_and_rejects_unknown_names():
-    assert {"baseline", "logit", "feature"} <= set(available_methods())
+    assert {"baseline", "logit", "feature", "dkd", "dist"} <= set(available_methods())
     assert "base" not in available_methods()
-    with pytest.raises(ConfigError, match=r"method.name.*'hinton'.*allowed: baseline, feature, logit"):
+    with pytest.raises(ConfigError, match=r"method.name.*'hinton'.*allowed: baseline, dist, dkd, feature, logit\)"):
         get_method("hinton")
 
 
@@ -164,13 +164,13 @@ def test_feature_projections_reject_a_wrong_number_of_stage_outputs():
     ("name", "params", "message"),
     [
         ("logit", {"alpha": 1.5}, r"'method.alpha': 1.5 is outside \[0, 1\]"),
-        ("logit", {"temperature": 0}, r"'method.temperature': 0 must be a number > 0"),
+        ("logit", {"temperature": 0}, r"'method.temperature': 0 is outside \(0, inf\]"),
         ("logit", {"temperature": -2.0}, r"'method.temperature'"),
         ("feature", {"beta": -1}, r"'method.beta'"),
         (
             "feature",
             {"temperature": 4},
-            r"unknown config key 'method.temperature'.*allowed: name, alpha, beta, normalize",
+            r"unknown config key 'method.temperature'.*allowed: name, alpha, beta, normalize\)",
         ),
         ("baseline", {"alpha": 0.5}, r"unknown config key 'method.alpha'"),
     ],
