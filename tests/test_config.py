@@ -143,7 +143,10 @@ def test_resolve_config_fills_every_default_and_normalises_numbers():
     [
         (logit(alpha=1.5), "config key 'method.alpha': 1.5 is outside [0, 1]"),
         (logit(temperature=0), "config key 'method.temperature': 0 is outside (0, inf]"),
-        (logit(gamma=1), "unknown config key 'method.gamma' for method 'logit' (allowed: name, alpha, standardize, temperature)"),
+        (
+            logit(gamma=1),
+            "unknown config key 'method.gamma' for method 'logit' (allowed: name, alpha, standardize, temperature)",
+        ),
         ({"train": {"momentum": 1.5}}, "config key 'train.momentum': 1.5 is outside [0, 1]"),
         ({"train": {"clip_norm": None}}, "config key 'train.clip_norm': expected a number, got None"),
         ({"train": {"lr": math.nan}}, "config key 'train.lr': nan is not a finite number"),
