@@ -132,7 +132,7 @@ def test_resolve_config_fills_every_default_and_normalises_numbers():
     assert isinstance(cfg["train"]["epochs"], int) and isinstance(cfg["train"]["lr"], float)
     assert cfg["model"] == {"arch": "resnet18", "width": 8, "stem": "cifar", "num_classes": 10}
     assert cfg["teacher"] == {**TEACHER, "stem": "cifar", "num_classes": 10}
-    assert cfg["method"] == {"name": "logit", "alpha": 0.5, "temperature": 4.0}
+    assert cfg["method"] == {"name": "logit", "alpha": 0.5, "temperature": 4.0, "standardize": False}
     assert cfg["runtime"] == C.RUNTIME_DEFAULTS and cfg["labels"] == {}
     baseline = C.resolve_config(run_config(method=None, teacher=None, train=None))
     assert baseline["method"] == {"name": "baseline"} and baseline["teacher"] is None
@@ -142,8 +142,11 @@ def test_resolve_config_fills_every_default_and_normalises_numbers():
     ("sections", "message"),
     [
         (logit(alpha=1.5), "config key 'method.alpha': 1.5 is outside [0, 1]"),
-        (logit(temperature=0), "config key 'method.temperature': 0 must be a number > 0"),
-        (logit(gamma=1), "unknown config key 'method.gamma' for method 'logit' (allowed: name, alpha, temperature)"),
+        (logit(temperature=0), "config key 'method.temperature': 0 is outside (0, inf]"),
+        (
+            logit(gamma=1),
+            "unknown config key 'method.gamma' for method 'logit' (allowed: name, alpha, standardize, temperature)",
+        ),
         ({"train": {"momentum": 1.5}}, "config key 'train.momentum': 1.5 is outside [0, 1]"),
         ({"train": {"clip_norm": None}}, "config key 'train.clip_norm': expected a number, got None"),
         ({"train": {"lr": math.nan}}, "config key 'train.lr': nan is not a finite number"),

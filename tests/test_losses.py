@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
-from kdcore.errors import ConfigError
+from kdcore.errors import ConfigError, TrainingError
 from kdcore.methods import available_methods, get_method
 from kdcore.methods.base import ForwardOutputs, cross_entropy
+from kdcore.methods.dist import dist_terms
+from kdcore.methods.dkd import dkd_terms
 from kdcore.methods.feature import FeatureProjections, feature_kd_loss, match_spatial, matched_stages
 from kdcore.methods.logit import logit_kd_loss
 
@@ -21,9 +24,9 @@ def softmax(row: list[float], t: float = 1.0) -> list[float]:
 
 
 def test_registry_lists_methods_and_rejects_unknown_names():
-    assert {"baseline", "logit", "feature"} <= set(available_methods())
+    assert {"baseline", "logit", "feature", "dkd", "dist"} <= set(available_methods())
     assert "base" not in available_methods()
-    with pytest.raises(ConfigError, match=r"method.name.*'hinton'.*allowed: baseline, feature, logit"):
+    with pytest.raises(ConfigError, match=r"method.name.*'hinton'.*allowed: baseline, dist, dkd, feature, logit\)"):
         get_method("hinton")
 
 
@@ -164,13 +167,13 @@ def test_feature_projections_reject_a_wrong_number_of_stage_outputs():
     ("name", "params", "message"),
     [
         ("logit", {"alpha": 1.5}, r"'method.alpha': 1.5 is outside \[0, 1\]"),
-        ("logit", {"temperature": 0}, r"'method.temperature': 0 must be a number > 0"),
+        ("logit", {"temperature": 0}, r"'method.temperature': 0 is outside \(0, inf\]"),
         ("logit", {"temperature": -2.0}, r"'method.temperature'"),
         ("feature", {"beta": -1}, r"'method.beta'"),
         (
             "feature",
             {"temperature": 4},
-            r"unknown config key 'method.temperature'.*allowed: name, alpha, beta, normalize",
+            r"unknown config key 'method.temperature'.*allowed: name, alpha, beta, normalize\)",
         ),
         ("baseline", {"alpha": 0.5}, r"unknown config key 'method.alpha'"),
     ],
@@ -178,3 +181,180 @@ def test_feature_projections_reject_a_wrong_number_of_stage_outputs():
 def test_method_params_are_validated(name, params, message):
     with pytest.raises(ConfigError, match=message):
         get_method(name).validate_params(params)
+
+
+# ----------------------------------------------------------------------------- DKD, DIST, standardization
+def np_softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def np_kl(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Row-wise KL(p || q)."""
+    return (p * np.log(p / q)).sum(axis=1)
+
+
+S = np.array([[1.0, 2.0, 0.0, -1.0], [0.5, -0.5, 1.5, 0.2], [2.0, 0.1, 0.3, 0.0]])
+T_ = np.array([[3.0, 1.0, 0.0, 0.5], [0.0, 0.0, 2.0, -1.0], [1.0, 1.5, -0.5, 0.2]])
+Y = np.array([1, 2, 0])
+
+
+def hand_dkd(s: np.ndarray, t: np.ndarray, y: np.ndarray, temperature: float) -> tuple[float, float]:
+    p_s, p_t = np_softmax(s / temperature), np_softmax(t / temperature)
+    rows = np.arange(len(y))
+    b_s = np.stack([p_s[rows, y], 1 - p_s[rows, y]], axis=1)
+    b_t = np.stack([p_t[rows, y], 1 - p_t[rows, y]], axis=1)
+    others = np.ones_like(p_s, dtype=bool)
+    others[rows, y] = False
+    q_s = p_s[others].reshape(len(y), -1)
+    q_t = p_t[others].reshape(len(y), -1)
+    q_s, q_t = q_s / q_s.sum(axis=1, keepdims=True), q_t / q_t.sum(axis=1, keepdims=True)
+    return temperature**2 * np_kl(b_t, b_s).mean(), temperature**2 * np_kl(q_t, q_s).mean()
+
+
+def test_dkd_terms_match_hand_computation_and_decompose_kd():
+    tckd, nckd = dkd_terms(torch.tensor(S), torch.tensor(T_), torch.tensor(Y), 2.0)
+    expected_tckd, expected_nckd = hand_dkd(S, T_, Y, 2.0)
+    assert tckd.item() == pytest.approx(expected_tckd, rel=1e-5)  # float32 against float64
+    assert nckd.item() == pytest.approx(expected_nckd, rel=1e-5)
+    # the decomposition of Zhao et al.: per sample, KL = TCKD + (1 - p_t[target]) * NCKD
+    for i in range(len(Y)):
+        row = slice(i, i + 1)
+        t_i, n_i = dkd_terms(torch.tensor(S[row]), torch.tensor(T_[row]), torch.tensor(Y[row]), 2.0)
+        kd_i = logit_kd_loss(torch.tensor(S[row]), torch.tensor(T_[row]), 2.0)
+        p_target = np_softmax(T_[row] / 2.0)[0, Y[i]]
+        assert kd_i.item() == pytest.approx(t_i.item() + (1 - p_target) * n_i.item(), rel=1e-5)
+
+
+def test_dkd_method_warms_up_the_kd_weight_linearly():
+    method = get_method("dkd")({"alpha": 0.5, "beta": 3.0, "temperature": 2.0, "warmup": 4, "ce_weight": 0.7})
+    s = torch.tensor(S, dtype=torch.float32, requires_grad=True)
+    outputs = ForwardOutputs(torch.tensor(Y), s, teacher_logits=torch.tensor(T_, dtype=torch.float32))
+    with pytest.raises(TrainingError, match="set_epoch was never called"):
+        method.loss(outputs, None)
+    tckd, nckd = hand_dkd(S, T_, Y, 2.0)
+    ce = -np.log(np_softmax(S)[np.arange(3), Y]).mean()
+    for epoch, factor in [(0, 0.25), (1, 0.5), (3, 1.0), (50, 1.0)]:
+        method.set_epoch(epoch)
+        total, parts = method.loss(outputs, None)
+        assert total.dtype == torch.float32
+        assert parts["warmup"].item() == factor
+        assert parts["kd"].item() == pytest.approx(factor * (0.5 * tckd + 3.0 * nckd), rel=1e-5)
+        assert total.item() == pytest.approx(0.7 * ce + factor * (0.5 * tckd + 3.0 * nckd), rel=1e-5)
+    total.backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+
+
+def test_dkd_defaults_are_the_authors_cifar_settings_and_warmup_zero_means_none():
+    assert get_method("dkd").defaults == {
+        "alpha": 1.0,
+        "beta": 8.0,
+        "temperature": 4.0,
+        "standardize": False,
+        "warmup": 20,
+        "ce_weight": 1.0,
+    }
+    method = get_method("dkd")({"warmup": 0})
+    method.set_epoch(0)
+    _, parts = method.loss(ForwardOutputs(torch.tensor(Y), torch.tensor(S), teacher_logits=torch.tensor(T_)), None)
+    assert parts["warmup"].item() == 1.0
+
+
+def hand_pearson_mean(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean([np.corrcoef(a[i], b[i])[0, 1] for i in range(a.shape[0])]))
+
+
+def test_dist_terms_match_hand_computation():
+    temperature = 3.0
+    y_s, y_t = np_softmax(S / temperature), np_softmax(T_ / temperature)
+    inter_expected = temperature**2 * (1 - hand_pearson_mean(y_s, y_t))
+    intra_expected = temperature**2 * (1 - hand_pearson_mean(y_s.T, y_t.T))
+    inter, intra = dist_terms(torch.tensor(S), torch.tensor(T_), temperature)
+    assert inter.item() == pytest.approx(inter_expected, rel=1e-5)
+    assert intra.item() == pytest.approx(intra_expected, rel=1e-5)
+    method = get_method("dist")({"beta": 1.5, "gamma": 0.5, "temperature": temperature, "ce_weight": 2.0})
+    s = torch.tensor(S, dtype=torch.float32, requires_grad=True)
+    total, parts = method.loss(ForwardOutputs(torch.tensor(Y), s, teacher_logits=torch.tensor(T_).float()), None)
+    ce = -np.log(np_softmax(S)[np.arange(3), Y]).mean()
+    assert parts["kd"].item() == pytest.approx(1.5 * inter_expected + 0.5 * intra_expected, rel=1e-5)
+    assert total.item() == pytest.approx(2.0 * ce + 1.5 * inter_expected + 0.5 * intra_expected, rel=1e-5)
+    total.backward()
+    assert s.grad is not None and s.grad.abs().sum() > 0
+
+
+def test_dist_is_zero_for_identical_logits_and_defaults_are_the_authors_cifar_settings():
+    # not exactly 0: the Pearson eps (1e-8) is not small against the squared norms of softened probabilities
+    inter, intra = dist_terms(torch.tensor(S), torch.tensor(S), 4.0)
+    assert inter.item() == pytest.approx(0.0, abs=1e-4) and intra.item() == pytest.approx(0.0, abs=1e-4)
+    assert get_method("dist").defaults == {
+        "beta": 2.0,
+        "gamma": 2.0,
+        "temperature": 4.0,
+        "standardize": False,
+        "ce_weight": 1.0,
+    }
+
+
+def np_zscore(z: np.ndarray) -> np.ndarray:
+    return (z - z.mean(axis=1, keepdims=True)) / (z.std(axis=1, ddof=1, keepdims=True) + 1e-7)
+
+
+@pytest.mark.parametrize("name", ["logit", "dkd", "dist"])
+def test_standardize_z_scores_logits_before_the_softmax(name):
+    temperature = 2.0
+    zs, zt = np_zscore(S), np_zscore(T_)
+    if name == "logit":
+        got = logit_kd_loss(torch.tensor(S), torch.tensor(T_), temperature, standardize=True).item()
+        expected = temperature**2 * np_kl(np_softmax(zt / temperature), np_softmax(zs / temperature)).mean()
+    elif name == "dkd":
+        got = sum(dkd_terms(torch.tensor(S), torch.tensor(T_), torch.tensor(Y), temperature, standardize=True)).item()
+        expected = sum(hand_dkd(zs, zt, Y, temperature))
+    else:
+        got = sum(dist_terms(torch.tensor(S), torch.tensor(T_), temperature, standardize=True)).item()
+        y_s, y_t = np_softmax(zs / temperature), np_softmax(zt / temperature)
+        expected = temperature**2 * (2 - hand_pearson_mean(y_s, y_t) - hand_pearson_mean(y_s.T, y_t.T))
+    assert got == pytest.approx(expected, rel=1e-5)
+    # z-scoring removes each sample's logit offset and scale: the loss no longer sees them
+    params = {"standardize": True, "temperature": temperature}
+    method = get_method(name)(params)
+    method.set_epoch(100)
+    rescaled = torch.tensor(S * np.array([[3.0], [0.5], [7.0]]) + np.array([[10.0], [-2.0], [0.3]]))
+    plain = method.loss(ForwardOutputs(torch.tensor(Y), torch.tensor(S), teacher_logits=torch.tensor(T_)), None)[1]
+    moved = method.loss(ForwardOutputs(torch.tensor(Y), rescaled, teacher_logits=torch.tensor(T_)), None)[1]
+    assert moved["kd"].item() == pytest.approx(plain["kd"].item(), rel=1e-5)
+    unstandardized = get_method(name)({"temperature": temperature})
+    unstandardized.set_epoch(100)
+    moved_plain = unstandardized.loss(ForwardOutputs(torch.tensor(Y), rescaled, teacher_logits=torch.tensor(T_)), None)
+    assert moved_plain[1]["kd"].item() != pytest.approx(plain["kd"].item(), rel=1e-3)
+
+
+@pytest.mark.parametrize("name", ["logit", "dkd", "dist"])
+def test_logit_based_losses_are_float32_for_bf16_logits(name):
+    method = get_method(name)({"standardize": True})
+    method.set_epoch(0)
+    logits = torch.randn(6, 10).to(torch.bfloat16)
+    total, parts = method.loss(ForwardOutputs(torch.arange(6), logits, teacher_logits=logits.clone()), None)
+    assert total.dtype == torch.float32 and all(v.dtype == torch.float32 for v in parts.values())
+    assert parts["kd"].item() == pytest.approx(0.0, abs=1e-3)  # DIST: see the Pearson eps above
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "message"),
+    [
+        ("dkd", {"warmup": -1}, r"'method.warmup': -1 is outside \[0, inf\]"),
+        ("dkd", {"warmup": 2.5}, r"'method.warmup': expected a whole number, got 2.5"),
+        ("dkd", {"beta": -0.1}, r"'method.beta'"),
+        ("dist", {"gamma": "2"}, r"'method.gamma': expected a number, got '2'"),
+        ("dist", {"alpha": 0.5}, r"unknown config key 'method.alpha' for method 'dist'"),
+        ("logit", {"standardize": 1}, r"'method.standardize': expected true or false, got 1"),
+    ],
+)
+def test_new_method_params_are_validated(name, params, message):
+    with pytest.raises(ConfigError, match=message):
+        get_method(name).validate_params(params)
+
+
+def test_whole_number_params_become_int():
+    assert get_method("dkd").validate_params({"warmup": 5.0})["warmup"] == 5
+    assert isinstance(get_method("dkd").validate_params({"warmup": 5.0})["warmup"], int)
+    assert isinstance(get_method("dist").validate_params({"beta": 1})["beta"], float)

@@ -10,6 +10,8 @@ from kdcore.methods.base import ForwardOutputs, Method, cross_entropy
 
 class Baseline(Method):
     name = "baseline"
+    label = "Baseline (CE)"
+    tex = "Baseline"
 
     def loss(
         self, outputs: ForwardOutputs, trainable: nn.Module | None

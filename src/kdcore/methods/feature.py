@@ -17,14 +17,14 @@ With ``normalize`` both maps are divided by the teacher map's standard deviation
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from kdcore.errors import ConfigError
-from kdcore.methods.base import ForwardOutputs, Method, check_unit_interval, cross_entropy
+from kdcore.methods.base import ForwardOutputs, HyperParameter, Method, cross_entropy
 
 
 def matched_stages(n_student: int, n_teacher: int) -> list[tuple[int, int]]:
@@ -98,20 +98,42 @@ def feature_kd_loss(
 
 class FeatureKD(Method):
     name = "feature"
+    label = "Feature-KD"
+    tex = "Feature-KD"
     needs_teacher = True
     needs_features = True
-    defaults: ClassVar[dict[str, Any]] = {"alpha": 0.5, "beta": 0.5, "normalize": False}
-
-    @classmethod
-    def check_params(cls, params: dict[str, Any]) -> dict[str, Any]:
-        params["alpha"] = check_unit_interval("method.alpha", params["alpha"])
-        beta = params["beta"]
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or beta < 0:
-            raise ConfigError(f"config key 'method.beta': {beta!r} must be a number >= 0")
-        params["beta"] = float(beta)
-        if not isinstance(params["normalize"], bool):
-            raise ConfigError(f"config key 'method.normalize': expected true or false, got {params['normalize']!r}")
-        return params
+    hyperparameters: ClassVar[tuple[HyperParameter, ...]] = (
+        HyperParameter(
+            "alpha",
+            "a",
+            "number",
+            0.5,
+            minimum=0,
+            maximum=1,
+            label="alpha",
+            tex=r"$\alpha$",
+            description="weight of the KD term; the CE term gets 1 - alpha",
+        ),
+        HyperParameter(
+            "beta",
+            "b",
+            "number",
+            0.5,
+            minimum=0,
+            label="beta",
+            tex=r"$\beta$",
+            description="weight of the (1 - cosine) term relative to the MSE term",
+        ),
+        HyperParameter(
+            "normalize",
+            "normalize",
+            "boolean",
+            False,
+            label="normalize",
+            tex="normalize",
+            description="divide both maps by the teacher map's standard deviation before the MSE",
+        ),
+    )
 
     def build_trainable(
         self, student: nn.Module, teacher: nn.Module | None, generator: torch.Generator
