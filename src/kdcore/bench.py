@@ -117,6 +117,7 @@ def build_case(case: Case, width: int, runtime: dict[str, Any], batch_size: int)
         config["teacher"] = {"arch": case.teacher, "width": width, "checkpoint": "<random weights>"}
     cfg = resolve_config(config)
     method = get_method(case.method)({k: v for k, v in cfg["method"].items() if k != "name"})
+    method.set_epoch(0)
     student = build_model(case.student, width)
     teacher = None
     if case.teacher is not None:

@@ -32,7 +32,7 @@ from kdcore.devices import Placement, autocast_context, configure_backend, make_
 from kdcore.errors import CheckpointError, DataError, TrainingError
 from kdcore.methods import get_method
 from kdcore.methods.base import ForwardOutputs, Method
-from kdcore.models import build_model, count_parameters
+from kdcore.models import build_model, model_profile
 from kdcore.provenance import device_name, environment_info, file_sha256, run_code_digest
 from kdcore.runfolder import RESUME_FILE, claim_run_folder, clear_run_files, lock_run_folder, move_aside
 from kdcore.seeds import derive_seed, generator
@@ -262,7 +262,8 @@ def make_step_fn(
 
 # ----------------------------------------------------------------------------- run
 def model_info(model: nn.Module, spec: dict[str, Any]) -> dict[str, Any]:
-    return {"arch": spec["arch"], "width": spec["width"], "stem": spec["stem"], "params": count_parameters(model)}
+    """Architecture, width and stem of a run's model, with its parameter count and FLOPs per 32x32 image."""
+    return {"arch": spec["arch"], "width": spec["width"], "stem": spec["stem"], **model_profile(model)}
 
 
 @dataclass
@@ -441,6 +442,7 @@ def fit(run: Run, start_epoch: int) -> None:
     step_fn = make_step_fn(step_model, state.trainable, state.optimizer, run.method, run.teacher, cfg, placement)
     run_start = time.perf_counter()
     for epoch in range(start_epoch, train["epochs"]):
+        run.method.set_epoch(epoch)
         entry = train_one_epoch(epoch, state, step_fn, train_images, train_labels, cfg, placement)
         entry["val_acc"] = accuracy(state.student, val_images, val_labels, placement, runtime["eval_batch_size"])
         state.history.append(entry)

@@ -9,6 +9,7 @@ resumed only when the data, the teacher file and the code it executes are the on
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import platform
 import socket
@@ -17,7 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kdcore import __version__
-from kdcore.codehash import code_digest
+from kdcore.codehash import code_digest, module_path
+from kdcore.errors import KDCoreError
 
 if TYPE_CHECKING:
     import torch
@@ -107,5 +109,18 @@ def training_modules(method: str) -> tuple[str, ...]:
 
 
 def run_code_digest(method: str, src_root: str | os.PathLike[str] = SRC_ROOT) -> str:
-    """Digest (kdcore.codehash) of the kdcore code a training run of ``method`` executes."""
-    return code_digest(training_modules(method), src_root)
+    """Digest (kdcore.codehash) of the kdcore code a training run of ``method`` executes.
+
+    A method module from an added method directory (kdcore.methods.add_method_directory) lies outside
+    ``src_root``: its file enters the digest as an extra file.
+    """
+    modules = training_modules(method)
+    in_tree = [m for m in modules if module_path(m, src_root) is not None]
+    outside = []
+    for module in modules:
+        if module not in in_tree:
+            spec = importlib.util.find_spec(module)
+            if spec is None or spec.origin is None:
+                raise KDCoreError(f"module {module!r} not found under {src_root} nor on the method path")
+            outside.append(spec.origin)
+    return code_digest(in_tree, src_root, outside)
