@@ -1,4 +1,5 @@
-# Data: one prepared dataset artefact for the whole study.
+# Data: one prepared dataset artefact for the whole study. An existing artefact that was not made from
+# this config's data section is rebuilt (common.smk, check_dataset_artefact).
 
 
 rule prepare_data:
@@ -7,9 +8,9 @@ rule prepare_data:
     output:
         dataset=DATASET,
     log:
-        "results/logs/data/prepare_data.log",
+        job_log("data/prepare_data"),
     benchmark:
-        "results/benchmarks/data/prepare_data.tsv"
+        job_benchmark("data/prepare_data")
     conda:
         "../envs/kdcore.yaml"
     threads: config["compute"]["threads"]["light"]
