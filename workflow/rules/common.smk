@@ -25,6 +25,7 @@ from kdcore.codehash import code_digest as _code_digest
 
 RUNS = "results/runs"
 DATASET = "results/data/dataset.pt"
+DATA_SPEC_STAMP = "results/data/dataset.spec.json"  # the data section the artefact must be made from
 
 
 wildcard_constraints:
@@ -581,22 +582,36 @@ def dataset_differences(recorded: dict, expected: dict) -> list[str]:
 
 
 def check_dataset_artefact() -> None:
-    """Rebuild an existing dataset artefact that was not made from this config's data section (copied from
-    another study, or made before a config change that Snakemake's params trigger cannot see because
-    the file has no metadata of its own). Snakemake's --forcerun setting schedules the rebuild."""
+    """Keep DATA_SPEC_STAMP, an input of prepare_data, in step with the config and the artefact.
+
+    The stamp holds the config's data section. It is rewritten when that changes, and also, with the
+    reason logged, when an existing artefact was not made from it (copied from another study, or made
+    before a change that Snakemake's params trigger cannot see because the file has no metadata of its
+    own): newer than the artefact, it makes Snakemake rebuild it and rerun everything after it. A new
+    stamp for an artefact that fits is dated before the artefact, so it reruns nothing."""
+    import os
+
+    from kdcore.atomic import atomic_write_text
+
     spec = check_data_spec()
-    if not Path(DATASET).is_file():
-        return
-    recorded = recorded_dataset_record(DATASET)
-    if recorded is None:
-        reason = "it is not a readable dataset artefact"
-    else:
-        differences = dataset_differences(recorded, expected_dataset_record(spec))
-        if not differences:
-            return
-        reason = "it was not made from this config's data section (" + "; ".join(differences) + ")"
-    print(f"kd-capacity: {DATASET} will be rebuilt: {reason}", file=sys.stderr)
-    workflow.dag_settings.forcerun = frozenset({*workflow.dag_settings.forcerun, DATASET})
+    wanted = json.dumps(spec, sort_keys=True, indent=1) + "\n"
+    stamp, dataset = Path(DATA_SPEC_STAMP), Path(DATASET)
+    reason = None
+    if dataset.is_file():
+        recorded = recorded_dataset_record(DATASET)
+        if recorded is None:
+            reason = "it is not a readable dataset artefact"
+        elif differences := dataset_differences(recorded, expected_dataset_record(spec)):
+            reason = "it was not made from this config's data section (" + "; ".join(differences) + ")"
+    if reason is not None:
+        print(f"kd-capacity: {DATASET} will be rebuilt: {reason}", file=sys.stderr)
+        atomic_write_text(stamp, wanted)
+    elif not stamp.is_file() or stamp.read_text(encoding="utf-8") != wanted:
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(stamp, wanted)
+        if dataset.is_file():
+            before = dataset.stat().st_mtime - 1
+            os.utime(stamp, (before, before))
 
 
 # ----------------------------------------------------------------------------- resources
