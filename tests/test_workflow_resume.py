@@ -23,7 +23,10 @@ LOG = "results/logs/final/resnet34-resnet18/feature/seed0.log"
 STUDY = {
     "pairs": [{"teacher": "resnet34", "student": "resnet18"}],
     "epochs": {"teacher": 1, "student": 4},
-    "methods": {"feature": {"grid": {"alpha": [0.5], "beta": [0.5]}, "fixed": {"alpha": 0.5, "beta": 0.5}}},
+    "methods": {
+        "logit": {"grid": {"alpha": [0.5], "temperature": [4]}, "fixed": {"alpha": 0.5, "temperature": 4}},
+        "feature": {"grid": {"alpha": [0.5], "beta": [0.5]}, "fixed": {"alpha": 0.5, "beta": 0.5}},
+    },
     "selection": {"enabled": False},
     "final": {"seeds": [0]},
     "fidelity": {"final": False, "baseline_controls": False},
@@ -33,7 +36,8 @@ ARGS = ("--cores", "1", "--configfile", "config/smoke.yaml", "config/resume.yaml
 
 
 def interrupt_after_first_epoch(root: Path, timeout: float = 600) -> None:
-    """Run the study and kill -9 Snakemake and its jobs as soon as the KD run has saved an epoch."""
+    """Run the study and kill -9 Snakemake and its jobs as soon as the KD run has saved an epoch
+    (its last.pt exists)."""
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "KDCORE_LOCK_DIR": str(root / ".locks")}
     cmd = [sys.executable, "-m", "snakemake", f"{RUN}/metrics.json", *ARGS]
     proc = subprocess.Popen(
@@ -46,8 +50,16 @@ def interrupt_after_first_epoch(root: Path, timeout: float = 600) -> None:
             assert time.monotonic() < deadline, "no epoch of the KD run within the timeout"
             time.sleep(0.05)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+def rerun(root: Path) -> str:
+    """Rerun the study; the log of the KD run's new attempt (the interrupted attempt's log is set aside)."""
+    (root / LOG).rename(root / f"{LOG}.interrupted")
+    snakemake(root, f"{RUN}/metrics.json", *ARGS)
+    return (root / LOG).read_text(encoding="utf-8")
 
 
 @pytest.fixture
@@ -55,6 +67,7 @@ def interrupted(tmp_path: Path) -> Path:
     root = copy_workflow(tmp_path / "wf")
     (root / "config/resume.yaml").write_text(yaml.safe_dump(STUDY), encoding="utf-8")
     interrupt_after_first_epoch(root)
+    snakemake(root, "--unlock", *ARGS)  # what Snakemake asks for after a kill -9
     assert (root / RUN / "last.pt").is_file() and not (root / RUN / "metrics.json").exists()
     return root
 
@@ -75,12 +88,10 @@ def test_interrupted_run_restarts_from_epoch_0_after_a_loss_fix(interrupted: Pat
     plan = dry_run(root, f"{RUN}/metrics.json", *ARGS)
     assert plan.counts["train_final"] == 1 and plan.counts.get("train_teacher", 0) == 0
 
-    logged_before = len((root / LOG).read_text(encoding="utf-8"))
-    snakemake(root, f"{RUN}/metrics.json", *ARGS)
-    rerun_log = (root / LOG).read_text(encoding="utf-8")[logged_before:]
-    assert "epoch 1/4" in rerun_log, rerun_log[-2000:]
+    rerun_log = rerun(root)
     if "resuming from epoch" in rerun_log:
         raise ResumedStaleRun(rerun_log[-2000:])
+    assert "epoch 1/4" in rerun_log, rerun_log[-2000:]
     metrics = json.loads((root / RUN / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["results"]["epochs"] == 4 and len(metrics["history"]) == 4
     assert not (root / RUN / "last.pt").exists()
@@ -89,7 +100,5 @@ def test_interrupted_run_restarts_from_epoch_0_after_a_loss_fix(interrupted: Pat
 def test_interrupted_run_resumes_when_nothing_changed(interrupted: Path) -> None:
     """The control: without a change, the rerun continues from last.pt (it does not lose the epoch)."""
     root = interrupted
-    logged_before = len((root / LOG).read_text(encoding="utf-8"))
-    snakemake(root, f"{RUN}/metrics.json", *ARGS)
-    rerun_log = (root / LOG).read_text(encoding="utf-8")[logged_before:]
+    rerun_log = rerun(root)
     assert "resuming from epoch" in rerun_log and "epoch 1/4" not in rerun_log, rerun_log[-2000:]
