@@ -4,17 +4,29 @@ from snakemake.utils import min_version, validate
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# Helpers only; the study config is read, checked and expanded below.
+include: "workflow/rules/common.smk"
 
 
+# Snakemake reports a YAML syntax error without file or line: check the workflow's own config first.
+configfile: checked_yaml_file("config.yaml")
+
+
+# `--config key={...}` gives nested values as strings: type them before the schema sees them.
+coerce_override_strings(config)
 validate(config, "src/kdcore/schemas/config.schema.yaml", set_default=True)
+# Everything the DAG will train is checked now, before any job: cross-key rules, every run config
+# (by the engine's own resolve_config), the data spec, and whether an existing dataset.pt fits the config.
+check_study()
+check_run_configs()
+check_dataset_artefact()
 
 
 report: "workflow/report/workflow.rst"
 
 
-include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
+include: "workflow/rules/gpu_jobs.smk"
 include: "workflow/rules/teachers.smk"
 include: "workflow/rules/students.smk"
 include: "workflow/rules/analysis_common.smk"

@@ -4,7 +4,9 @@ selection, config validation, --lint, GPU resources, the conda env, the winner c
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -151,25 +153,69 @@ def test_lint_is_clean(workdir: Path) -> None:
     assert proc.returncode == 0
 
 
-def _requirement(text: str) -> tuple[str, str]:
-    match = re.fullmatch(r"([A-Za-z0-9_.\-]+)\s*(>=\s*[0-9.]+)?", text.strip())
+def _lower_bound(text: str) -> tuple[str, str]:
+    match = re.fullmatch(r"([A-Za-z0-9_.\-]+)\s*>=\s*([0-9.]+)", text.strip())
     assert match, text
-    return match.group(1).lower(), (match.group(2) or "").replace(" ", "")
+    return match.group(1).lower(), match.group(2)
 
 
-def test_conda_env_matches_pyproject() -> None:
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    wanted = dict(_requirement(dep) for dep in project["dependencies"])
-    env = yaml.safe_load((REPO / "workflow/envs/kdcore.yaml").read_text())
-    conda_names = {"pytorch": "torch"}
-    have = {}
+def _pins(env_file: str) -> dict[str, str]:
+    """package -> exact version of a workflow/envs file (conda's pytorch named torch); every entry pinned."""
+    env = yaml.safe_load((REPO / "workflow/envs" / env_file).read_text())
+    assert env["channels"] == ["conda-forge", "nodefaults"]
+    pins = {}
     for dep in env["dependencies"]:
-        assert isinstance(dep, str), dep
-        name, bound = _requirement(dep)
-        have[conda_names.get(name, name)] = bound
-    python = have.pop("python")
-    assert python == project["requires-python"].replace(" ", "")
-    assert have == wanted
+        match = re.fullmatch(r"([A-Za-z0-9_.\-]+) ==([0-9][0-9.]*)", str(dep))
+        assert match, f"{env_file}: {dep!r} is not pinned to an exact version"
+        pins[{"pytorch": "torch"}.get(match.group(1), match.group(1))] = match.group(2)
+    return pins
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split("."))
+
+
+def test_conda_envs_pin_versions_inside_pyproject_bounds() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    kdcore = _pins("kdcore.yaml")
+    analysis = _pins("analysis.yaml")
+    wanted = dict(_lower_bound(dep) for dep in project["dependencies"])
+    wanted["python"] = project["requires-python"].removeprefix(">=")
+    for name, bound in wanted.items():
+        assert name in kdcore, f"kdcore.yaml lacks {name}"
+        assert _version(kdcore[name]) >= _version(bound), (name, kdcore[name], bound)
+    # the analysis environment: no torch, and the same version of everything it shares with kdcore.yaml
+    assert not {"torch", "torchvision"} & set(analysis)
+    assert {"pandas", "scipy", "matplotlib", "seaborn", "jinja2", "pyyaml", "numpy"} <= set(analysis)
+    assert {name: kdcore[name] for name in analysis} == analysis
+
+
+def test_analysis_code_runs_without_torch() -> None:
+    """What analysis.yaml promises: kdcore.analysis and the reference importer never import torch."""
+    code = (
+        "import sys, pkgutil, kdcore.analysis, kdcore.reference\n"
+        "for m in pkgutil.iter_modules(kdcore.analysis.__path__): __import__('kdcore.analysis.' + m.name)\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_license_is_mit() -> None:
+    text = (REPO / "LICENSE").read_text(encoding="utf-8")
+    assert text.startswith("MIT License") and "kd-capacity contributors" in text
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["license"] == {"text": "MIT"}
+
+
+def test_gpu_rules_share_one_template() -> None:
+    """Each training/fidelity rule is a `use rule` of a template: the shared block is written once."""
+    rules = "".join((REPO / "workflow/rules" / f).read_text() for f in ("teachers.smk", "students.smk"))
+    for rule in GPU_RULES:
+        template = "fidelity_job" if rule.startswith("fidelity") else "training_job"
+        assert f"use rule {template} as {rule} with:" in rules, rule
+    assert "conda:" not in rules.split("rule select_winner:")[0]
 
 
 def _load_script(name: str):

@@ -24,7 +24,7 @@ rule analysis_run_table:
     benchmark:
         "results/benchmarks/analysis/run_table.tsv"
     conda:
-        "../envs/kdcore.yaml"
+        "../envs/analysis.yaml"
     params:
         code=code_digest("kdcore.analysis.table", scripts=("analysis_table.py", "_common.py")),
     script:
@@ -63,7 +63,7 @@ rule analysis_stats:
     benchmark:
         "results/benchmarks/analysis/stats.tsv"
     conda:
-        "../envs/kdcore.yaml"
+        "../envs/analysis.yaml"
     params:
         metric=analysis_metric(),
         min_effect_pp=analysis_min_effect_pp(),
@@ -87,7 +87,7 @@ rule analysis_stat_table:
     benchmark:
         "results/benchmarks/analysis/stat-{stat}.tsv"
     conda:
-        "../envs/kdcore.yaml"
+        "../envs/analysis.yaml"
     params:
         table=lambda w: w.stat,
         metric=analysis_metric(),
@@ -139,7 +139,7 @@ rule analysis_figure:
     wildcard_constraints:
         figure="|".join(ANALYSIS_FIGURE_NAMES),
     conda:
-        "../envs/kdcore.yaml"
+        "../envs/analysis.yaml"
     params:
         figure=lambda w: w.figure,
         metric=analysis_metric(),
@@ -170,7 +170,7 @@ rule analysis_latex:
     wildcard_constraints:
         table="|".join(ANALYSIS_TEX_TABLES),
     conda:
-        "../envs/kdcore.yaml"
+        "../envs/analysis.yaml"
     params:
         table=lambda w: w.table,
         metric=analysis_metric(),
@@ -197,7 +197,7 @@ rule analysis_reference:
     benchmark:
         "results/benchmarks/analysis/reference.tsv"
     conda:
-        "../envs/kdcore.yaml"
+        "../envs/analysis.yaml"
     params:
         code=code_digest("kdcore.reference", "kdcore.analysis.table", scripts=("analysis_reference.py", "_common.py")),
     script:
@@ -216,7 +216,7 @@ rule analysis_comparison:
     benchmark:
         "results/benchmarks/analysis/comparison.tsv"
     conda:
-        "../envs/kdcore.yaml"
+        "../envs/analysis.yaml"
     params:
         metric=analysis_metric(),
         code=code_digest(

@@ -5,12 +5,19 @@
 import itertools
 import json
 import math
+import re
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
-# The workflow runs and hashes its own copy of kdcore (src/ beside the Snakefile), not an installed one.
-SRC = Path(workflow.basedir) / "src"
-SCRIPTS = Path(workflow.basedir) / "workflow" / "scripts"
+import yaml
+
+# The workflow runs and hashes its own copy of kdcore (src/ beside its Snakefile), not an installed one.
+# The root is found from this file, not from workflow.basedir, which is the *including* workflow's folder
+# when this workflow is used as a Snakemake module.
+WORKFLOW_ROOT = Path(str(workflow.current_basedir)).parents[1]
+SRC = WORKFLOW_ROOT / "src"
+SCRIPTS = WORKFLOW_ROOT / "workflow" / "scripts"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
@@ -18,7 +25,7 @@ from kdcore.codehash import code_digest as _code_digest
 
 RUNS = "results/runs"
 DATASET = "results/data/dataset.pt"
-RUN_FILES = ("metrics.json", "best.pt", "final.pt")
+DATA_SPEC_STAMP = "results/data/dataset.spec.json"  # the data section the artefact must be made from
 
 
 wildcard_constraints:
@@ -32,6 +39,49 @@ wildcard_constraints:
 
 class StudyConfigError(ValueError):
     """A config value that passes the schema but contradicts the rest of the study."""
+
+
+# ----------------------------------------------------------------------------- reading the study config
+def checked_yaml_file(path: str) -> str:
+    """``path`` unchanged once it parses as YAML; a syntax error is one line naming the file and the line.
+    (A missing file is left to Snakemake; as a module, this workflow reads no config file.)"""
+    file = Path(path)
+    if file.is_file():
+        try:
+            yaml.safe_load(file.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown line"
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise StudyConfigError(f"config file {path}: YAML syntax error at {where}: {problem}") from None
+    return path
+
+
+_NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
+
+
+def typed_scalar(text: str):
+    """A string from the command line as the number, boolean or null it spells (else the string itself).
+    Numbers are matched first: YAML 1.1 reads 1e-4 as a string."""
+    if _NUMBER.fullmatch(text):
+        return float(text) if any(c in text for c in ".eE") else int(text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if value is None or isinstance(value, bool) else text
+
+
+def coerce_override_strings(node):
+    """Type the string scalars of ``node`` in place (and return it). Snakemake parses a nested
+    `--config key={...}` value with YAML's base loader, so every scalar in it arrives as a string."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in list(items):
+        if isinstance(value, str):
+            node[key] = typed_scalar(value)
+        else:
+            coerce_override_strings(value)
+    return node
 
 
 # ----------------------------------------------------------------------------- the study as lists
@@ -122,9 +172,6 @@ def check_study() -> None:
         raise StudyConfigError(f"config key 'ablations.clip.method': {clip['method']!r} is not a key of methods")
     if clip.get("enabled") and not selection_enabled() and not config["methods"][clip["method"]].get("fixed"):
         raise StudyConfigError(f"config key 'methods.{clip['method']}.fixed' is required by ablations.clip")
-
-
-check_study()
 
 
 # ----------------------------------------------------------------------------- paths
@@ -337,13 +384,255 @@ def final_method_params(method: str) -> dict | None:
     return None if selection_enabled() else dict(config["methods"][method]["fixed"])
 
 
+def fidelity_labels(stage: str, run_id: str, w) -> str:
+    """Labels of a fidelity record: the student run, its pair and method (baseline for controls), its seed."""
+    method = getattr(w, "method", "baseline")
+    labels = {"stage": stage, "run_id": run_id, **kd_labels(w.teacher, w.student, method), "seed": w.seed}
+    return json.dumps(labels, sort_keys=True)
+
+
 def winner_input(w) -> list[str]:
     return [winner_file(w.teacher, w.student, w.method)] if selection_enabled() else []
+
+
+def teacher_run_config(w) -> str:
+    run_id = f"teachers/{w.arch}/seed{w.seed}"
+    return run_config("teacher", run_id, w.arch, w.seed, "teacher", extra_labels={"arch": w.arch})
+
+
+def baseline_run_config(w) -> str:
+    labels = {"student": w.student, "method": "baseline"}
+    return run_config(
+        "baseline", f"baselines/{w.student}/seed{w.seed}", w.student, w.seed, "student", extra_labels=labels
+    )
+
+
+def select_run_config(w) -> str:
+    return run_config(
+        "select",
+        f"select/{w.teacher}-{w.student}/{w.method}/{w.hp}/seed{w.seed}",
+        w.student,
+        w.seed,
+        "student",
+        teacher=w.teacher,
+        method=w.method,
+        method_params=grid_params(w.method, w.hp),
+        extra_labels={**kd_labels(w.teacher, w.student, w.method), "hp": w.hp},
+    )
+
+
+def final_run_config(w) -> str:
+    return run_config(
+        "final",
+        f"final/{w.teacher}-{w.student}/{w.method}/seed{w.seed}",
+        w.student,
+        w.seed,
+        "student",
+        teacher=w.teacher,
+        method=w.method,
+        method_params=final_method_params(w.method),
+        extra_labels=kd_labels(w.teacher, w.student, w.method),
+    )
+
+
+def stem_run_config(w) -> str:
+    return run_config(
+        "stem",
+        f"stem/{w.arch}-imagenet/seed{w.seed}",
+        w.arch,
+        w.seed,
+        stem_epochs_kind(w.arch, w.seed),
+        stem="imagenet",
+        extra_labels={"arch": w.arch, "method": "baseline", "stem": "imagenet"},
+    )
+
+
+def clip_run_config(w) -> str:
+    return run_config(
+        "clip",
+        f"clip/{w.teacher}-{w.student}/{w.method}/seed{w.seed}",
+        w.student,
+        w.seed,
+        "student",
+        teacher=w.teacher,
+        method=w.method,
+        method_params=final_method_params(w.method),
+        clip_scope=config["ablations"]["clip"]["clip_scope"],
+        extra_labels=kd_labels(w.teacher, w.student, w.method),
+    )
+
+
+RUN_CONFIGS = {
+    "teacher": teacher_run_config,
+    "baseline": baseline_run_config,
+    "select": select_run_config,
+    "final": final_run_config,
+    "stem": stem_run_config,
+    "clip": clip_run_config,
+}
+
+
+def training_jobs() -> list[tuple[str, SimpleNamespace]]:
+    """(stage, wildcards) of every training job of the study, as the rules will see them."""
+    jobs = [("teacher", SimpleNamespace(arch=a, seed=s)) for a in teacher_archs() for s in config["teachers"]["seeds"]]
+    jobs += [
+        ("baseline", SimpleNamespace(student=a, seed=s)) for a in student_archs() for s in config["final"]["seeds"]
+    ]
+    kd = [(t, s, m) for t, s in pairs() for m in kd_methods()]
+    if selection_enabled():
+        jobs += [
+            ("select", SimpleNamespace(teacher=t, student=s, method=m, hp=hp, seed=seed))
+            for t, s, m in kd
+            for hp, _ in grid_points(m)
+            for seed in config["selection"]["seeds"]
+        ]
+    jobs += [
+        ("final", SimpleNamespace(teacher=t, student=s, method=m, seed=seed))
+        for t, s, m in kd
+        for seed in config["final"]["seeds"]
+    ]
+    jobs += [("stem", SimpleNamespace(arch=a, seed=seed)) for a, seed, _ in stem_runs()]
+    jobs += [("clip", SimpleNamespace(teacher=t, student=s, method=m, seed=seed)) for t, s, m, seed in clip_runs()]
+    return jobs
+
+
+def study_key(stage: str, w, run_key: str) -> str:
+    """The study config key behind key ``run_key`` (e.g. train.momentum) of a run config."""
+    section, _, rest = run_key.partition(".")
+    if section == "method":
+        return f"methods.{w.method}.{'grid' if stage == 'select' else 'fixed'}"
+    if run_key == "train.epochs":
+        return "epochs"
+    if section == "teacher":
+        return f"model.{rest}"
+    return run_key
+
+
+def check_run_configs() -> None:
+    """Resolve every run config the DAG will create with the engine's own kdcore.config.resolve_config,
+    so a bad hyper-parameter or run setting fails now, naming the study key and the value, not at job time."""
+    from kdcore.config import resolve_config
+    from kdcore.errors import KDCoreError
+
+    checked = set()
+    for stage, w in training_jobs():
+        cfg = RUN_CONFIGS[stage](w)
+        if cfg in checked:
+            continue
+        checked.add(cfg)
+        try:
+            resolve_config(json.loads(cfg))
+        except KDCoreError as exc:
+            found = re.search(r"config key '([^']+)'", str(exc))
+            key = study_key(stage, w, found.group(1)) if found else "?"
+            run_id = json.loads(cfg)["labels"]["run_id"]
+            raise StudyConfigError(f"config key '{key}' (run {run_id}): {exc}") from None
+
+
+# ----------------------------------------------------------------------------- the dataset artefact
+def check_data_spec() -> dict:
+    """config["data"] checked by kdcore.data.validate_spec (what prepare_data runs), with defaults filled."""
+    from kdcore.data import validate_spec
+    from kdcore.errors import KDCoreError
+
+    try:
+        return validate_spec(config["data"])
+    except KDCoreError as exc:
+        raise StudyConfigError(f"config key 'data': {exc}") from None
+
+
+def expected_dataset_record(spec: dict) -> dict:
+    """What kdcore.data.prepare_dataset records about ``spec`` (a validated data spec) in the artefact."""
+    source = {"kind": spec["source"]}
+    if spec["source"] == "synthetic":
+        source.update(spec["synthetic"])
+    else:
+        source["path"] = str(Path(spec["path"]))
+    return {
+        "source": source,
+        "split": {"val_size": spec["val_size"], "seed": spec["split_seed"]},
+        "subset": spec["subset"],
+    }
+
+
+def recorded_dataset_record(path: str) -> dict | None:
+    """source, split and subset as recorded in a dataset artefact (memory-mapped: the images are not read);
+    None when the file is not a readable artefact."""
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # any unreadable file is rebuilt; the reason is logged by the caller
+        return None
+    if not isinstance(obj, dict) or not all(isinstance(obj.get(k), dict) for k in ("source", "split")):
+        return None
+    return {k: obj.get(k) for k in ("source", "split", "subset")}
+
+
+def dataset_differences(recorded: dict, expected: dict) -> list[str]:
+    """'key: recorded X, config Y' for each item of ``expected`` that the artefact records differently."""
+    found = []
+    for section in ("source", "split"):
+        for key, value in expected[section].items():
+            if recorded[section].get(key) != value:
+                found.append(f"{section}.{key}: recorded {recorded[section].get(key)!r}, config {value!r}")
+    if recorded["subset"] != expected["subset"]:
+        found.append(f"subset: recorded {recorded['subset']!r}, config {expected['subset']!r}")
+    return found
+
+
+def check_dataset_artefact() -> None:
+    """Keep DATA_SPEC_STAMP, an input of prepare_data, in step with the config and the artefact.
+
+    The stamp holds the config's data section. It is rewritten when that changes, and also, with the
+    reason logged, when an existing artefact was not made from it (copied from another study, or made
+    before a change that Snakemake's params trigger cannot see because the file has no metadata of its
+    own): newer than the artefact, it makes Snakemake rebuild it and rerun everything after it. A new
+    stamp for an artefact that fits is dated before the artefact, so it reruns nothing."""
+    import os
+
+    from kdcore.atomic import atomic_write_text
+
+    spec = check_data_spec()
+    wanted = json.dumps(spec, sort_keys=True, indent=1) + "\n"
+    stamp, dataset = Path(DATA_SPEC_STAMP), Path(DATASET)
+    reason = None
+    if dataset.is_file():
+        recorded = recorded_dataset_record(DATASET)
+        if recorded is None:
+            reason = "it is not a readable dataset artefact"
+        elif differences := dataset_differences(recorded, expected_dataset_record(spec)):
+            reason = "it was not made from this config's data section (" + "; ".join(differences) + ")"
+    if reason is not None:
+        print(f"kd-capacity: {DATASET} will be rebuilt: {reason}", file=sys.stderr)
+        atomic_write_text(stamp, wanted)
+    elif not stamp.is_file() or stamp.read_text(encoding="utf-8") != wanted:
+        stamp.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(stamp, wanted)
+        if dataset.is_file():
+            before = dataset.stat().st_mtime - 1
+            os.utime(stamp, (before, before))
 
 
 # ----------------------------------------------------------------------------- resources
 def train_threads() -> int:
     return config["compute"]["threads"]["train"]
+
+
+def train_resources(runtime=None) -> dict:
+    """Resources of a training job: one GPU (leased by the job itself, kdcore.devices), its memory and,
+    given, the `runtime` estimate in minutes (a number or a function of the wildcards)."""
+    resources = {"gpu": 1, "mem_mb": config["compute"]["mem_mb"]["train"]}
+    return resources if runtime is None else {**resources, "runtime": runtime}
+
+
+def job_log(name: str) -> str:
+    """The log file of the job named ``name`` (a path pattern such as "teachers/{arch}/seed{seed}")."""
+    return f"results/logs/{name}.log"
+
+
+def job_benchmark(name: str) -> str:
+    return f"results/benchmarks/{name}.tsv"
 
 
 def train_runtime(student: str, epochs_kind: str, teacher: str | None = None) -> int:

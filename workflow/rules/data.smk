@@ -1,15 +1,19 @@
-# Data: one prepared dataset artefact for the whole study.
+# Data: one prepared dataset artefact for the whole study. An existing artefact that was not made from
+# this config's data section is rebuilt: when the workflow is parsed, check_dataset_artefact (common.smk)
+# compares the artefact's record with the config and, on a difference, logs it and renews the spec stamp,
+# an input of prepare_data.
 
 
 rule prepare_data:
     input:
         source=data_source_files,
+        spec=DATA_SPEC_STAMP,
     output:
         dataset=DATASET,
     log:
-        "results/logs/data/prepare_data.log",
+        job_log("data/prepare_data"),
     benchmark:
-        "results/benchmarks/data/prepare_data.tsv"
+        job_benchmark("data/prepare_data")
     conda:
         "../envs/kdcore.yaml"
     threads: config["compute"]["threads"]["light"]

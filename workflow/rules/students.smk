@@ -1,68 +1,38 @@
 # Students: CE baselines, the selection grid and its winners, final KD runs, fidelity, and the ablations.
+# Training and fidelity rules take their shared part from the templates in gpu_jobs.smk.
 
 
-rule train_baseline:
+use rule training_job as train_baseline with:
     input:
         data=DATASET,
     output:
         **run_outputs("baseline", student="{student}", seed="{seed}"),
     log:
-        "results/logs/baselines/{student}/seed{seed}.log",
+        job_log("baselines/{student}/seed{seed}"),
     benchmark:
-        "results/benchmarks/baselines/{student}/seed{seed}.tsv"
-    conda:
-        "../envs/kdcore.yaml"
-    threads: train_threads()
+        job_benchmark("baselines/{student}/seed{seed}")
     resources:
-        gpu=1,
-        mem_mb=config["compute"]["mem_mb"]["train"],
-        runtime=lambda w: train_runtime(w.student, "student"),
+        **train_resources(lambda w: train_runtime(w.student, "student")),
     params:
-        run_config=lambda w: run_config(
-            "baseline",
-            f"baselines/{w.student}/seed{w.seed}",
-            w.student,
-            w.seed,
-            "student",
-            extra_labels={"student": w.student, "method": "baseline"},
-        ),
+        run_config=baseline_run_config,
         code=training_code("baseline"),
-    script:
-        "../scripts/train.py"
 
 
-rule train_select:
+use rule training_job as train_select with:
     input:
         data=DATASET,
         teacher=lambda w: teacher_checkpoint(w.teacher),
     output:
         **run_outputs("select", teacher="{teacher}", student="{student}", method="{method}", hp="{hp}", seed="{seed}"),
     log:
-        "results/logs/select/{teacher}-{student}/{method}/{hp}/seed{seed}.log",
+        job_log("select/{teacher}-{student}/{method}/{hp}/seed{seed}"),
     benchmark:
-        "results/benchmarks/select/{teacher}-{student}/{method}/{hp}/seed{seed}.tsv"
-    conda:
-        "../envs/kdcore.yaml"
-    threads: train_threads()
+        job_benchmark("select/{teacher}-{student}/{method}/{hp}/seed{seed}")
     resources:
-        gpu=1,
-        mem_mb=config["compute"]["mem_mb"]["train"],
-        runtime=lambda w: train_runtime(w.student, "student", w.teacher),
+        **train_resources(lambda w: train_runtime(w.student, "student", w.teacher)),
     params:
-        run_config=lambda w: run_config(
-            "select",
-            f"select/{w.teacher}-{w.student}/{w.method}/{w.hp}/seed{w.seed}",
-            w.student,
-            w.seed,
-            "student",
-            teacher=w.teacher,
-            method=w.method,
-            method_params=grid_params(w.method, w.hp),
-            extra_labels={**kd_labels(w.teacher, w.student, w.method), "hp": w.hp},
-        ),
+        run_config=select_run_config,
         code=lambda w: training_code(w.method),
-    script:
-        "../scripts/train.py"
 
 
 rule select_winner:
@@ -71,9 +41,9 @@ rule select_winner:
     output:
         "results/selection/{teacher}-{student}/{method}.json",
     log:
-        "results/logs/selection/{teacher}-{student}/{method}.log",
+        job_log("selection/{teacher}-{student}/{method}"),
     benchmark:
-        "results/benchmarks/selection/{teacher}-{student}/{method}.tsv"
+        job_benchmark("selection/{teacher}-{student}/{method}")
     conda:
         "../envs/kdcore.yaml"
     threads: config["compute"]["threads"]["light"]
@@ -90,7 +60,7 @@ rule select_winner:
         "../scripts/select_winner.py"
 
 
-rule train_final:
+use rule training_job as train_final with:
     input:
         data=DATASET,
         teacher=lambda w: teacher_checkpoint(w.teacher),
@@ -98,34 +68,17 @@ rule train_final:
     output:
         **run_outputs("final", teacher="{teacher}", student="{student}", method="{method}", seed="{seed}"),
     log:
-        "results/logs/final/{teacher}-{student}/{method}/seed{seed}.log",
+        job_log("final/{teacher}-{student}/{method}/seed{seed}"),
     benchmark:
-        "results/benchmarks/final/{teacher}-{student}/{method}/seed{seed}.tsv"
-    conda:
-        "../envs/kdcore.yaml"
-    threads: train_threads()
+        job_benchmark("final/{teacher}-{student}/{method}/seed{seed}")
     resources:
-        gpu=1,
-        mem_mb=config["compute"]["mem_mb"]["train"],
-        runtime=lambda w: train_runtime(w.student, "student", w.teacher),
+        **train_resources(lambda w: train_runtime(w.student, "student", w.teacher)),
     params:
-        run_config=lambda w: run_config(
-            "final",
-            f"final/{w.teacher}-{w.student}/{w.method}/seed{w.seed}",
-            w.student,
-            w.seed,
-            "student",
-            teacher=w.teacher,
-            method=w.method,
-            method_params=final_method_params(w.method),
-            extra_labels=kd_labels(w.teacher, w.student, w.method),
-        ),
+        run_config=final_run_config,
         code=lambda w: training_code(w.method),
-    script:
-        "../scripts/train.py"
 
 
-rule fidelity_final:
+use rule fidelity_job as fidelity_final with:
     input:
         data=DATASET,
         student=run_file("final", "best.pt", teacher="{teacher}", student="{student}", method="{method}", seed="{seed}"),
@@ -133,32 +86,15 @@ rule fidelity_final:
     output:
         run_file("final", "fidelity.json", teacher="{teacher}", student="{student}", method="{method}", seed="{seed}"),
     log:
-        "results/logs/fidelity/final/{teacher}-{student}/{method}/seed{seed}.log",
+        job_log("fidelity/final/{teacher}-{student}/{method}/seed{seed}"),
     benchmark:
-        "results/benchmarks/fidelity/final/{teacher}-{student}/{method}/seed{seed}.tsv"
-    conda:
-        "../envs/kdcore.yaml"
-    threads: config["compute"]["threads"]["fidelity"]
-    resources:
-        gpu=1,
-        mem_mb=config["compute"]["mem_mb"]["fidelity"],
-        runtime=config["compute"]["fidelity_runtime"],
+        job_benchmark("fidelity/final/{teacher}-{student}/{method}/seed{seed}")
     params:
-        labels=lambda w: json.dumps(
-            {
-                "stage": "final",
-                "run_id": f"final/{w.teacher}-{w.student}/{w.method}/seed{w.seed}",
-                **kd_labels(w.teacher, w.student, w.method),
-                "seed": w.seed,
-            },
-            sort_keys=True,
-        ),
+        labels=lambda w: fidelity_labels("final", f"final/{w.teacher}-{w.student}/{w.method}/seed{w.seed}", w),
         code=fidelity_code(),
-    script:
-        "../scripts/fidelity.py"
 
 
-rule fidelity_baseline:
+use rule fidelity_job as fidelity_baseline with:
     input:
         data=DATASET,
         student=run_file("baseline", "best.pt", student="{student}", seed="{seed}"),
@@ -166,63 +102,31 @@ rule fidelity_baseline:
     output:
         run_file("baseline", "fidelity-{teacher}.json", student="{student}", seed="{seed}"),
     log:
-        "results/logs/fidelity/baselines/{student}/seed{seed}-{teacher}.log",
+        job_log("fidelity/baselines/{student}/seed{seed}-{teacher}"),
     benchmark:
-        "results/benchmarks/fidelity/baselines/{student}/seed{seed}-{teacher}.tsv"
-    conda:
-        "../envs/kdcore.yaml"
-    threads: config["compute"]["threads"]["fidelity"]
-    resources:
-        gpu=1,
-        mem_mb=config["compute"]["mem_mb"]["fidelity"],
-        runtime=config["compute"]["fidelity_runtime"],
+        job_benchmark("fidelity/baselines/{student}/seed{seed}-{teacher}")
     params:
-        labels=lambda w: json.dumps(
-            {
-                "stage": "baseline",
-                "run_id": f"baselines/{w.student}/seed{w.seed}",
-                **kd_labels(w.teacher, w.student, "baseline"),
-                "seed": w.seed,
-            },
-            sort_keys=True,
-        ),
+        labels=lambda w: fidelity_labels("baseline", f"baselines/{w.student}/seed{w.seed}", w),
         code=fidelity_code(),
-    script:
-        "../scripts/fidelity.py"
 
 
-rule train_stem:
+use rule training_job as train_stem with:
     input:
         data=DATASET,
     output:
         **run_outputs("stem", arch="{arch}", seed="{seed}"),
     log:
-        "results/logs/stem/{arch}-imagenet/seed{seed}.log",
+        job_log("stem/{arch}-imagenet/seed{seed}"),
     benchmark:
-        "results/benchmarks/stem/{arch}-imagenet/seed{seed}.tsv"
-    conda:
-        "../envs/kdcore.yaml"
-    threads: train_threads()
+        job_benchmark("stem/{arch}-imagenet/seed{seed}")
     resources:
-        gpu=1,
-        mem_mb=config["compute"]["mem_mb"]["train"],
-        runtime=lambda w: train_runtime(w.arch, stem_epochs_kind(w.arch, w.seed)),
+        **train_resources(lambda w: train_runtime(w.arch, stem_epochs_kind(w.arch, w.seed))),
     params:
-        run_config=lambda w: run_config(
-            "stem",
-            f"stem/{w.arch}-imagenet/seed{w.seed}",
-            w.arch,
-            w.seed,
-            stem_epochs_kind(w.arch, w.seed),
-            stem="imagenet",
-            extra_labels={"arch": w.arch, "method": "baseline", "stem": "imagenet"},
-        ),
+        run_config=stem_run_config,
         code=training_code("baseline"),
-    script:
-        "../scripts/train.py"
 
 
-rule train_clip:
+use rule training_job as train_clip with:
     input:
         data=DATASET,
         teacher=lambda w: teacher_checkpoint(w.teacher),
@@ -230,29 +134,11 @@ rule train_clip:
     output:
         **run_outputs("clip", teacher="{teacher}", student="{student}", method="{method}", seed="{seed}"),
     log:
-        "results/logs/clip/{teacher}-{student}/{method}/seed{seed}.log",
+        job_log("clip/{teacher}-{student}/{method}/seed{seed}"),
     benchmark:
-        "results/benchmarks/clip/{teacher}-{student}/{method}/seed{seed}.tsv"
-    conda:
-        "../envs/kdcore.yaml"
-    threads: train_threads()
+        job_benchmark("clip/{teacher}-{student}/{method}/seed{seed}")
     resources:
-        gpu=1,
-        mem_mb=config["compute"]["mem_mb"]["train"],
-        runtime=lambda w: train_runtime(w.student, "student", w.teacher),
+        **train_resources(lambda w: train_runtime(w.student, "student", w.teacher)),
     params:
-        run_config=lambda w: run_config(
-            "clip",
-            f"clip/{w.teacher}-{w.student}/{w.method}/seed{w.seed}",
-            w.student,
-            w.seed,
-            "student",
-            teacher=w.teacher,
-            method=w.method,
-            method_params=final_method_params(w.method),
-            clip_scope=config["ablations"]["clip"]["clip_scope"],
-            extra_labels=kd_labels(w.teacher, w.student, w.method),
-        ),
+        run_config=clip_run_config,
         code=lambda w: training_code(w.method),
-    script:
-        "../scripts/train.py"
