@@ -14,6 +14,7 @@ configfile: checked_yaml_file("config.yaml")
 
 # `--config key={...}` gives nested values as strings: type them before the schema sees them.
 coerce_override_strings(config)
+check_study_schema()
 validate(config, "src/kdcore/schemas/config.schema.yaml", set_default=True)
 # Everything the DAG will train is checked now, before any job: cross-key rules, every run config
 # (by the engine's own resolve_config), the data spec, and whether an existing dataset.pt fits the config.

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from snakemake.utils import update_config
-from test_workflow_helpers import REPO, append_code, copy_workflow, dry_run, snakemake
+from _workflow_tools import REPO, append_code, copy_workflow, dry_run, snakemake
 
 pytestmark = pytest.mark.slow
 

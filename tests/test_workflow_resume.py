@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_workflow_helpers import append_code, copy_workflow, dry_run, snakemake
+from _workflow_tools import append_code, copy_workflow, dry_run, snakemake
 
 pytestmark = pytest.mark.slow
 

@@ -155,6 +155,18 @@ def clip_runs() -> list[tuple[str, str, str, int]]:
     return [(p["teacher"], p["student"], clip["method"], seed) for p in clip["pairs"] for seed in clip["seeds"]]
 
 
+def check_study_schema() -> None:
+    """The study config against kdcore's schema, worded by kdcore: one line naming the key and the value
+    (Snakemake's validate() below then fills the defaults into ``config``)."""
+    from kdcore.config import validate_study_config
+    from kdcore.errors import KDCoreError
+
+    try:
+        validate_study_config(config)
+    except KDCoreError as exc:
+        raise StudyConfigError(str(exc)) from None
+
+
 def check_study() -> None:
     """Cross-key checks the schema cannot express; each error names the key."""
     if config["teachers"]["distill_seed"] not in config["teachers"]["seeds"]:
