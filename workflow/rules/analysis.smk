@@ -197,7 +197,7 @@ rule analysis_reference:
     benchmark:
         "results/benchmarks/analysis/reference.tsv"
     conda:
-        "../envs/analysis.yaml"
+        "../envs/kdcore.yaml"
     params:
         code=code_digest("kdcore.reference", "kdcore.analysis.table", scripts=("analysis_reference.py", "_common.py")),
     script:
