@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from snakemake.utils import update_config
 from _workflow_tools import REPO, append_code, copy_workflow, dry_run, snakemake
+from snakemake.utils import update_config
 
 pytestmark = pytest.mark.slow
 

@@ -76,11 +76,6 @@ class ResumedStaleRun(AssertionError):
     """The rerun resumed from the last.pt that the old code wrote."""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ResumedStaleRun,
-    reason="the library still resumes from last.pt after a code change: its resume key lacks the code digest",
-)
 def test_interrupted_run_restarts_from_epoch_0_after_a_loss_fix(interrupted: Path) -> None:
     root = interrupted
     # the fix: any change to the feature-KD code (here an added statement) changes the code digest
