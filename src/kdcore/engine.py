@@ -17,6 +17,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +34,11 @@ from kdcore.errors import CheckpointError, DataError, TrainingError
 from kdcore.methods import get_method
 from kdcore.methods.base import ForwardOutputs, Method
 from kdcore.models import build_model, model_profile
-from kdcore.provenance import device_name, environment_info, file_sha256, run_code_digest
+from kdcore.provenance import environment_info, file_sha256, run_code_digest
 from kdcore.runfolder import RESUME_FILE, claim_run_folder, clear_run_files, lock_run_folder, move_aside
 from kdcore.seeds import derive_seed, generator
 
-# kdcore.bench and kdcore.fidelity import these from here
-__all__ = ["Placement", "configure_backend", "device_name", "make_placement", "predict_logits", "train_run"]
+__all__ = ["RunState", "make_step_fn", "predict_logits", "train_one_epoch", "train_run"]
 
 log = logging.getLogger("kdcore.train")
 
@@ -408,10 +408,8 @@ def resume_or_restart(run: Run) -> int:
 
 
 def format_eta(seconds: float) -> str:
-    seconds = round(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+    """``H:MM:SS`` (datetime.timedelta's text), e.g. ``0:03:07``."""
+    return str(timedelta(seconds=round(max(seconds, 0.0))))
 
 
 def log_epoch(entry: dict[str, Any], epochs: int, remaining_seconds: float) -> None:

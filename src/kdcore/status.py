@@ -25,7 +25,7 @@ from typing import Any
 
 from kdcore.layout import STAGES, ExpectedRun, expected_runs
 
-EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+) .*? val ([\d.]+)% .*? ETA (?:(\d+)h(\d+)m|(\d+)m(\d+)s)")
+EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+) .*? val ([\d.]+)% .*? ETA (?:(\d+) days?, )?(\d+):(\d\d):(\d\d)")
 FAILURE = re.compile(r"Traceback \(most recent call last\)|\b(ERROR|CRITICAL)\b")
 STATES = ("done", "running", "interrupted", "failed", "pending")
 MIN_STALE_AFTER = 600.0
@@ -63,8 +63,8 @@ def format_duration(seconds: float | None) -> str:
 
 
 def _parse_eta(match: re.Match[str]) -> float:
-    h, m, m2, s = match.group(4), match.group(5), match.group(6), match.group(7)
-    return 3600.0 * int(h) + 60.0 * int(m) if h is not None else 60.0 * int(m2) + float(s)
+    days, hours, minutes, seconds = (int(g or 0) for g in match.group(4, 5, 6, 7))
+    return float(timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds).total_seconds())
 
 
 def _last_line(text: str) -> str | None:
