@@ -145,3 +145,58 @@ def test_cuda_matches_cpu_reference() -> None:
     torch.testing.assert_close(out.cpu(), normalize(ref), rtol=0, atol=1e-6)
     with pytest.raises(ConfigError, match="generator"):
         augment_batch(images, torch.Generator())
+
+
+def test_views_do_not_change_the_batch_or_the_stream() -> None:
+    from kdcore.augment import view_index
+
+    images = _batch()
+    gen_plain, gen_views = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    plain = augment_batch(images, gen_plain)
+    batch, views = augment_batch(images, gen_views, return_views=True)
+    assert torch.equal(plain, batch)
+    # the generators are left in the same state: the next batch is the same too
+    assert torch.equal(augment_batch(images, gen_plain), augment_batch(images, gen_views))
+    params = sample_params(images.shape[0], torch.Generator().manual_seed(7))
+    assert views.dtype == torch.int64
+    assert torch.equal(views, view_index(params))
+    assert torch.equal(views, params.flip.long() * 81 + params.dy * 9 + params.dx)
+
+
+def test_view_index_order_and_inverse() -> None:
+    from kdcore.augment import n_views, view_index, view_params
+
+    assert n_views() == 162 and n_views(0) == 2 and n_views(2) == 50
+    all_views = torch.arange(162)
+    params = view_params(all_views)
+    assert torch.equal(view_index(params), all_views)
+    # unflipped first, row-major over (dy, dx); view 40 is offset (4, 4) unflipped, i.e. the image itself
+    assert (params.dy[10].item(), params.dx[10].item(), params.flip[10].item()) == (1, 1, False)
+    assert (params.dy[161].item(), params.dx[161].item(), params.flip[161].item()) == (8, 8, True)
+    assert not params.flip[:81].any() and params.flip[81:].all()
+    images = _batch(3)
+    assert torch.equal(crop_flip(images, view_params(torch.full((3,), 40))), images)
+    assert torch.equal(crop_flip(images, view_params(torch.full((3,), 121))), images.flip(-1))
+    with pytest.raises(DataError, match=r"0\.\.161"):
+        view_params(torch.tensor([162]))
+    with pytest.raises(DataError, match="int64"):
+        view_params(torch.tensor([1.0]))
+
+
+def test_render_views_reproduces_the_augmentation() -> None:
+    from kdcore.augment import render_views
+
+    images = _batch(256)
+    batch, views = augment_batch(images, torch.Generator().manual_seed(3), return_views=True)
+    assert len(torch.unique(views)) > 100  # most of the 162 views occur
+    torch.testing.assert_close(render_views(images, views), batch, rtol=0, atol=0)
+    cl = render_views(images, views, memory_format=torch.channels_last)
+    assert cl.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(cl, batch, rtol=0, atol=0)
+    # every view of one image against the explicit per-image reference
+    one = images[:1].expand(162, -1, -1, -1)
+    every = torch.arange(162)
+    dy, dx, flip = (every % 81 // 9).tolist(), (every % 9).tolist(), (every >= 81).tolist()
+    torch.testing.assert_close(render_views(one, every), normalize(_reference(one, dy, dx, flip)), rtol=0, atol=0)
+    with pytest.raises(DataError, match="view indices for a batch"):
+        render_views(images, views[:3])

@@ -17,11 +17,24 @@ Per image (same distribution as torchvision's ``RandomCrop(32, padding=4)`` + ``
 Random draws, in this order, from the given generator: ``offsets = randint(0, 2*pad+1, (B, 2))``
 (column 0 = dy, column 1 = dx), then ``flips = rand(B) < flip_p``. :func:`sample_params` makes
 exactly these draws, so a caller (or a test) can reproduce a batch's augmentation.
+
+View index. With ``n = 2*pad + 1`` crop offsets per axis there are ``2 * n * n`` distinct augmented views
+of an image (162 for pad 4). Each is named by one integer::
+
+    view = flip * n * n + dy * n + dx        # flip in {0, 1}; dy, dx in {0, ..., 2*pad}
+
+so views ``0 .. n*n - 1`` are unflipped (row-major over ``(dy, dx)``; view 40 = offset (4, 4) = the image
+itself) and views ``n*n .. 2*n*n - 1`` are their mirror images. :meth:`BatchAugmenter.augment_with_views`
+(or ``augment_batch(..., return_views=True)``) returns each sample's view index with the batch, computed
+from the same draws, so the random stream and the images are those of the plain call; :func:`render_views`
+renders given view indices of given images (used to precompute a frozen teacher's outputs per view,
+``kdcore.teacher_cache``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +76,29 @@ def sample_params(batch_size: int, generator: torch.Generator, pad: int = PAD, f
     offsets = torch.randint(0, 2 * pad + 1, (batch_size, 2), generator=generator, device=device)
     flips = torch.rand(batch_size, generator=generator, device=device) < flip_p
     return AugmentParams(dy=offsets[:, 0], dx=offsets[:, 1], flip=flips)
+
+
+def n_views(pad: int = PAD) -> int:
+    """Number of distinct views of an image: ``(2*pad + 1)**2`` crop offsets times 2 flip states."""
+    return 2 * (2 * pad + 1) ** 2
+
+
+def view_index(params: AugmentParams, pad: int = PAD) -> torch.Tensor:
+    """Each sample's view index (int64 [B]): ``flip * n*n + dy * n + dx`` with ``n = 2*pad + 1``."""
+    n = 2 * pad + 1
+    return params.flip.to(torch.int64) * (n * n) + params.dy * n + params.dx
+
+
+def view_params(views: torch.Tensor, pad: int = PAD) -> AugmentParams:
+    """The crop offsets and flip flags of view indices (inverse of :func:`view_index`)."""
+    if not isinstance(views, torch.Tensor) or views.dtype != torch.int64 or views.dim() != 1:
+        what = f"{views.dtype} {tuple(views.shape)}" if isinstance(views, torch.Tensor) else type(views).__name__
+        raise DataError(f"view indices must be an int64 tensor [B], got {what}")
+    n = 2 * pad + 1
+    if views.numel() and (int(views.min()) < 0 or int(views.max()) >= 2 * n * n):
+        raise DataError(f"view indices must lie in 0..{2 * n * n - 1} for pad {pad}")
+    offset = views % (n * n)
+    return AugmentParams(dy=offset // n, dx=offset % n, flip=views >= n * n)
 
 
 def crop_flip(images: torch.Tensor, params: AugmentParams, pad: int = PAD) -> torch.Tensor:
@@ -127,11 +163,49 @@ class BatchAugmenter:
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Augmented, normalised float batch (same shape) for the uint8 ``images``."""
+        return self._augment(images, generator)[0]
+
+    def augment_with_views(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch of ``__call__`` (same draws, same images) and each sample's view index (int64 [B])."""
+        batch, params = self._augment(images, generator)
+        return batch, view_index(params, self.pad)
+
+    def render(self, images: torch.Tensor, views: torch.Tensor) -> torch.Tensor:
+        """Normalised float batch of the given view of each uint8 image (no randomness)."""
+        _check_batch(images)
+        if views.shape[0] != images.shape[0]:
+            raise DataError(f"{views.shape[0]} view indices for a batch of {images.shape[0]} images")
+        cropped = crop_flip(images, view_params(views, self.pad), self.pad)
+        return normalize(cropped, self.dtype, self.memory_format, self.mean, self.std)
+
+    def _augment(self, images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, AugmentParams]:
         _check_batch(images)
         _check_generator(generator, images.device)
         params = sample_params(images.shape[0], generator, self.pad, self.flip_p)
         cropped = crop_flip(images, params, self.pad)
-        return normalize(cropped, self.dtype, self.memory_format, self.mean, self.std)
+        return normalize(cropped, self.dtype, self.memory_format, self.mean, self.std), params
+
+
+@overload
+def augment_batch(
+    images: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    dtype: torch.dtype = ...,
+    memory_format: torch.memory_format = ...,
+    return_views: Literal[False] = ...,
+) -> torch.Tensor: ...
+
+
+@overload
+def augment_batch(
+    images: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    dtype: torch.dtype = ...,
+    memory_format: torch.memory_format = ...,
+    return_views: Literal[True],
+) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 def augment_batch(
@@ -140,6 +214,28 @@ def augment_batch(
     *,
     dtype: torch.dtype = torch.float32,
     memory_format: torch.memory_format = torch.contiguous_format,
+    return_views: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Pad-crop, flip and normalise a uint8 batch with the standard CIFAR-10 settings (pad 4, p=0.5).
+
+    With ``return_views`` also each sample's view index (see the module docstring); the batch is the same.
+    """
+    augmenter = BatchAugmenter(dtype=dtype, memory_format=memory_format)
+    if return_views:
+        return augmenter.augment_with_views(images, generator)
+    return augmenter(images, generator)
+
+
+def render_views(
+    images: torch.Tensor,
+    views: torch.Tensor,
+    *,
+    dtype: torch.dtype = torch.float32,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> torch.Tensor:
-    """Pad-crop, flip and normalise a uint8 batch with the standard CIFAR-10 settings (pad 4, p=0.5)."""
-    return BatchAugmenter(dtype=dtype, memory_format=memory_format)(images, generator)
+    """The standard augmentation's view ``views[i]`` of ``images[i]``, normalised (no randomness).
+
+    ``render_views(x, v)`` equals the batch ``augment_batch(x, g, return_views=True)`` returns when it
+    returns the views ``v``.
+    """
+    return BatchAugmenter(dtype=dtype, memory_format=memory_format).render(images, views.to(images.device))
