@@ -115,6 +115,7 @@ def test_python_defaults_come_from_the_schema():
         "device": "auto",
         "threads": None,
         "log_every_epoch": True,
+        "teacher_cache": None,
     }
     assert C.data_defaults() == {
         "path": None,

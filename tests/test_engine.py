@@ -67,7 +67,7 @@ def record_batches(monkeypatch) -> list[torch.Tensor]:
 
     def spy(*args, **kwargs):
         out = original(*args, **kwargs)
-        seen.append(out.clone())
+        seen.append((out[0] if isinstance(out, tuple) else out).clone())
         return out
 
     monkeypatch.setattr(engine, "augment_batch", spy)

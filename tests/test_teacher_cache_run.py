@@ -53,7 +53,6 @@ def _train(cfg: dict[str, Any], data_path: Path, cache_path: Path | None) -> tup
     return state.history, student.state_dict()
 
 
-@pytest.mark.xfail(strict=True, reason="engine integration pending")
 def test_short_run_same_metrics_with_and_without_cache(tmp_path: Path) -> None:
     data_path = tmp_path / "dataset.pt"
     prepare_dataset({"source": "synthetic", "synthetic": {"n_train": 56, "n_test": 8, "seed": 0}, "val_size": 8},
@@ -83,7 +82,6 @@ def test_short_run_same_metrics_with_and_without_cache(tmp_path: Path) -> None:
         torch.testing.assert_close(cached_weights[name], tensor, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="engine integration pending")
 def test_cache_refused_for_feature_methods(tmp_path: Path) -> None:
     from kdcore.errors import TrainingError
     from kdcore.teacher_cache import TeacherCache
@@ -129,7 +127,6 @@ def test_bench_row_formats_the_cached_column() -> None:
     assert no_cache.split()[-5:-2] == ["-", "-", "0.100"]
 
 
-@pytest.mark.xfail(strict=True, reason="engine integration pending")
 def test_bench_times_the_cached_teacher() -> None:
     from kdcore.bench import Case, run_benchmark
 

@@ -37,6 +37,7 @@ from kdcore.models import build_model, model_profile
 from kdcore.provenance import environment_info, file_sha256, run_code_digest
 from kdcore.runfolder import RESUME_FILE, claim_run_folder, clear_run_files, lock_run_folder, move_aside
 from kdcore.seeds import derive_seed, generator
+from kdcore.teacher_cache import TeacherCache, cached_teacher_outputs, expected_header, load_teacher_cache
 
 __all__ = ["RunState", "make_step_fn", "predict_logits", "train_one_epoch", "train_run"]
 
@@ -189,9 +190,11 @@ def train_one_epoch(
     start = time.perf_counter()
     for step, first in enumerate(range(0, n, batch_size)):
         idx = order[first : first + batch_size]
-        images = augment_batch(train_images[idx], aug_gen, memory_format=placement.memory_format)
+        images, views = augment_batch(
+            train_images[idx], aug_gen, memory_format=placement.memory_format, return_views=True
+        )
         targets = train_labels[idx]
-        loss, parts, correct, norms = step_fn(images, targets)
+        loss, parts, correct, norms = step_fn(images, targets, idx, views)
         acc.check_finite(loss, step)
         acc.add("loss", loss * targets.shape[0])
         for name, value in parts.items():
@@ -225,20 +228,27 @@ def make_step_fn(
     teacher: nn.Module | None,
     cfg: dict[str, Any],
     placement: Placement,
+    teacher_cache: TeacherCache | None = None,
 ):
     """The per-batch step: forward, loss, backward, clip, optimiser step. Returns device tensors only.
 
-    ``student`` may be a torch.compile'd wrapper of the run's student; it shares its parameters.
+    ``student`` may be a torch.compile'd wrapper of the run's student; it shares its parameters. With a
+    ``teacher_cache`` (logit-only methods) the teacher's logits are looked up by (image index, view)
+    instead of computed.
     """
     student_params = [p for p in student.parameters() if p.requires_grad]
     extra_params = list(trainable.parameters()) if trainable is not None else []
     train = cfg["train"]
     need_features = method.needs_features
+    if teacher_cache is not None and need_features:
+        raise TrainingError(f"method '{method.name}' needs the teacher's features; a teacher cache holds logits only")
 
-    def step(images: torch.Tensor, targets: torch.Tensor):
+    def step(images: torch.Tensor, targets: torch.Tensor, image_indices=None, views=None):
         with autocast_context(placement.device, placement.dtype):
             teacher_logits = teacher_features = None
-            if teacher is not None:
+            if teacher_cache is not None:
+                teacher_logits, teacher_features = cached_teacher_outputs(teacher_cache, image_indices, views)
+            elif teacher is not None:
                 with torch.no_grad():
                     if need_features:
                         teacher_logits, teacher_features = teacher(images, return_features=True)
@@ -428,6 +438,20 @@ def log_epoch(entry: dict[str, Any], epochs: int, remaining_seconds: float) -> N
     )
 
 
+def open_teacher_cache(run: Run) -> TeacherCache | None:
+    """The run's teacher-output cache (``runtime.teacher_cache``), verified against its teacher, data, code and
+    precision; None when the run has no teacher or no cache."""
+    cfg, placement, data = run.cfg, run.placement, run.data
+    path = cfg["runtime"].get("teacher_cache")
+    if run.teacher is None or not path:
+        return None
+    precision = "bf16" if placement.dtype == torch.bfloat16 else "fp32"
+    expected = expected_header(
+        cfg["teacher"]["checkpoint"], data.fingerprint, data.n_train, data.num_classes, precision
+    )
+    return load_teacher_cache(path, placement.device, expected)
+
+
 def fit(run: Run, start_epoch: int) -> None:
     """Train from ``start_epoch`` to the last epoch, keeping best.pt and last.pt up to date after each."""
     cfg, placement, state, data = run.cfg, run.placement, run.state, run.data
@@ -437,7 +461,10 @@ def fit(run: Run, start_epoch: int) -> None:
     val_images, val_labels = data.val_images.to(placement.device), data.val_labels.to(placement.device)
 
     step_model = torch.compile(state.student) if runtime["compile"] else state.student
-    step_fn = make_step_fn(step_model, state.trainable, state.optimizer, run.method, run.teacher, cfg, placement)
+    teacher_cache = open_teacher_cache(run)
+    step_fn = make_step_fn(
+        step_model, state.trainable, state.optimizer, run.method, run.teacher, cfg, placement, teacher_cache
+    )
     run_start = time.perf_counter()
     for epoch in range(start_epoch, train["epochs"]):
         run.method.set_epoch(epoch)
