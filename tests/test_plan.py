@@ -203,6 +203,21 @@ def test_bench_missing_case_falls_back_to_flops_and_says_so() -> None:
     assert fallback.gpu_hours * 3600 == pytest.approx(train_flops_s + 700 * 1e-3 / 3)
 
 
+def test_bench_missing_case_priced_at_the_benchmarks_median_throughput() -> None:
+    partial = hand_bench()
+    partial["rows"] = [r for r in partial["rows"] if r["method"] != "feature"]
+    for row, tflops in zip(partial["rows"], (1.0, 2.0, 9.0), strict=True):
+        row["achieved_tflops"] = tflops
+    measured = plan_study(study_of(TINY), bench=partial)
+    stated = plan_study(study_of(TINY), bench=partial, throughput_tflops=2.0)
+    assert "the benchmark's median achieved 2 TFLOP/s" in measured.basis and "stated" not in measured.basis
+    assert [e.gpu_hours for e in measured.jobs] == pytest.approx([e.gpu_hours for e in stated.jobs])
+    assert (
+        plan_study(study_of(TINY), bench=partial, throughput_tflops=4.0).totals()["gpu_hours"]
+        < (measured.totals()["gpu_hours"])
+    )
+
+
 def test_bench_of_another_width_is_refused() -> None:
     with pytest.raises(ConfigError, match="width 64.*width 8"):
         plan_study(study_of(TINY), bench=hand_bench(width=64), bench_source="b.json")

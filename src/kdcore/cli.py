@@ -189,8 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--throughput",
         type=float,
-        default=100.0,
-        help="sustained TFLOP/s for the FLOPs-based estimate (default 100, bf16; also for cases --bench lacks)",
+        help="sustained TFLOP/s of the FLOPs-based estimate (default 100, bf16) and of the cases --bench lacks "
+        "(default: the benchmark's median achieved TFLOP/s)",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output (every job)")
     p.set_defaults(func=cmd_plan)

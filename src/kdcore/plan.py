@@ -10,8 +10,8 @@ GPU-hours come from one of two cost models:
 * **measured** (``--bench bench.json``, the output of ``python -m kdcore.bench``): a job's training time is
   its images times the measured fast-path seconds per image of its (student, teacher, method) case. A
   forward pass of a model (validation, test, fidelity) costs a third of its baseline case's seconds per
-  image. Jobs whose case the benchmark lacks (e.g. ImageNet-stem runs) fall back to FLOPs, and the output
-  counts them.
+  image. Jobs whose case the benchmark lacks (e.g. ImageNet-stem runs) fall back to FLOPs at the median
+  TFLOP/s the benchmark achieved on its device (or at ``--throughput`` when given), and the output counts them.
 * **FLOPs** (otherwise): FLOPs per image of each built model (:func:`kdcore.models.count_flops_per_image`),
   a training image costing 3 student forwards (forward + backward) plus 1 forward of the frozen teacher,
   at a stated sustained throughput (default 100 TFLOP/s, a bf16 rate an H100 sustains on these small
@@ -201,13 +201,14 @@ def flops_per_image(arch: str, width: int, stem: str) -> int:
 class FlopsCost:
     """Seconds from FLOPs at a stated sustained throughput."""
 
-    def __init__(self, width: int, throughput_tflops: float = DEFAULT_THROUGHPUT_TFLOPS):
+    def __init__(self, width: int, throughput_tflops: float = DEFAULT_THROUGHPUT_TFLOPS, measured: bool = False):
         if not (isinstance(throughput_tflops, int | float) and math.isfinite(throughput_tflops)) or (
             throughput_tflops <= 0
         ):
             raise ConfigError(f"--throughput: expected a positive number of TFLOP/s, got {throughput_tflops!r}")
         self.width, self.rate = width, throughput_tflops * 1e12
-        self.basis = f"FLOPs at a sustained {throughput_tflops:g} TFLOP/s (stated, not measured)"
+        how = "the benchmark's median achieved" if measured else "a sustained"
+        self.basis = f"FLOPs at {how} {throughput_tflops:.3g} TFLOP/s" + ("" if measured else " (stated, not measured)")
 
     def forward_seconds_per_image(self, arch: str, stem: str = "cifar") -> float:
         return flops_per_image(arch, self.width, stem) / self.rate
@@ -238,11 +239,20 @@ BENCH_SCHEMA: dict[str, Any] = {
                     "teacher": {"type": ["string", "null"]},
                     "method": {"type": "string"},
                     "fast_epoch_s": {"type": "number", "exclusiveMinimum": 0},
+                    "achieved_tflops": {"type": ["number", "null"], "exclusiveMinimum": 0},
                 },
             },
         },
     },
 }
+
+
+def bench_median_tflops(bench: Mapping[str, Any]) -> float | None:
+    """The median achieved TFLOP/s of a benchmark's fast path over its cases (None when it records none)."""
+    import statistics
+
+    values = [r["achieved_tflops"] for r in bench["rows"] if r.get("achieved_tflops")]
+    return statistics.median(values) if values else None
 
 
 def load_bench(path: str | Path) -> dict[str, Any]:
@@ -304,12 +314,19 @@ def plan_study(
     *,
     bench: Mapping[str, Any] | None = None,
     bench_source: str = "benchmark",
-    throughput_tflops: float = DEFAULT_THROUGHPUT_TFLOPS,
+    throughput_tflops: float | None = None,
 ) -> StudyPlan:
-    """The plan of a validated study config: every job's images and GPU-hours, fidelity evaluations."""
+    """The plan of a validated study config: every job's images and GPU-hours, fidelity evaluations.
+
+    ``throughput_tflops`` (None: 100, or with ``bench`` the benchmark's median achieved TFLOP/s) prices the
+    FLOPs of every job without ``bench`` and of the jobs whose case ``bench`` lacks."""
     width = study["model"]["width"]
     data = data_sizes(study["data"])
-    flops = FlopsCost(width, throughput_tflops)
+    measured = bench_median_tflops(bench) if bench is not None and throughput_tflops is None else None
+    if measured is not None:
+        flops = FlopsCost(width, measured, measured=True)
+    else:
+        flops = FlopsCost(width, DEFAULT_THROUGHPUT_TFLOPS if throughput_tflops is None else throughput_tflops)
     cost: CostModel = flops if bench is None else BenchCost(bench, width, flops, bench_source)
     jobs = training_jobs(study)
     estimates = [estimate_job(job, data, cost) for job in jobs]
