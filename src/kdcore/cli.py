@@ -5,6 +5,7 @@
     fidelity          measure a student's fidelity to its teacher on the test set
     import-reference  convert the paper's results zip into our per-run metrics files
     status            runs done / running / pending of a study, ETAs, failures
+    plan              a study's training jobs, model-epochs and estimated GPU-hours, before it runs
 
 Bad input is reported as one line on stderr and exit status 2; a failing file system (full disk, read-only
 folder, a folder where a file should be) as one line naming the path and the cause, and exit status 1.
@@ -99,6 +100,20 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from kdcore.config import load_config_file, merge_config, validate_study_config
+    from kdcore.plan import load_bench, plan_study, render_text, to_json
+
+    merged: dict = {}
+    for path in args.config:
+        merged = merge_config(merged, load_config_file(path))
+    study = validate_study_config(merged)
+    bench = load_bench(args.bench) if args.bench else None
+    plan = plan_study(study, bench=bench, bench_source=str(args.bench), throughput_tflops=args.throughput)
+    print(to_json(plan) if args.json else render_text(plan), end="\n" if args.json else "")
+    return 0
+
+
 def describe_os_error(exc: OSError) -> str:
     """One line for an OSError: its own message if kdcore wrote one, else the cause and the path(s)."""
     if exc.strerror is None:
@@ -162,6 +177,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--stale-after", type=float, default=600.0, help="seconds without progress before a run counts as interrupted"
     )
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("plan", help="a study's training jobs, model-epochs and estimated GPU-hours")
+    p.add_argument(
+        "config",
+        type=Path,
+        nargs="+",
+        help="study config(s) as given to snakemake --configfile (merged in order over the defaults)",
+    )
+    p.add_argument("--bench", type=Path, help="JSON of python -m kdcore.bench: GPU-hours from its measured epoch times")
+    p.add_argument(
+        "--throughput",
+        type=float,
+        help="sustained TFLOP/s of the FLOPs-based estimate (default 100, bf16) and of the cases --bench lacks "
+        "(default: the benchmark's median achieved TFLOP/s)",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output (every job)")
+    p.set_defaults(func=cmd_plan)
     return parser
 
 
