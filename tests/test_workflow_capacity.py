@@ -29,6 +29,17 @@ CAPACITY_COUNTS = {
     "fidelity_baseline": 45,  # each baseline against its one teacher
     "all": 1,
 }
+QUICK_COUNTS = {
+    "prepare_data": 1,
+    "train_teacher": 2,  # resnet50-w16, resnet34-w16 on seed 0
+    "train_baseline": 9,  # resnet18-w4, resnet18, resnet34 x seeds 0..2
+    "train_final": 24,  # 4 pairs x 2 methods x 3 seeds
+    "fidelity_final": 24,
+    "fidelity_baseline": 12,  # resnet18 against 2 teachers, the others against 1, 3 seeds
+    "train_stem": 6,  # resnet18, resnet34 x seeds 0..2
+    "train_clip": 3,
+    "all": 1,
+}
 
 
 def study(overlay: dict) -> dict:
@@ -179,3 +190,29 @@ def test_runs_without_network_labels_are_named_by_their_architecture() -> None:
     data = metrics("baseline", "resnet34", 64, "resnet34", 0, 0.7)
     del data["labels"]["student"]
     assert run_record(data, "m.json")["student"] == "resnet34"
+
+
+def test_quick_study_has_three_capacities_under_one_teacher_and_stronger_teachers(tmp_path: Path) -> None:
+    from kdcore.models import build_model, count_parameters
+
+    cfg = validate_study_config(study(yaml.safe_load((REPO / "config/quick.yaml").read_text())))
+    width = cfg["model"]["width"]
+
+    def params(label: str) -> int:
+        arch, w = split_variant(label)
+        return count_parameters(build_model(arch, w or width))
+
+    by_teacher: dict[str, set[int]] = {}
+    for pair in cfg["pairs"]:
+        by_teacher.setdefault(pair["teacher"], set()).add(params(pair["student"]))
+        assert params(pair["teacher"]) > 2 * params(pair["student"]), pair
+    assert max(len(sizes) for sizes in by_teacher.values()) >= 3
+    assert cfg["epochs"]["teacher"] >= 2 * cfg["epochs"]["student"]
+
+    workdir = copy_workflow(tmp_path)
+    synthetic = {"data": {"source": "synthetic", "path": None, "subset": None}}
+    (workdir / "config" / "synthetic.yaml").write_text(yaml.safe_dump(synthetic), encoding="utf-8")
+    plan = dry_run(workdir, "--configfile", "config/quick.yaml", "config/synthetic.yaml")
+    counts = {rule: n for rule, n in plan.counts.items() if not rule.startswith("analysis_")}
+    assert counts == QUICK_COUNTS
+    assert "results/runs/final/resnet50-w16-resnet18-w4/logit/seed2/metrics.json" in plan.text
