@@ -117,7 +117,7 @@ def test_resume_restarts_from_scratch_when_the_teacher_file_changed(tmp_path, da
 def test_resume_restarts_from_scratch_when_the_code_changed(tmp_path, data, monkeypatch, caplog):
     out = tmp_path / "run"
     interrupted_run(monkeypatch, run_config(data), out)
-    monkeypatch.setattr(engine, "run_code_digest", lambda method: "0" * 16)
+    monkeypatch.setattr(engine, "run_code_digest", lambda method, **_: "0" * 16)
     caplog.set_level(logging.INFO, logger="kdcore.train")
     metrics = engine.train_run(run_config(data), out)
     assert "different kdcore code; starting from epoch 0" in caplog.text and "resuming" not in caplog.text

@@ -18,6 +18,7 @@ import copy
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
@@ -209,8 +210,64 @@ def merge_config(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[st
 
 
 def validate_study_config(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A study config (the workflow's) checked against the schema, with defaults filled in."""
-    return validate_with_defaults(config, SCHEMA_URI)
+    """A study config (the workflow's) checked against the schema, with defaults filled in, and every
+    network it names against the model registry (:func:`check_study_networks`)."""
+    study = validate_with_defaults(config, SCHEMA_URI)
+    check_study_networks(study)
+    return study
+
+
+_VARIANT = re.compile(r"(?P<arch>.+?)(-w(?P<width>[1-9][0-9]*))?")
+
+
+def split_variant(label: str) -> tuple[str, int | None]:
+    """``'resnet18-w16'`` -> ``('resnet18', 16)``; ``'resnet18'`` -> ``('resnet18', None)`` (the study's width).
+
+    A network of a study config is an architecture name, optionally with ``-w<width>``: the label is also
+    its folder name and its ``student``/``teacher`` value in the run table."""
+    match = _VARIANT.fullmatch(label)
+    if match is None:  # only the empty string
+        raise ConfigError(f"network {label!r}: expected <architecture>[-w<width>]")
+    width = match.group("width")
+    return match.group("arch"), None if width is None else int(width)
+
+
+def check_network(label: str, key: str, study_width: int) -> None:
+    """One network label of a study: a registry architecture, with ``-w<width>`` only where the family has a
+    width and the width differs from the study's ``model.width`` (else two folders would hold one network)."""
+    from kdcore.models import available_architectures, get_family
+
+    arch, width = split_variant(label)
+    if arch not in available_architectures():
+        raise ConfigError(
+            f"config key '{key}': unknown architecture {arch!r} (allowed: {', '.join(available_architectures())})"
+        )
+    if width is None:
+        return
+    if get_family(arch).default_width is None:
+        raise ConfigError(f"config key '{key}': {label!r}: {arch} has no width option; write {arch}")
+    if width == study_width:
+        raise ConfigError(f"config key '{key}': {label!r} is {arch} at the study's model.width; write {arch}")
+
+
+def study_networks(study: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(config key, network label) of every network a study config names."""
+    found = []
+    for i, pair in enumerate(study["pairs"]):
+        found += [(f"pairs[{i}].{role}", pair[role]) for role in ("teacher", "student")]
+    for i, run in enumerate(study["ablations"]["stem"]["runs"]):
+        found.append((f"ablations.stem.runs[{i}].arch", run["arch"]))
+    for i, pair in enumerate(study["ablations"]["clip"]["pairs"]):
+        found += [(f"ablations.clip.pairs[{i}].{role}", pair[role]) for role in ("teacher", "student")]
+    for label in study["compute"]["minutes_per_epoch"]:
+        found.append((f"compute.minutes_per_epoch.{label}", label))
+    return found
+
+
+def check_study_networks(study: Mapping[str, Any]) -> None:
+    """Every network of a (defaults filled) study config against the model registry; ConfigError naming the key."""
+    for key, label in study_networks(study):
+        check_network(label, key, study["model"]["width"])
 
 
 # ----------------------------------------------------------------------------- run configs
@@ -226,6 +283,7 @@ def resolve_config(raw: Mapping[str, Any]) -> dict[str, Any]:
             del given[key]  # null or empty: the default (no teacher, baseline, defaults)
     check_finite({k: v for k, v in given.items() if k != "labels"}, "")
     cfg = validate_with_defaults(given, RUN_CONFIG_REF)
+    check_run_archs(cfg)
 
     method_params = dict(cfg["method"])
     name = method_params.pop("name")
@@ -248,6 +306,19 @@ def resolve_config(raw: Mapping[str, Any]) -> dict[str, Any]:
         "runtime": sections["runtime"],
         "labels": {str(k): v for k, v in cfg["labels"].items()},
     }
+
+
+def check_run_archs(cfg: Mapping[str, Any]) -> None:
+    """``model.arch`` and ``teacher.arch`` of a run config are architectures of the model registry."""
+    from kdcore.models import available_architectures
+
+    for section in ("model", "teacher"):
+        arch = cfg.get(section, {}).get("arch")
+        if arch is not None and arch not in available_architectures():
+            raise ConfigError(
+                f"config key '{section}.arch': unknown architecture {arch!r} "
+                f"(allowed: {', '.join(available_architectures())})"
+            )
 
 
 def run_section_defaults(section: str) -> dict[str, Any]:

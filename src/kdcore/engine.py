@@ -298,6 +298,11 @@ class Run:
         return self.out_dir / "best.pt"
 
 
+def run_archs(cfg: dict[str, Any]) -> list[str]:
+    """The architectures a run builds: its student and, if any, its teacher."""
+    return [cfg["model"]["arch"]] + ([cfg["teacher"]["arch"]] if cfg["teacher"] else [])
+
+
 def resume_key(cfg: dict[str, Any], data: PreparedData) -> dict[str, Any]:
     """What must be unchanged for a partial run to be resumed: the config, the dataset's content,
     the teacher checkpoint's content and the kdcore code the run executes."""
@@ -306,7 +311,7 @@ def resume_key(cfg: dict[str, Any], data: PreparedData) -> dict[str, Any]:
         "config": training_digest(cfg),
         "data": data.fingerprint,
         "teacher": file_sha256(teacher["checkpoint"]) if teacher else None,
-        "code": run_code_digest(cfg["method"]["name"]),
+        "code": run_code_digest(cfg["method"]["name"], archs=run_archs(cfg)),
     }
 
 

@@ -14,6 +14,7 @@ import os
 import platform
 import socket
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,21 +101,27 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def training_modules(method: str) -> tuple[str, ...]:
+def training_modules(method: str, archs: Iterable[str] = ()) -> tuple[str, ...]:
     """The kdcore modules whose import closure a training run of ``method`` executes.
 
-    The workflow's training rules hash the same modules (plus their script) with kdcore.codehash.
+    ``archs`` are the architectures the run builds (student, teacher): their family modules
+    (kdcore.models.architecture_module) are imported by name, so they are not in the engine's static
+    closure and are added here, sorted and without duplicates. The workflow's training rules hash the
+    same modules (plus their script) with kdcore.codehash.
     """
-    return ("kdcore.engine", "kdcore.methods", f"kdcore.methods.{method}")
+    from kdcore.models import architecture_module
+
+    families = sorted({architecture_module(arch) for arch in archs})
+    return ("kdcore.engine", "kdcore.methods", f"kdcore.methods.{method}", *families)
 
 
-def run_code_digest(method: str, src_root: str | os.PathLike[str] = SRC_ROOT) -> str:
-    """Digest (kdcore.codehash) of the kdcore code a training run of ``method`` executes.
+def run_code_digest(method: str, src_root: str | os.PathLike[str] = SRC_ROOT, archs: Iterable[str] = ()) -> str:
+    """Digest (kdcore.codehash) of the kdcore code a training run of ``method`` building ``archs`` executes.
 
     A method module from an added method directory (kdcore.methods.add_method_directory) lies outside
     ``src_root``: its file enters the digest as an extra file.
     """
-    modules = training_modules(method)
+    modules = training_modules(method, archs)
     in_tree = [m for m in modules if module_path(m, src_root) is not None]
     outside = []
     for module in modules:

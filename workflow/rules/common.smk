@@ -28,10 +28,15 @@ DATASET = "results/data/dataset.pt"
 DATA_SPEC_STAMP = "results/data/dataset.spec.json"  # the data section the artefact must be made from
 
 
+# A network is a registry architecture, optionally a width variant (`resnet18-w16`); the schema's
+# $defs/study_network. The variant suffix cannot be confused with the `-` between teacher and student.
+NETWORK = r"(resnet\d+(x4)?|wrn_\d+_\d+)(-w\d+)?"
+
+
 wildcard_constraints:
-    arch=r"resnet\d+",
-    teacher=r"resnet\d+",
-    student=r"resnet\d+",
+    arch=NETWORK,
+    teacher=NETWORK,
+    student=NETWORK,
     seed=r"\d+",
     method=r"[a-z][a-z0-9_]*",
     hp=r"[A-Za-z0-9_.\-]+",
@@ -334,21 +339,51 @@ def code_digest(*module_names: str, scripts: tuple[str, ...] = ()) -> str:
     return _DIGESTS[key]
 
 
-def training_code(method: str) -> str:
-    """Digest of what a training job of ``method`` executes: the engine, the method, the script.
-    (kdcore.devices is left out on purpose: the lease decides where a job runs, not what it computes;
-    likewise the compute section of the config is read by the scripts, not passed as params.)"""
-    return code_digest(
-        "kdcore.engine", "kdcore.methods", f"kdcore.methods.{method}", scripts=("train.py", "_common.py")
-    )
+def network_arch(label: str) -> str:
+    """The registry architecture of a network label (`resnet18-w16` -> `resnet18`)."""
+    from kdcore.config import split_variant
+
+    return split_variant(label)[0]
 
 
-def fidelity_code() -> str:
-    """Digest of what a fidelity job executes."""
-    return code_digest("kdcore.fidelity", scripts=("fidelity.py", "_common.py"))
+def family_modules(*networks: str) -> tuple[str, ...]:
+    """The model family modules that build ``networks`` (labels), sorted, without duplicates."""
+    from kdcore.models import architecture_module
+
+    return tuple(sorted({architecture_module(network_arch(n)) for n in networks}))
+
+
+def training_code(method: str, *networks: str) -> str:
+    """Digest of what a training job of ``method`` building ``networks`` (student, teacher) executes:
+    kdcore.provenance.training_modules (the modules of the library's resume digest: engine, method and
+    the networks' family modules) and the script. (kdcore.devices is left out on purpose: the lease
+    decides where a job runs, not what it computes; likewise the compute section of the config is read by
+    the scripts, not passed as params.)"""
+    from kdcore.provenance import training_modules
+
+    modules = training_modules(method, [network_arch(n) for n in networks])
+    return code_digest(*modules, scripts=("train.py", "_common.py"))
+
+
+def fidelity_code(*networks: str) -> str:
+    """Digest of what a fidelity job comparing ``networks`` (student, teacher) executes."""
+    return code_digest("kdcore.fidelity", *family_modules(*networks), scripts=("fidelity.py", "_common.py"))
 
 
 # ----------------------------------------------------------------------------- run configs
+def network_spec(label: str, stem: str) -> dict:
+    """The run config's network of a network label: its architecture, and its width where the family has
+    one (the label's `-w<width>`, else model.width); families without a width get none."""
+    from kdcore.config import split_variant
+    from kdcore.models import get_family
+
+    arch, width = split_variant(label)
+    spec = {"arch": arch, "stem": stem}
+    if get_family(arch).default_width is not None:
+        spec["width"] = config["model"]["width"] if width is None else width
+    return spec
+
+
 def run_config(
     stage: str,
     run_id: str,
@@ -365,14 +400,11 @@ def run_config(
 ) -> str:
     """The run config (docs/design.md) of one training job as canonical JSON, without device/threads,
     which the job sets from its lease. Hyper-parameters chosen by selection are added at job time."""
-    width = config["model"]["width"]
     cfg = {
         "data": DATASET,
-        "model": {"arch": arch, "width": width, "stem": stem},
+        "model": network_spec(arch, stem),
         "teacher": (
-            None
-            if teacher is None
-            else {"arch": teacher, "width": width, "stem": "cifar", "checkpoint": teacher_checkpoint(teacher)}
+            None if teacher is None else {**network_spec(teacher, "cifar"), "checkpoint": teacher_checkpoint(teacher)}
         ),
         "method": {"name": method, **(method_params or {})},
         "train": {
@@ -647,13 +679,18 @@ def job_benchmark(name: str) -> str:
     return f"results/benchmarks/{name}.tsv"
 
 
+def minutes_per_epoch(network: str) -> float:
+    """compute.minutes_per_epoch of a network label, else of its architecture, else 1."""
+    per_epoch = config["compute"]["minutes_per_epoch"]
+    return per_epoch.get(network, per_epoch.get(network_arch(network), 1.0))
+
+
 def train_runtime(student: str, epochs_kind: str, teacher: str | None = None) -> int:
     """Estimated minutes of one training job (the `runtime` resource)."""
     c = config["compute"]
-    per_epoch = c["minutes_per_epoch"]
-    minutes = per_epoch.get(student, 1.0)
+    minutes = minutes_per_epoch(student)
     if teacher is not None:
-        minutes += c["teacher_factor"] * per_epoch.get(teacher, 1.0)
+        minutes += c["teacher_factor"] * minutes_per_epoch(teacher)
     return int(math.ceil(c["runtime_overhead"] + c["runtime_margin"] * config["epochs"][epochs_kind] * minutes))
 
 

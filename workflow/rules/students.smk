@@ -15,7 +15,7 @@ use rule training_job as train_baseline with:
         **train_resources(lambda w: train_runtime(w.student, "student")),
     params:
         run_config=baseline_run_config,
-        code=training_code("baseline"),
+        code=lambda w: training_code("baseline", w.student),
 
 
 use rule training_job as train_select with:
@@ -32,7 +32,7 @@ use rule training_job as train_select with:
         **train_resources(lambda w: train_runtime(w.student, "student", w.teacher)),
     params:
         run_config=select_run_config,
-        code=lambda w: training_code(w.method),
+        code=lambda w: training_code(w.method, w.student, w.teacher),
 
 
 rule select_winner:
@@ -75,7 +75,7 @@ use rule training_job as train_final with:
         **train_resources(lambda w: train_runtime(w.student, "student", w.teacher)),
     params:
         run_config=final_run_config,
-        code=lambda w: training_code(w.method),
+        code=lambda w: training_code(w.method, w.student, w.teacher),
 
 
 use rule fidelity_job as fidelity_final with:
@@ -91,7 +91,7 @@ use rule fidelity_job as fidelity_final with:
         job_benchmark("fidelity/final/{teacher}-{student}/{method}/seed{seed}")
     params:
         labels=lambda w: fidelity_labels("final", f"final/{w.teacher}-{w.student}/{w.method}/seed{w.seed}", w),
-        code=fidelity_code(),
+        code=lambda w: fidelity_code(w.student, w.teacher),
 
 
 use rule fidelity_job as fidelity_baseline with:
@@ -107,7 +107,7 @@ use rule fidelity_job as fidelity_baseline with:
         job_benchmark("fidelity/baselines/{student}/seed{seed}-{teacher}")
     params:
         labels=lambda w: fidelity_labels("baseline", f"baselines/{w.student}/seed{w.seed}", w),
-        code=fidelity_code(),
+        code=lambda w: fidelity_code(w.student, w.teacher),
 
 
 use rule training_job as train_stem with:
@@ -123,7 +123,7 @@ use rule training_job as train_stem with:
         **train_resources(lambda w: train_runtime(w.arch, stem_epochs_kind(w.arch, w.seed))),
     params:
         run_config=stem_run_config,
-        code=training_code("baseline"),
+        code=lambda w: training_code("baseline", w.arch),
 
 
 use rule training_job as train_clip with:
@@ -141,4 +141,4 @@ use rule training_job as train_clip with:
         **train_resources(lambda w: train_runtime(w.student, "student", w.teacher)),
     params:
         run_config=clip_run_config,
-        code=lambda w: training_code(w.method),
+        code=lambda w: training_code(w.method, w.student, w.teacher),

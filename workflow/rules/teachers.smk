@@ -16,4 +16,4 @@ use rule training_job as train_teacher with:
         **train_resources(lambda w: train_runtime(w.arch, "teacher")),
     params:
         run_config=teacher_run_config,
-        code=training_code("baseline"),
+        code=lambda w: training_code("baseline", w.arch),

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from kdcore.analysis.latex import short
+from kdcore.analysis.latex import arch_sort_key, short
 from kdcore.analysis.stats import describe, kd_comparisons
 
 COLUMNS = [
@@ -129,7 +129,7 @@ def compare_to_reference(ours: pd.DataFrame, paper: pd.DataFrame, metric: str = 
     """The comparison table (columns :data:`COLUMNS`) of run table ``ours`` against the paper's run table."""
     rows = []
     for stage, label in (("teacher", "teacher"), ("baseline", "baseline")):
-        archs = sorted(set(paper.loc[paper["stage"] == stage, "student"]), key=lambda a: int(a.replace("resnet", "")))
+        archs = sorted(set(paper.loc[paper["stage"] == stage, "student"]), key=arch_sort_key)
         for arch in archs:
             match = {"stage": stage, "student": arch, "stem": "cifar"}
             o_runs, p_runs = _where(ours, **match), _where(paper, **match)

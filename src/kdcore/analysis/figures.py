@@ -21,7 +21,7 @@ import seaborn as sns
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from kdcore.analysis.latex import short
+from kdcore.analysis.latex import arch_sort_key, short, split_pair
 from kdcore.analysis.outputs import FIGURES as FIGURE_READS
 from kdcore.analysis.table import stem_arms
 from kdcore.atomic import atomic_path
@@ -63,7 +63,7 @@ def sig_note(comparisons: pd.DataFrame) -> str:
 
 def pair_label(pair: str) -> str:
     """'resnet50-resnet34' -> 'R50\u2192R34'."""
-    teacher, _, student = pair.partition("-")
+    teacher, student = split_pair(pair)
     return f"{short(teacher)}\u2192{short(student)}"
 
 
@@ -326,7 +326,7 @@ def plot_convergence(
     last ``zoom_fraction`` of training, where the methods differ by tenths of a point."""
     _style()
     final = runs[(runs["stage"] == "final") & (runs["method"] != "baseline") & (runs["clip_scope"] == "all")]
-    pairs = sorted(final["pair"].unique(), key=lambda p: (p.split("-")[1], p))
+    pairs = sorted(final["pair"].unique(), key=lambda p: (arch_sort_key(split_pair(p)[1]), p))
     ncol = max(len(pairs), 1)
     fig, axes = plt.subplots(
         2, ncol, figsize=(4.2 * ncol, 6.6), squeeze=False, sharey="row", gridspec_kw={"height_ratios": [1, 1.2]}
@@ -338,7 +338,7 @@ def plot_convergence(
     base = runs[(runs["stage"] == "baseline") & (runs["stem"] == "cifar")]
     teachers = runs[runs["stage"] == "teacher"]
     for j, pair in enumerate(pairs):
-        teacher, student = pair.split("-")
+        teacher, student = split_pair(pair)
         series = {"baseline": base[base["student"] == student]["run_id"]}
         for m in ("logit", "feature"):
             series[m] = final[(final["pair"] == pair) & (final["method"] == m)]["run_id"]
@@ -418,7 +418,7 @@ def plot_fidelity(comparisons: pd.DataFrame, fidelity_table: pd.DataFrame, pdf_p
         comparisons[["pair", "method", "gain", "ci_low", "ci_high"]], on=["pair", "method"], how="left"
     )
     cagg = summarise(ctl, ["pair", "teacher", "student"]) if not ctl.empty else None
-    students = sorted(agg["student"].unique(), key=lambda a: int(a.replace("resnet", "")))
+    students = sorted(agg["student"].unique(), key=arch_sort_key)
     fig, axes = plt.subplots(
         2, len(students), figsize=(5.0 * len(students), 7.4), sharey="row", sharex=True, squeeze=False
     )
@@ -471,7 +471,7 @@ def plot_fidelity(comparisons: pd.DataFrame, fidelity_table: pd.DataFrame, pdf_p
                 ax.set_xlabel("KD gain over baseline (pp), \u00b1 95% CI")
             if j == 0:
                 ax.set_ylabel(label)
-    teachers = sorted(set(agg["teacher"]), key=lambda t: int(t.replace("resnet", "")))
+    teachers = sorted(set(agg["teacher"]), key=arch_sort_key)
     handles = [
         Line2D(
             [],
@@ -512,7 +512,7 @@ def plot_stem_ablation(
     if not arms:
         _empty(ax, "no stem-ablation runs")
         return save_figure(fig, pdf_path)
-    archs = sorted(arms, key=lambda a: int(a.replace("resnet", "")))
+    archs = sorted(arms, key=arch_sort_key)
     st = pd.concat([pd.concat(v) for v in arms.values()])
     for i, arch in enumerate(archs):
         for k, stem in enumerate(("cifar", "imagenet")):

@@ -9,6 +9,7 @@ need ``\\usepackage{booktabs}`` only.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ def premise_note(cells: pd.DataFrame, pairs: list[str]) -> str:
     """A warning for each pair whose teacher's mean accuracy does not exceed its student's baseline mean."""
     out = []
     for pair in pairs:
-        teacher, student = pair.split("-")
+        teacher, student = split_pair(pair)
         t = _cell(cells, stage="teacher", student=teacher)
         b = _cell(cells, stage="baseline", student=student, stem="cifar")
         if t is not None and b is not None and not t["mean"] > b["mean"]:
@@ -46,13 +47,49 @@ def premise_note(cells: pd.DataFrame, pairs: list[str]) -> str:
     return " ".join(out)
 
 
+_NETWORK = re.compile(r"(?P<family>resnet|wrn_)(?P<depth>\d+)(?:_(?P<widen>\d+))?(?P<x4>x4)?(?:-w(?P<width>\d+))?")
+_PAIR = re.compile(r"(?P<teacher>.+?-?(?!w\d)[^-]*)-(?P<student>(?:resnet|wrn_).*)")
+
+
 def short(arch: str) -> str:
-    """'resnet50' -> 'R50' (the labels of figures and tables)."""
-    return arch.replace("resnet", "R") if isinstance(arch, str) else str(arch)
+    """'resnet50' -> 'R50', 'resnet8x4' -> 'R8x4', 'resnet18-w16' -> 'R18-w16', 'wrn_40_2' -> 'WRN-40-2'
+    (the labels of figures and tables)."""
+    if not isinstance(arch, str):
+        return str(arch)
+    if arch.startswith("wrn_"):
+        base, sep, width = arch.partition("-w")
+        return "WRN-" + base[4:].replace("_", "-") + (f"-w{width}" if sep else "")
+    return arch.replace("resnet", "R")
+
+
+def arch_sort_key(network: str) -> tuple:
+    """Order of network labels in tables and figures: family, depth, widen factor, x4, width (a label
+    without `-w` is at the study's width, which sorts after its listed variants); other names last."""
+    found = _NETWORK.fullmatch(network) if isinstance(network, str) else None
+    if found is None:
+        return (2, 0, 0, 0, 0, str(network))
+    width = int(found["width"]) if found["width"] else 1 << 30
+    return (
+        0 if found["family"] == "resnet" else 1,
+        int(found["depth"]),
+        int(found["widen"] or 0),
+        bool(found["x4"]),
+        width,
+        network,
+    )
+
+
+def split_pair(pair: str) -> tuple[str, str]:
+    """'resnet50-resnet18-w16' -> ('resnet50', 'resnet18-w16'): a pair is `<teacher>-<student>`, each a
+    network label (an architecture, optionally `-w<width>`); the student starts at the last `-resnet`/`-wrn_`."""
+    cut = max(pair.rfind("-resnet"), pair.rfind("-wrn_"))
+    if cut <= 0:
+        raise ValueError(f"pair {pair!r} is not <teacher>-<student>")
+    return pair[:cut], pair[cut + 1 :]
 
 
 def pair_tex(pair: str) -> str:
-    t, _, s = pair.partition("-")
+    t, s = split_pair(pair)
     return rf"{short(t)}$\rightarrow${short(s)}"
 
 
@@ -132,8 +169,8 @@ def _cell(cells: pd.DataFrame, **keys: Any) -> pd.Series | None:
 def tex_main_results(comparisons: pd.DataFrame, cells: pd.DataFrame, runs: pd.DataFrame, metric_label: str) -> str:
     """Pair, teacher accuracy, baseline accuracy, Logit-KD gain, Feature-KD gain and the best method per pair."""
     rows, bold = [], []
-    for pair in sorted(comparisons["pair"].unique(), key=lambda p: (p.split("-")[1], len(p), p)):
-        teacher, student = pair.split("-")
+    for pair in sorted(comparisons["pair"].unique(), key=lambda p: (arch_sort_key(split_pair(p)[1]), len(p), p)):
+        teacher, student = split_pair(pair)
         t = _cell(cells, stage="teacher", student=teacher)
         b = _cell(cells, stage="baseline", student=student, stem="cifar")
         gains = {m: _cell(comparisons, pair=pair, method=m) for m in ("logit", "feature")}

@@ -150,8 +150,12 @@ def run_record(data: dict[str, Any], path: str | Path) -> dict[str, Any]:
     run_id = labels.get("run_id")
     if not run_id:
         raise DataError(f"{path}: missing field labels.run_id")
-    student = _get(data, "config.model.arch", path) or _get(data, "model.arch", path, required=True)
-    teacher = _get(data, "config.teacher.arch", path) or _get(data, "teacher.arch", path) or ""
+    # The workflow labels each run with its network labels (a width variant such as resnet18-w16 is its own
+    # student, with its own baseline); runs without them are named by their architecture.
+    arch = _get(data, "config.model.arch", path) or _get(data, "model.arch", path, required=True)
+    teacher_arch = _get(data, "config.teacher.arch", path) or _get(data, "teacher.arch", path) or ""
+    student = str(labels.get("student") or labels.get("arch") or arch)
+    teacher = str(labels.get("teacher") or teacher_arch) if teacher_arch else ""
     method = _get(data, "config.method.name", path, default="baseline")
     if method != "baseline" and not teacher:
         raise DataError(f"{path}: method {method!r} needs a teacher (config.teacher.arch is missing)")
