@@ -6,7 +6,9 @@
 # analysis_metric() and reference_zip(). Optional config keys (docs/design.md, "Analysis API"):
 # analysis.metric (test_best | test_final | val_acc, default test_best), analysis.reference_zip (path of the
 # paper's results zip; the comparison runs only when it is set), analysis.min_effect_pp (smallest effect of
-# interest for the a priori design figures of the comparisons, the moderation test and summary.json).
+# interest for the a priori design figures of the comparisons, the moderation test and summary.json),
+# analysis.runs_from (train | reference: analyse the runs imported from the zip instead, no training,
+# outputs under results/paper; config/paper-runs.yaml).
 # Every rule is CPU-only and light; plotting code is hashed apart from the statistics so that a plotting
 # edit re-runs only figure jobs.
 
