@@ -6,45 +6,92 @@
 # analysis_metric() and reference_zip(). Optional config keys (docs/design.md, "Analysis API"):
 # analysis.metric (test_best | test_final | val_acc, default test_best), analysis.reference_zip (path of the
 # paper's results zip; the comparison runs only when it is set), analysis.min_effect_pp (smallest effect of
-# interest for the a priori design figures of the comparisons, the moderation test and summary.json).
+# interest for the a priori design figures of the comparisons, the moderation test and summary.json),
+# analysis.runs_from (train | reference: analyse the runs imported from the zip instead, no training,
+# outputs under results/paper; config/paper-runs.yaml).
 # Every rule is CPU-only and light; plotting code is hashed apart from the statistics so that a plotting
 # edit re-runs only figure jobs.
 
 
-rule analysis_run_table:
-    input:
-        metrics=all_run_metrics,
-        fidelity=all_fidelity_files,
-    output:
-        runs=report(f"{ANALYSIS_TABLES}/runs.csv", caption="../report/runs.rst", category="Tables"),
-        fidelity=f"{ANALYSIS_TABLES}/fidelity.csv",
-        history=f"{ANALYSIS_TABLES}/history.csv",
-    log:
-        "results/logs/analysis/run_table.log",
-    benchmark:
-        "results/benchmarks/analysis/run_table.tsv"
-    conda:
-        "../envs/analysis.yaml"
-    params:
-        code=code_digest("kdcore.analysis.table", scripts=("analysis_table.py", "_common.py")),
-    script:
-        "../scripts/analysis_table.py"
+# A trained study builds its run tables from its runs' files; an analysis-only study (analysis.runs_from:
+# reference) selects them from the imported runs' tables (kdcore.analysis.parts), so it plans no training.
+if not ANALYSIS_FROM_REFERENCE:
 
+    rule analysis_run_table:
+        input:
+            metrics=all_run_metrics,
+            fidelity=all_fidelity_files,
+        output:
+            runs=report(f"{ANALYSIS_TABLES}/runs.csv", caption="../report/runs.rst", category="Tables"),
+            fidelity=f"{ANALYSIS_TABLES}/fidelity.csv",
+            history=f"{ANALYSIS_TABLES}/history.csv",
+        log:
+            f"{ANALYSIS_LOGS}/run_table.log",
+        benchmark:
+            f"{ANALYSIS_BENCHMARKS}/run_table.tsv"
+        conda:
+            "../envs/analysis.yaml"
+        params:
+            code=code_digest("kdcore.analysis.table", scripts=("analysis_table.py", "_common.py")),
+        script:
+            "../scripts/analysis_table.py"
 
-use rule analysis_run_table as analysis_part_table with:
-    input:
-        metrics=lambda w: analysis_part_files(w.part)["metrics"],
-        fidelity=lambda w: analysis_part_files(w.part)["fidelity"],
-    output:
-        runs=f"{ANALYSIS_PART_TABLES}/{{part}}/runs.csv",
-        fidelity=f"{ANALYSIS_PART_TABLES}/{{part}}/fidelity.csv",
-        history=f"{ANALYSIS_PART_TABLES}/{{part}}/history.csv",
-    log:
-        "results/logs/analysis/part-{part}.log",
-    benchmark:
-        "results/benchmarks/analysis/part-{part}.tsv"
-    wildcard_constraints:
-        part="|".join(ANALYSIS_PARTS),
+    use rule analysis_run_table as analysis_part_table with:
+        input:
+            metrics=lambda w: analysis_part_files(w.part)["metrics"],
+            fidelity=lambda w: analysis_part_files(w.part)["fidelity"],
+        output:
+            runs=f"{ANALYSIS_PART_TABLES}/{{part}}/runs.csv",
+            fidelity=f"{ANALYSIS_PART_TABLES}/{{part}}/fidelity.csv",
+            history=f"{ANALYSIS_PART_TABLES}/{{part}}/history.csv",
+        log:
+            f"{ANALYSIS_LOGS}/part-{{part}}.log",
+        benchmark:
+            f"{ANALYSIS_BENCHMARKS}/part-{{part}}.tsv"
+        wildcard_constraints:
+            part="|".join(ANALYSIS_PARTS),
+
+else:
+
+    rule analysis_reference_study_table:
+        input:
+            runs=f"{ANALYSIS_REFERENCE}/tables/runs.csv",
+            fidelity=f"{ANALYSIS_REFERENCE}/tables/fidelity.csv",
+            history=f"{ANALYSIS_REFERENCE}/tables/history.csv",
+        output:
+            runs=report(f"{ANALYSIS_TABLES}/runs.csv", caption="../report/runs.rst", category="Tables"),
+            fidelity=f"{ANALYSIS_TABLES}/fidelity.csv",
+            history=f"{ANALYSIS_TABLES}/history.csv",
+        log:
+            f"{ANALYSIS_LOGS}/run_table.log",
+        benchmark:
+            f"{ANALYSIS_BENCHMARKS}/run_table.tsv"
+        conda:
+            "../envs/analysis.yaml"
+        params:
+            part="",
+            code=code_digest(
+                "kdcore.analysis.parts", "kdcore.analysis.table", scripts=("analysis_reference_table.py", "_common.py")
+            ),
+        script:
+            "../scripts/analysis_reference_table.py"
+
+    use rule analysis_reference_study_table as analysis_reference_part_table with:
+        output:
+            runs=f"{ANALYSIS_PART_TABLES}/{{part}}/runs.csv",
+            fidelity=f"{ANALYSIS_PART_TABLES}/{{part}}/fidelity.csv",
+            history=f"{ANALYSIS_PART_TABLES}/{{part}}/history.csv",
+        log:
+            f"{ANALYSIS_LOGS}/part-{{part}}.log",
+        benchmark:
+            f"{ANALYSIS_BENCHMARKS}/part-{{part}}.tsv"
+        wildcard_constraints:
+            part="|".join(ANALYSIS_PARTS),
+        params:
+            part=lambda w: w.part,
+            code=code_digest(
+                "kdcore.analysis.parts", "kdcore.analysis.table", scripts=("analysis_reference_table.py", "_common.py")
+            ),
 
 
 rule analysis_stats:
@@ -59,9 +106,9 @@ rule analysis_stats:
         ),
         cells=f"{ANALYSIS_TABLES}/cells.csv",
     log:
-        "results/logs/analysis/stats.log",
+        f"{ANALYSIS_LOGS}/stats.log",
     benchmark:
-        "results/benchmarks/analysis/stats.tsv"
+        f"{ANALYSIS_BENCHMARKS}/stats.tsv"
     conda:
         "../envs/analysis.yaml"
     params:
@@ -83,9 +130,9 @@ rule analysis_stat_table:
     output:
         table=f"{ANALYSIS_TABLES}/{{stat,stem_ablation|clip_ablation}}.csv",
     log:
-        "results/logs/analysis/stat-{stat}.log",
+        f"{ANALYSIS_LOGS}/stat-{{stat}}.log",
     benchmark:
-        "results/benchmarks/analysis/stat-{stat}.tsv"
+        f"{ANALYSIS_BENCHMARKS}/stat-{{stat}}.tsv"
     conda:
         "../envs/analysis.yaml"
     params:
@@ -133,9 +180,9 @@ rule analysis_figure:
             labels=lambda w: {"figure": w.figure},
         ),
     log:
-        "results/logs/analysis/figure-{figure}.log",
+        f"{ANALYSIS_LOGS}/figure-{{figure}}.log",
     benchmark:
-        "results/benchmarks/analysis/figure-{figure}.tsv"
+        f"{ANALYSIS_BENCHMARKS}/figure-{{figure}}.tsv"
     wildcard_constraints:
         figure="|".join(ANALYSIS_FIGURE_NAMES),
     conda:
@@ -164,9 +211,9 @@ rule analysis_latex:
             labels=lambda w: {"table": w.table},
         ),
     log:
-        "results/logs/analysis/latex-{table}.log",
+        f"{ANALYSIS_LOGS}/latex-{{table}}.log",
     benchmark:
-        "results/benchmarks/analysis/latex-{table}.tsv"
+        f"{ANALYSIS_BENCHMARKS}/latex-{{table}}.tsv"
     wildcard_constraints:
         table="|".join(ANALYSIS_TEX_TABLES),
     conda:
@@ -204,23 +251,26 @@ rule analysis_reference:
         "../scripts/analysis_reference.py"
 
 
-rule analysis_comparison:
-    input:
-        ours=f"{ANALYSIS_TABLES}/runs.csv",
-        paper=f"{ANALYSIS_REFERENCE}/tables/runs.csv",
-    output:
-        csv=report(f"{ANALYSIS_TABLES}/comparison.csv", caption="../report/comparison.rst", category="Tables"),
-        tex=f"{ANALYSIS_TABLES}/comparison.tex",
-    log:
-        "results/logs/analysis/comparison.log",
-    benchmark:
-        "results/benchmarks/analysis/comparison.tsv"
-    conda:
-        "../envs/analysis.yaml"
-    params:
-        metric=analysis_metric(),
-        code=code_digest(
-            "kdcore.analysis.compare", "kdcore.analysis.latex", scripts=("analysis_compare.py", "_common.py")
-        ),
-    script:
-        "../scripts/analysis_compare.py"
+# The paper-vs-reproduction comparison needs a reproduction: a trained study only.
+if not ANALYSIS_FROM_REFERENCE:
+
+    rule analysis_comparison:
+        input:
+            ours=f"{ANALYSIS_TABLES}/runs.csv",
+            paper=f"{ANALYSIS_REFERENCE}/tables/runs.csv",
+        output:
+            csv=report(f"{ANALYSIS_TABLES}/comparison.csv", caption="../report/comparison.rst", category="Tables"),
+            tex=f"{ANALYSIS_TABLES}/comparison.tex",
+        log:
+            f"{ANALYSIS_LOGS}/comparison.log",
+        benchmark:
+            f"{ANALYSIS_BENCHMARKS}/comparison.tsv"
+        conda:
+            "../envs/analysis.yaml"
+        params:
+            metric=analysis_metric(),
+            code=code_digest(
+                "kdcore.analysis.compare", "kdcore.analysis.latex", scripts=("analysis_compare.py", "_common.py")
+            ),
+        script:
+            "../scripts/analysis_compare.py"

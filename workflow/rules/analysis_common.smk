@@ -2,7 +2,8 @@
 # optional `analysis` config keys. Functions and constants only (Snakemake's linter wants rule files free of
 # function definitions). The output names and what each output reads come from kdcore.analysis.outputs.
 # Uses from common.smk: teacher_metrics(), baseline_metrics(), select_metrics(), final_metrics(),
-# stem_metrics(), clip_metrics(), clip_runs(), run_dir(), all_fidelity_files().
+# stem_metrics(), clip_metrics(), clip_runs(), run_dir(), all_fidelity_files(); with analysis.runs_from:
+# reference it replaces common.smk's study_targets() (default target) by analysis_targets().
 
 import json
 from pathlib import Path
@@ -16,17 +17,40 @@ from kdcore.analysis.outputs import (
     available_stat_tables as _available_stat_tables,
 )
 
-ANALYSIS_TABLES = "results/tables"
-ANALYSIS_PART_TABLES = "results/tables/parts"
-ANALYSIS_FIGURES = "results/figures"
-ANALYSIS_REFERENCE = "results/reference"
-ANALYSIS_FIGURE_NAMES = list(ANALYSIS_FIGURE_READS)
-ANALYSIS_TEX_TABLES = list(ANALYSIS_TEX_READS)
-
 
 def analysis_setting(key: str, default):
     """A key of the optional ``analysis`` section of the config."""
     return (config.get("analysis") or {}).get(key, default) or default
+
+
+def analysis_runs_from() -> str:
+    """``train`` (the study's own runs under results/runs) or ``reference`` (an analysis-only study of the
+    runs imported from analysis.reference_zip: no training job, outputs under results/paper)."""
+    return analysis_setting("runs_from", "train")
+
+
+def reference_zip() -> str | None:
+    return (config.get("analysis") or {}).get("reference_zip") or None
+
+
+def check_analysis_config() -> None:
+    """An analysis-only study needs the zip of the runs it analyses; checked before any job."""
+    if analysis_runs_from() == "reference" and not reference_zip():
+        raise ValueError("config key 'analysis.reference_zip' is required when analysis.runs_from is 'reference'")
+
+
+check_analysis_config()
+ANALYSIS_FROM_REFERENCE = analysis_runs_from() == "reference"
+# An analysis-only study writes beside a trained one, not over it.
+ANALYSIS_ROOT = "results/paper" if ANALYSIS_FROM_REFERENCE else "results"
+ANALYSIS_TABLES = f"{ANALYSIS_ROOT}/tables"
+ANALYSIS_PART_TABLES = f"{ANALYSIS_ROOT}/tables/parts"
+ANALYSIS_FIGURES = f"{ANALYSIS_ROOT}/figures"
+ANALYSIS_LOGS = f"{ANALYSIS_ROOT}/logs/analysis"
+ANALYSIS_BENCHMARKS = f"{ANALYSIS_ROOT}/benchmarks/analysis"
+ANALYSIS_REFERENCE = "results/reference"
+ANALYSIS_FIGURE_NAMES = list(ANALYSIS_FIGURE_READS)
+ANALYSIS_TEX_TABLES = list(ANALYSIS_TEX_READS)
 
 
 def analysis_metric() -> str:
@@ -43,10 +67,6 @@ def summary_report_labels(wildcards, output) -> dict[str, str]:
     that does not beat its student's baseline), so that they show in the report beside the file."""
     notes = json.loads(Path(output.summary).read_text())["notes"]
     return {"warnings": " | ".join(notes) if notes else "none"}
-
-
-def reference_zip() -> str | None:
-    return (config.get("analysis") or {}).get("reference_zip") or None
 
 
 # ----------------------------------------------------------------------------- parts of the study
@@ -74,7 +94,10 @@ def analysis_part_files(part: str) -> dict[str, list[str]]:
 
 def analysis_parts() -> set[str]:
     """The parts this study has: an optional part (selection, fidelity, an ablation) that the config
-    disables has no runs, hence no tables or figures."""
+    disables has no runs, hence no tables or figures. The imported runs have every part (the importer
+    refuses a zip that lacks any run of the paper's layout)."""
+    if ANALYSIS_FROM_REFERENCE:
+        return set(ANALYSIS_PARTS)
     optional = {"selection": select_metrics, "fidelity": all_fidelity_files, "stem": stem_metrics, "clip": clip_metrics}
     return {"teachers", "kd"} | {part for part, runs in optional.items() if runs()}
 
@@ -124,6 +147,12 @@ def analysis_targets(wildcards=None) -> list[str]:
     out += [f"{ANALYSIS_TABLES}/{name}.csv" for name in analysis_stat_tables()]
     out += [f"{ANALYSIS_FIGURES}/{name}.{ext}" for name in analysis_figures() for ext in ("pdf", "png")]
     out += [f"{ANALYSIS_TABLES}/{name}.tex" for name in analysis_tex_tables()]
-    if reference_zip():
+    if reference_zip() and not ANALYSIS_FROM_REFERENCE:
         out += [f"{ANALYSIS_TABLES}/comparison.csv", f"{ANALYSIS_TABLES}/comparison.tex"]
     return out
+
+
+# An analysis-only study trains nothing: its default target is the analysis outputs alone, not the runs,
+# winners and fidelity files that study_targets() (common.smk) adds for a trained study.
+if ANALYSIS_FROM_REFERENCE:
+    study_targets = analysis_targets
