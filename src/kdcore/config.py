@@ -232,6 +232,18 @@ def split_variant(label: str) -> tuple[str, int | None]:
     return match.group("arch"), None if width is None else int(width)
 
 
+def network_spec(label: str, stem: str, study_width: int) -> dict[str, Any]:
+    """The run config's network of a study's network label: its architecture and stem, and its width where
+    the family has one (the label's ``-w<width>``, else the study's ``model.width``); none otherwise."""
+    from kdcore.models import get_family
+
+    arch, width = split_variant(label)
+    spec: dict[str, Any] = {"arch": arch, "stem": stem}
+    if get_family(arch).default_width is not None:
+        spec["width"] = study_width if width is None else width
+    return spec
+
+
 def check_network(label: str, key: str, study_width: int) -> None:
     """One network label of a study: a registry architecture, with ``-w<width>`` only where the family has a
     width and the width differs from the study's ``model.width`` (else two folders would hold one network)."""

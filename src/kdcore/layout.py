@@ -19,11 +19,16 @@ HP_ABBREVIATIONS = {"alpha": "a", "temperature": "T", "beta": "b"}
 
 @dataclass(frozen=True)
 class ExpectedRun:
-    """One training run of a study: its folder under ``runs/`` and its length in epochs."""
+    """One training run of a study: its folder under ``runs/``, its length in epochs and what it trains
+    (network labels as in the study config; ``teacher`` is None for runs without one)."""
 
     stage: str
     path: str
     epochs: int
+    student: str
+    teacher: str | None = None
+    method: str = "baseline"
+    stem: str = "cifar"
 
 
 def format_value(value: Any) -> str:
@@ -55,21 +60,21 @@ def expected_runs(study: Mapping[str, Any]) -> list[ExpectedRun]:
     e_teacher, e_student = study["epochs"]["teacher"], study["epochs"]["student"]
     final_seeds, methods = study["final"]["seeds"], list(study["methods"])
     runs = [
-        ExpectedRun("teachers", f"teachers/{a}/seed{s}", e_teacher)
+        ExpectedRun("teachers", f"teachers/{a}/seed{s}", e_teacher, a)
         for a in teachers
         for s in study["teachers"]["seeds"]
     ]
-    runs += [ExpectedRun("baselines", f"baselines/{a}/seed{s}", e_student) for a in students for s in final_seeds]
+    runs += [ExpectedRun("baselines", f"baselines/{a}/seed{s}", e_student, a) for a in students for s in final_seeds]
     if study["selection"]["enabled"]:
         runs += [
-            ExpectedRun("select", f"select/{t}-{s}/{m}/{hp}/seed{seed}", e_student)
+            ExpectedRun("select", f"select/{t}-{s}/{m}/{hp}/seed{seed}", e_student, s, t, m)
             for t, s in pairs
             for m in methods
             for hp, _ in grid_points(study["methods"][m]["grid"])
             for seed in study["selection"]["seeds"]
         ]
     runs += [
-        ExpectedRun("final", f"final/{t}-{s}/{m}/seed{seed}", e_student)
+        ExpectedRun("final", f"final/{t}-{s}/{m}/seed{seed}", e_student, s, t, m)
         for t, s in pairs
         for m in methods
         for seed in final_seeds
@@ -79,12 +84,21 @@ def expected_runs(study: Mapping[str, Any]) -> list[ExpectedRun]:
         epochs = e_teacher if run["epochs"] == "teacher" else e_student
         cifar_arm = "teachers" if run["epochs"] == "teacher" else "baselines"
         for seed in run["seeds"]:
-            runs.append(ExpectedRun("stem", f"stem/{run['arch']}-imagenet/seed{seed}", epochs))
-            runs.append(ExpectedRun(cifar_arm, f"{cifar_arm}/{run['arch']}/seed{seed}", epochs))
+            runs.append(
+                ExpectedRun("stem", f"stem/{run['arch']}-imagenet/seed{seed}", epochs, run["arch"], stem="imagenet")
+            )
+            runs.append(ExpectedRun(cifar_arm, f"{cifar_arm}/{run['arch']}/seed{seed}", epochs, run["arch"]))
     clip = study["ablations"]["clip"]
     if clip["enabled"]:
         runs += [
-            ExpectedRun("clip", f"clip/{p['teacher']}-{p['student']}/{clip['method']}/seed{seed}", e_student)
+            ExpectedRun(
+                "clip",
+                f"clip/{p['teacher']}-{p['student']}/{clip['method']}/seed{seed}",
+                e_student,
+                p["student"],
+                p["teacher"],
+                clip["method"],
+            )
             for p in clip["pairs"]
             for seed in clip["seeds"]
         ]

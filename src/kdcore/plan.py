@@ -141,23 +141,9 @@ def data_sizes(data: Mapping[str, Any]) -> DataSizes:
     return DataSizes(**sizes)
 
 
-def _pair(name: str) -> tuple[str, str]:
-    teacher, _, student = name.partition("-")
-    return teacher, student
-
-
 def job_of(run: ExpectedRun) -> Job:
-    """The models and method of one run folder of the layout (see kdcore.layout)."""
-    parts = run.path.split("/")
-    stage = parts[0]
-    if stage in ("teachers", "baselines"):
-        return Job(run.stage, run.path, parts[1], None, "baseline", run.epochs)
-    if stage == "stem":
-        return Job(run.stage, run.path, parts[1].removesuffix("-imagenet"), None, "baseline", run.epochs, "imagenet")
-    if stage in ("select", "final", "clip"):
-        teacher, student = _pair(parts[1])
-        return Job(run.stage, run.path, student, teacher, parts[2], run.epochs)
-    raise ConfigError(f"run folder {run.path!r}: unknown stage {stage!r}")
+    """The models and method of one run of the layout (see kdcore.layout)."""
+    return Job(run.stage, run.path, run.student, run.teacher, run.method, run.epochs, run.stem)
 
 
 def training_jobs(study: Mapping[str, Any]) -> list[Job]:
@@ -191,11 +177,14 @@ class CostModel(Protocol):
 
 
 @cache
-def flops_per_image(arch: str, width: int, stem: str) -> int:
-    """Forward FLOPs of one 32x32 image through a freshly built ``arch``."""
+def flops_per_image(label: str, width: int, stem: str) -> int:
+    """Forward FLOPs of one 32x32 image through a freshly built network ``label`` (an architecture, or
+    ``<arch>-w<width>``) of a study whose ``model.width`` is ``width``."""
+    from kdcore.config import network_spec
     from kdcore.models import build_model, count_flops_per_image
 
-    return count_flops_per_image(build_model(arch, width, stem))
+    spec = network_spec(label, stem, width)
+    return count_flops_per_image(build_model(spec["arch"], spec.get("width"), spec["stem"]))
 
 
 class FlopsCost:

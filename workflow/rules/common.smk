@@ -372,16 +372,10 @@ def fidelity_code(*networks: str) -> str:
 
 # ----------------------------------------------------------------------------- run configs
 def network_spec(label: str, stem: str) -> dict:
-    """The run config's network of a network label: its architecture, and its width where the family has
-    one (the label's `-w<width>`, else model.width); families without a width get none."""
-    from kdcore.config import split_variant
-    from kdcore.models import get_family
+    """The run config's network of a network label (kdcore.config.network_spec at the study's model.width)."""
+    from kdcore.config import network_spec as spec_of_label
 
-    arch, width = split_variant(label)
-    spec = {"arch": arch, "stem": stem}
-    if get_family(arch).default_width is not None:
-        spec["width"] = config["model"]["width"] if width is None else width
-    return spec
+    return spec_of_label(label, stem, config["model"]["width"])
 
 
 def run_config(
