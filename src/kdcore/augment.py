@@ -30,6 +30,14 @@ from kdcore.errors import ConfigError, DataError
 
 CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
+#: CIFAR-100's channel mean and per-pixel std over its training set (the values of the CRD benchmark code).
+CIFAR100_MEAN: tuple[float, float, float] = (0.5071, 0.4867, 0.4408)
+CIFAR100_STD: tuple[float, float, float] = (0.2675, 0.2565, 0.2761)
+#: dataset name -> (mean, std) used to normalise its images; the dataset artefact records its pair.
+NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
+    "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
+}
 PAD = 4
 FLIP_P = 0.5
 
@@ -140,6 +148,8 @@ def augment_batch(
     *,
     dtype: torch.dtype = torch.float32,
     memory_format: torch.memory_format = torch.contiguous_format,
+    mean: tuple[float, ...] = CIFAR10_MEAN,
+    std: tuple[float, ...] = CIFAR10_STD,
 ) -> torch.Tensor:
-    """Pad-crop, flip and normalise a uint8 batch with the standard CIFAR-10 settings (pad 4, p=0.5)."""
-    return BatchAugmenter(dtype=dtype, memory_format=memory_format)(images, generator)
+    """Pad-crop, flip and normalise a uint8 batch with the standard settings (pad 4, p=0.5) and ``mean``/``std``."""
+    return BatchAugmenter(mean=mean, std=std, dtype=dtype, memory_format=memory_format)(images, generator)
