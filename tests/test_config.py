@@ -118,6 +118,7 @@ def test_python_defaults_come_from_the_schema():
         "teacher_cache": None,
     }
     assert C.data_defaults() == {
+        "dataset": "cifar10",
         "path": None,
         "download": False,
         "synthetic": None,
@@ -131,8 +132,8 @@ def test_resolve_config_fills_every_default_and_normalises_numbers():
     cfg = C.resolve_config(run_config(train={"epochs": 3.0, "lr": 1}, **logit(temperature=4)))
     assert cfg["train"] == {**C.TRAIN_DEFAULTS, "epochs": 3, "lr": 1.0}
     assert isinstance(cfg["train"]["epochs"], int) and isinstance(cfg["train"]["lr"], float)
-    assert cfg["model"] == {"arch": "resnet18", "width": 8, "stem": "cifar", "num_classes": 10}
-    assert cfg["teacher"] == {**TEACHER, "stem": "cifar", "num_classes": 10}
+    assert cfg["model"] == {"arch": "resnet18", "width": 8, "stem": "cifar", "num_classes": None}
+    assert cfg["teacher"] == {**TEACHER, "stem": "cifar", "num_classes": None}
     assert cfg["method"] == {"name": "logit", "alpha": 0.5, "temperature": 4.0, "standardize": False}
     assert cfg["runtime"] == C.RUNTIME_DEFAULTS and cfg["labels"] == {}
     baseline = C.resolve_config(run_config(method=None, teacher=None, train=None))
@@ -198,7 +199,10 @@ def test_data_spec_defaults_are_filled_inside_given_mappings():
     [
         ({"data": {"source": "synthetic", "subset": {"train": 55}}}, "'data.subset.train': 55 is not a multiple of 10"),
         ({"data": {"source": "synthetic", "val_size": 0}}, "'data.val_size': 0 is outside [1, inf]"),
-        ({"train": {"epochs": 3}}, "unknown config key 'train.epochs' (allowed: batch_size, clip_norm, lr, lr_min"),
+        (
+            {"train": {"epochs": 3}},
+            "unknown config key 'train.epochs' (allowed: batch_size, clip_norm, lr, lr_gamma, lr_milestones, lr_min",
+        ),
         ({"compute": {"device": "tpu"}}, "config key 'compute.device': 'tpu' is not allowed"),
     ],
 )

@@ -98,6 +98,7 @@ def test_synthetic_fixture_round_trip(synthetic_dataset: Path) -> None:
         "source": data.source,
         "synthetic": True,
         "split": "other",
+        "dataset": "cifar10",
         "classes": [f"class{i}" for i in range(10)],
         "n_train": 400,
         "n_val": 100,
@@ -361,6 +362,42 @@ def test_torchvision_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert data.source == {"kind": "torchvision", "dataset": "CIFAR10", "path": str(tmp_path)}
 
 
+class _FakeCIFAR100(_FakeCIFAR10):
+    classes: ClassVar[list[str]] = [f"fine{i:02d}" for i in range(100)]
+
+    def __init__(self, root: str, train: bool, download: bool) -> None:
+        if not (Path(root) / "cifar-100-python").is_dir():
+            raise RuntimeError("Dataset not found or corrupted.")
+        n = 300 if train else 200
+        rng = np.random.default_rng(7 + int(train))
+        self.data = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+        self.targets = [i % 100 for i in range(n)]
+
+
+def test_torchvision_cifar100_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision
+
+    from kdcore.augment import CIFAR10_MEAN, CIFAR100_MEAN, CIFAR100_STD
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", _FakeCIFAR100)
+    spec = {"source": "torchvision", "dataset": "cifar100", "path": str(tmp_path), "val_size": 100}
+    with pytest.raises(DataError, match="torchvision CIFAR100 not found"):
+        prepare_dataset(spec, tmp_path / "t.pt")
+    (tmp_path / "cifar-100-python").mkdir()
+    summary = prepare_dataset(spec, tmp_path / "t.pt")
+    assert summary["dataset"] == "cifar100" and summary["normalisation"]["std"] == list(CIFAR100_STD)
+    data = load_dataset(summary["path"])
+    assert data.num_classes == 100 and data.classes == tuple(_FakeCIFAR100.classes)
+    assert data.dataset == "cifar100" and data.normalisation == (CIFAR100_MEAN, CIFAR100_STD)
+    assert CIFAR100_MEAN != CIFAR10_MEAN
+    assert data.source == {"kind": "torchvision", "dataset": "CIFAR100", "path": str(tmp_path)}
+    assert (data.n_train, data.n_val, data.n_test) == (200, 100, 200)
+    # the same images called cifar10 fail: 100 classes found, 10 expected
+    with pytest.raises(DataError, match=r"found 100 classes .* asks for 10 \(dataset cifar10\)"):
+        monkeypatch.setattr(torchvision.datasets, "CIFAR10", _FakeCIFAR100)
+        prepare_dataset({**spec, "dataset": "cifar10"}, tmp_path / "u.pt")
+
+
 # --------------------------------------------------------------------------------------------------
 # spec validation and loading errors
 
@@ -368,7 +405,7 @@ def test_torchvision_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
 @pytest.mark.parametrize(
     "spec,needle",
     [
-        ({"source": "synthetic", "colour": 1}, "unknown key 'colour'; allowed keys: source, path"),
+        ({"source": "synthetic", "colour": 1}, "unknown key 'colour'; allowed keys: source, dataset, path"),
         ({"source": "imagenet"}, "unknown source 'imagenet'; allowed: synthetic, folder, torchvision"),
         ({}, "missing key 'source'"),
         ({"source": "folder"}, "path: required"),
@@ -381,6 +418,7 @@ def test_torchvision_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
         ({"source": "folder", "path": "x", "download": True}, "download"),
         ({"source": "folder", "path": "x", "synthetic": {}}, "synthetic"),
         ({"source": "synthetic", "path": "x"}, "path"),
+        ({"source": "synthetic", "dataset": "mnist"}, "unknown dataset 'mnist'; allowed: cifar10, cifar100"),
     ],
 )
 def test_spec_validation(spec: dict, needle: str) -> None:
@@ -393,6 +431,54 @@ def test_spec_defaults() -> None:
     assert spec["val_size"] == 5000 and spec["split_seed"] == 1234
     assert spec["synthetic"] == {"n_train": 50000, "n_test": 10000, "seed": 0}
     assert spec["subset"] is None  # all-null subset means no subset
+    assert spec["dataset"] == "cifar10" and spec["num_classes"] == 10
+    assert validate_spec({"source": "synthetic", "dataset": "cifar100"})["num_classes"] == 100
+    assert validate_spec({"source": "synthetic", "dataset": "cifar100", "num_classes": 20})["num_classes"] == 20
+
+
+def test_synthetic_cifar100(tmp_path: Path) -> None:
+    from kdcore.augment import NORMALISATION
+
+    spec = {"source": "synthetic", "dataset": "cifar100", "synthetic": {"n_train": 600, "n_test": 200}, "val_size": 100}
+    summary = prepare_dataset(spec, tmp_path / "c100.pt")
+    assert summary["class_counts"]["test"] == [2] * 100
+    data = load_dataset(summary["path"])
+    assert data.num_classes == 100 and data.classes[-1] == "class99"
+    assert data.normalisation == NORMALISATION["cifar100"]
+    raw = torch.load(summary["path"], weights_only=True)
+    assert raw["num_classes"] == 100 and raw["dataset"] == "cifar100"
+    splits = {n: data.split_tensors(n) for n in ("train", "val", "test")}
+    # the dataset name is part of the fingerprint; cifar10 fingerprints are those of the plain definition
+    assert fingerprint(splits, data.classes, "cifar100") == data.fingerprint != fingerprint(splits, data.classes)
+    # the same generator with 10 classes is the 10-class synthetic data, unchanged
+    ten = synthetic_images(50, 0, "train")
+    assert torch.equal(ten[0], synthetic_images(50, 0, "train", 10)[0])
+
+
+def test_folder_source_infers_100_classes(tmp_path: Path) -> None:
+    root = tmp_path / "tree"
+    classes = [f"c{i:03d}" for i in range(100)]
+    write_image_folder(root, classes, n_train=2, n_test=1)
+    spec = {"source": "folder", "path": str(root), "val_size": 100, "dataset": "cifar100"}
+    data = load_dataset(prepare_dataset(spec, tmp_path / "f.pt")["path"])
+    assert data.classes == tuple(classes) and data.n_val == 100 and data.n_test == 100
+    assert data.dataset == "cifar100"
+    with pytest.raises(DataError, match=r"found 100 classes \(c000, .*, \.\.\.\), but the data spec asks for 10"):
+        prepare_dataset({**spec, "dataset": "cifar10"}, tmp_path / "g.pt")
+
+
+def test_artefact_without_normalisation_is_cifar10(tmp_path: Path, synthetic_dataset: Path) -> None:
+    from kdcore.augment import NORMALISATION
+
+    obj = torch.load(synthetic_dataset, weights_only=True)
+    del obj["normalisation"], obj["dataset"]
+    old = tmp_path / "old.pt"
+    torch.save(obj, old)
+    assert load_dataset(old).normalisation == NORMALISATION["cifar10"]
+    obj["normalisation"] = {"mean": [0.5], "std": [0.2]}
+    torch.save(obj, old)
+    with pytest.raises(DataError, match="normalisation"):
+        load_dataset(old)
 
 
 def test_val_size_too_large(tmp_path: Path, synthetic_spec: dict) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
 import signal
@@ -77,6 +78,7 @@ def record_batches(monkeypatch) -> list[torch.Tensor]:
 def test_baseline_and_kd_runs_with_one_seed_are_paired(dataset, teacher_ckpt, monkeypatch):
     base = resolve_config(run_config(dataset))
     kd = resolve_config(run_config(dataset, {"name": "feature", "alpha": 0.5}, teacher_ckpt))
+    base["model"]["num_classes"] = kd["model"]["num_classes"] = 10  # as the engine fills it from the dataset
     s1 = engine.build_student(base["model"], base["train"]["seed"])
     s2 = engine.build_student(kd["model"], kd["train"]["seed"])
     assert all(torch.equal(a, b) for a, b in zip(s1.state_dict().values(), s2.state_dict().values(), strict=False))
@@ -244,3 +246,81 @@ def test_bad_config_gives_one_line_naming_the_key(dataset, patch, message):
     with pytest.raises(ConfigError, match=message) as info:
         resolve_config(config)
     assert "\n" not in str(info.value)
+
+
+# ----------------------------------------------------------------------------- learning-rate schedules
+def test_cosine_schedule_is_the_default_and_unchanged():
+    train = resolve_config({"data": "-", "model": {"arch": "resnet18"}, "train": {"epochs": 10}})["train"]
+    assert train["schedule"] == "cosine"
+    for epoch in range(10):  # the closed form of the cosine schedule, evaluated the same way
+        expected = 1e-4 + (0.1 - 1e-4) * 0.5 * (1.0 + math.cos(math.pi * epoch / 10))
+        assert engine.lr_at_epoch(epoch, train) == expected
+    assert engine.lr_at_epoch(0, train) == 0.1 and engine.lr_at_epoch(5, train) == pytest.approx(0.05005)
+
+
+def test_step_schedule_follows_the_crd_protocol():
+    cfg = resolve_config(
+        {"data": "-", "model": {"arch": "resnet18"}, "train": {"epochs": 240, "lr": 0.05, "schedule": "step"}}
+    )
+    train = cfg["train"]
+    assert train["lr_milestones"] == [150, 180, 210] and train["lr_gamma"] == 0.1
+    curve = [engine.lr_at_epoch(e, train) for e in range(240)]
+    assert curve[0] == curve[149] == 0.05
+    assert curve[150] == curve[179] == pytest.approx(0.005)
+    assert curve[180] == curve[209] == pytest.approx(0.0005)
+    assert curve[210] == curve[239] == pytest.approx(0.00005)
+    assert len(set(curve)) == 4  # piecewise constant: four levels
+    custom = {**train, "lr_milestones": [3, 1], "lr_gamma": 0.5, "lr": 1.0}  # order does not matter
+    assert [engine.lr_at_epoch(e, custom) for e in range(5)] == [1.0, 0.5, 0.5, 0.25, 0.25]
+
+
+@pytest.mark.parametrize(
+    "train,message",
+    [
+        ({"schedule": "linear"}, "schedule"),
+        ({"lr_gamma": 0}, "lr_gamma"),
+        ({"lr_milestones": [0]}, "lr_milestones"),
+    ],
+)
+def test_bad_schedule_keys_name_the_key(train, message):
+    with pytest.raises(ConfigError, match=message):
+        resolve_config({"data": "-", "model": {"arch": "resnet18"}, "train": train})
+
+
+def test_step_schedule_run_records_the_lr_of_each_epoch(dataset, tmp_path):
+    cfg = run_config(dataset, epochs=3, schedule="step", lr_milestones=[1, 2], lr_gamma=0.5, lr=0.2)
+    metrics = engine.train_run(cfg, tmp_path / "step")
+    assert [h["lr"] for h in metrics["history"]] == [0.2, 0.1, 0.05]
+
+
+# ----------------------------------------------------------------------------- classes and normalisation from the data
+def test_cifar100_run_takes_classes_and_normalisation_from_the_artefact(tmp_path, monkeypatch):
+    from kdcore.augment import NORMALISATION
+
+    path = tmp_path / "c100.pt"
+    spec = {"source": "synthetic", "dataset": "cifar100", "synthetic": {"n_train": 300, "n_test": 100}}
+    prepare_dataset({**spec, "val_size": 100}, path)
+    seen: list[tuple] = []
+
+    def spy_on(name: str) -> None:
+        original = getattr(engine, name)
+
+        def spy(*args, **kwargs):
+            seen.append((name, kwargs["mean"], kwargs["std"]))
+            return original(*args, **kwargs)
+
+        monkeypatch.setattr(engine, name, spy)
+
+    spy_on("normalize_batch")  # evaluation
+    spy_on("augment_batch")  # training
+    metrics = engine.train_run(run_config(path, epochs=1, batch_size=100), tmp_path / "run")
+    assert metrics["config"]["model"]["num_classes"] == 100 and metrics["data"]["dataset"] == "cifar100"
+    best, _ = load_model(tmp_path / "run" / "best.pt")
+    assert best.fc.out_features == 100
+    assert {name for name, *_ in seen} == {"normalize_batch", "augment_batch"}
+    assert {tuple(norm) for _, *norm in seen} == {NORMALISATION["cifar100"]}
+    # a number that contradicts the artefact is one clear error
+    with pytest.raises(engine.DataError, match="100 classes .* but model.num_classes is 10"):
+        bad = run_config(path, epochs=1)
+        bad["model"]["num_classes"] = 10
+        engine.train_run(bad, tmp_path / "bad")

@@ -43,6 +43,14 @@ from kdcore.errors import ConfigError, DataError
 
 CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
+#: CIFAR-100's channel mean and per-pixel std over its training set (the values of the CRD benchmark code).
+CIFAR100_MEAN: tuple[float, float, float] = (0.5071, 0.4867, 0.4408)
+CIFAR100_STD: tuple[float, float, float] = (0.2675, 0.2565, 0.2761)
+#: dataset name -> (mean, std) used to normalise its images; the dataset artefact records its pair.
+NORMALISATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
+    "cifar100": (CIFAR100_MEAN, CIFAR100_STD),
+}
 PAD = 4
 FLIP_P = 0.5
 
@@ -215,12 +223,14 @@ def augment_batch(
     dtype: torch.dtype = torch.float32,
     memory_format: torch.memory_format = torch.contiguous_format,
     return_views: bool = False,
+    mean: tuple[float, ...] = CIFAR10_MEAN,
+    std: tuple[float, ...] = CIFAR10_STD,
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-    """Pad-crop, flip and normalise a uint8 batch with the standard CIFAR-10 settings (pad 4, p=0.5).
+    """Pad-crop, flip and normalise a uint8 batch with the standard settings (pad 4, p=0.5) and ``mean``/``std``.
 
     With ``return_views`` also each sample's view index (see the module docstring); the batch is the same.
     """
-    augmenter = BatchAugmenter(dtype=dtype, memory_format=memory_format)
+    augmenter = BatchAugmenter(mean=mean, std=std, dtype=dtype, memory_format=memory_format)
     if return_views:
         return augmenter.augment_with_views(images, generator)
     return augmenter(images, generator)
@@ -232,10 +242,13 @@ def render_views(
     *,
     dtype: torch.dtype = torch.float32,
     memory_format: torch.memory_format = torch.contiguous_format,
+    mean: tuple[float, ...] = CIFAR10_MEAN,
+    std: tuple[float, ...] = CIFAR10_STD,
 ) -> torch.Tensor:
     """The standard augmentation's view ``views[i]`` of ``images[i]``, normalised (no randomness).
 
     ``render_views(x, v)`` equals the batch ``augment_batch(x, g, return_views=True)`` returns when it
     returns the views ``v``.
     """
-    return BatchAugmenter(dtype=dtype, memory_format=memory_format).render(images, views.to(images.device))
+    augmenter = BatchAugmenter(mean=mean, std=std, dtype=dtype, memory_format=memory_format)
+    return augmenter.render(images, views.to(images.device))

@@ -1,29 +1,37 @@
-"""Prepared CIFAR-10-style datasets: read a source once, split it, save one uint8 tensor artefact.
+"""Prepared CIFAR-10/100-style datasets: read a source once, split it, save one uint8 tensor artefact.
 
 A *data spec* (a dict, usually from YAML) names a source and how to split it::
 
     source: synthetic | folder | torchvision
+    dataset: cifar10     # cifar10 | cifar100: what the source holds (see "Datasets")
     path: ...            # folder: a directory or a .tar.gz/.tgz archive; torchvision: the root dir
     download: false      # torchvision only
     synthetic: {n_train: 50000, n_test: 10000, seed: 0}   # synthetic only
     val_size: 5000
     split_seed: 1234
     subset: {train: null, val: null, test: null, seed: 0}  # per-class balanced sizes, null = all
-    num_classes: 10      # how many classes the source must have (checked when the artefact is made)
+    num_classes: null    # how many classes the source must have (checked); null = the dataset's (10 or 100)
 
 ``prepare_dataset(spec, out_path)`` writes the artefact described in docs/design.md ("Prepared dataset
 artefact") atomically and returns a summary; ``load_dataset(path)`` reads it back (``weights_only=True``)
 into a frozen :class:`PreparedData`.
 
 Sources
-    ``torchvision``: ``torchvision.datasets.CIFAR10`` under ``path`` (its official train/test batches).
+    ``torchvision``: ``torchvision.datasets.CIFAR10`` (``dataset: cifar10``) or ``CIFAR100`` (``cifar100``,
+    its 100 fine labels) under ``path`` (the official train/test batches).
     ``folder``: ``train/<class>/<image>`` and ``test/<class>/<image>`` in a directory or a tar archive
     (optionally under one top-level folder such as ``cifar10-jpeg/``). Archives are read member by member
     without extracting to disk. Images may be any format PIL reads; they are converted to RGB and must
     be 32x32. Classes are the sorted class-folder names; images are ordered class by class, files
     sorted by name. Files whose name starts with ``.`` are ignored.
-    ``synthetic``: deterministic, learnable 10-class 32x32 RGB data from a seed (see
-    :func:`synthetic_images`).
+    ``synthetic``: deterministic, learnable 32x32 RGB data from a seed with ``num_classes`` classes (10 for
+    cifar10, 100 for cifar100; see :func:`synthetic_images`).
+
+Datasets
+    ``dataset`` names what the source holds. It sets the class count a source must have (unless
+    ``num_classes`` is given) and the channel mean/std that every batch is normalised with
+    (:data:`kdcore.augment.NORMALISATION`). The artefact records both (``dataset``, ``num_classes``,
+    ``normalisation: {mean, std}``), so training and evaluation read them from the data, never from a constant.
 
 Split
     The split is named ``paper`` when it is the paper's exactly (torchvision source, val_size 5000,
@@ -45,7 +53,8 @@ Subset (optional, for reduced-scale studies)
 Fingerprint
     sha256 over, in order: ``b"classes\\0"`` + the class names joined by ``"\\n"`` (UTF-8), then for each
     split in train, val, test: ``name + b"\\0"``, the C-contiguous uint8 image bytes ([N,3,32,32]) and
-    the little-endian int64 label bytes.
+    the little-endian int64 label bytes. A dataset other than cifar10 adds ``b"dataset\0" + name`` first
+    (so CIFAR-10 fingerprints are those of artefacts made before the key existed).
 """
 
 from __future__ import annotations
@@ -64,32 +73,43 @@ import numpy as np
 import torch
 
 from kdcore.atomic import atomic_torch_save
+from kdcore.augment import NORMALISATION
 from kdcore.errors import ConfigError, DataError
 from kdcore.seeds import derive_seed
 
 FORMAT = "kdcore-dataset/1"
 SOURCES: tuple[str, ...] = ("synthetic", "folder", "torchvision")
 SPEC_KEYS: tuple[str, ...] = (
-    "source", "path", "download", "synthetic", "val_size", "split_seed", "subset", "num_classes",
+    "source", "dataset", "path", "download", "synthetic", "val_size", "split_seed", "subset", "num_classes",
 )  # fmt: skip
+#: dataset name -> (its class count, its torchvision class name)
+DATASETS: dict[str, tuple[int, str]] = {"cifar10": (10, "CIFAR10"), "cifar100": (100, "CIFAR100")}
 SYNTHETIC_KEYS: tuple[str, ...] = ("n_train", "n_test", "seed")
 SUBSET_KEYS: tuple[str, ...] = ("train", "val", "test", "seed")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 IMAGE_SIZE = 32
 SYNTHETIC_CLASSES: tuple[str, ...] = tuple(f"class{i}" for i in range(10))
+
+
+def synthetic_class_names(num_classes: int) -> tuple[str, ...]:
+    """``class0``, ``class1``, ...: the class names of synthetic data."""
+    return tuple(f"class{i}" for i in range(num_classes))
+
+
 ARTEFACT_KEYS: tuple[str, ...] = (
     "format", "train_images", "train_labels", "val_images", "val_labels", "test_images", "test_labels",
     "classes", "source", "synthetic", "split", "subset", "fingerprint",
 )  # fmt: skip
 
 DEFAULT_SPEC: dict[str, Any] = {
+    "dataset": "cifar10",
     "path": None,
     "download": False,
     "synthetic": None,
     "val_size": 5000,
     "split_seed": 1234,
     "subset": None,
-    "num_classes": 10,
+    "num_classes": None,
 }
 #: The paper's split: torchvision's CIFAR-10 training set, 5000 validation images drawn with seed 1234.
 PAPER_SPLIT: dict[str, Any] = {"source": "torchvision", "val_size": 5000, "split_seed": 1234}
@@ -112,6 +132,14 @@ class PreparedData:
     split: dict[str, Any]
     subset: dict[str, Any] | None
     path: str = ""
+    dataset: str = "cifar10"
+    mean: tuple[float, ...] = NORMALISATION["cifar10"][0]
+    std: tuple[float, ...] = NORMALISATION["cifar10"][1]
+
+    @property
+    def normalisation(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """(mean, std) per channel that this dataset's images are normalised with."""
+        return self.mean, self.std
 
     @property
     def n_train(self) -> int:
@@ -147,6 +175,7 @@ class PreparedData:
             "source": self.source,
             "synthetic": self.synthetic,
             "split": self.split_name,
+            "dataset": self.dataset,
             "classes": list(self.classes),
             "n_train": self.n_train,
             "n_val": self.n_val,
@@ -195,6 +224,8 @@ def validate_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"data spec source: unknown source {source!r}; allowed: {', '.join(SOURCES)}")
     out: dict[str, Any] = {"source": source, **DEFAULT_SPEC}
     out.update({k: v for k, v in spec.items() if k != "source"})
+    if out["dataset"] not in DATASETS:
+        raise ConfigError(f"data spec dataset: unknown dataset {out['dataset']!r}; allowed: {', '.join(DATASETS)}")
 
     if source in ("folder", "torchvision"):
         if out["path"] in (None, ""):
@@ -225,6 +256,8 @@ def validate_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
         raise ConfigError(f"data spec synthetic: only used by source 'synthetic' (source is {source!r})")
 
     out["val_size"] = _check_int(out["val_size"], "val_size", 0)
+    if out["num_classes"] is None:
+        out["num_classes"] = DATASETS[out["dataset"]][0]
     out["num_classes"] = _check_int(out["num_classes"], "num_classes", 2)
     out["split_seed"] = _check_int(out["split_seed"], "split_seed", 0)
 
@@ -289,33 +322,36 @@ def synthetic_images(n: int, seed: int, stream: str, num_classes: int = 10) -> t
 
 def _read_synthetic(spec: Mapping[str, Any]) -> RawData:
     syn = spec["synthetic"]
-    train_x, train_y = synthetic_images(syn["n_train"], syn["seed"], "train")
-    test_x, test_y = synthetic_images(syn["n_test"], syn["seed"], "test")
+    n_classes = spec["num_classes"]
+    train_x, train_y = synthetic_images(syn["n_train"], syn["seed"], "train", n_classes)
+    test_x, test_y = synthetic_images(syn["n_test"], syn["seed"], "test", n_classes)
     source = {"kind": "synthetic", "generator": "kdcore-synthetic/1", **syn}
-    return RawData(train_x, train_y, test_x, test_y, SYNTHETIC_CLASSES, source, True)
+    return RawData(train_x, train_y, test_x, test_y, synthetic_class_names(n_classes), source, True)
 
 
 def _read_torchvision(spec: Mapping[str, Any]) -> RawData:
     import torchvision
 
     root = Path(spec["path"])
+    name = DATASETS[spec["dataset"]][1]
+    dataset_class = getattr(torchvision.datasets, name)
     splits = {}
     classes: tuple[str, ...] = ()
     for train in (True, False):
         try:
-            ds = torchvision.datasets.CIFAR10(root=str(root), train=train, download=spec["download"])
+            ds = dataset_class(root=str(root), train=train, download=spec["download"])
         except (RuntimeError, OSError) as exc:  # not found / corrupted; download failed (URLError is an OSError)
             hint = (
                 "the download failed (no internet?); use the folder source instead"
                 if spec["download"]
                 else "set download: true (needs internet) or use the folder source"
             )
-            raise DataError(f"torchvision CIFAR10 not found or corrupted under {root} ({exc}); {hint}") from exc
+            raise DataError(f"torchvision {name} not found or corrupted under {root} ({exc}); {hint}") from exc
         images = torch.from_numpy(np.ascontiguousarray(ds.data)).permute(0, 3, 1, 2).contiguous()
         labels = torch.as_tensor(ds.targets, dtype=torch.int64)
         splits[train] = (images, labels)
         classes = tuple(ds.classes)
-    source = {"kind": "torchvision", "dataset": "CIFAR10", "path": str(root)}
+    source = {"kind": "torchvision", "dataset": name, "path": str(root)}
     return RawData(*splits[True], *splits[False], classes, source, False)
 
 
@@ -513,12 +549,14 @@ def balanced_subset(labels: torch.Tensor, size: int, num_classes: int, seed: int
     return torch.sort(torch.cat(chosen)).values
 
 
-def check_classes(classes: tuple[str, ...], num_classes: int, where: str) -> None:
+def check_classes(classes: tuple[str, ...], num_classes: int, where: str, dataset: str = "cifar10") -> None:
     """A source must have exactly ``num_classes`` classes; otherwise one DataError listing what it has."""
     if len(classes) != num_classes:
+        shown = ", ".join(classes[:12]) + (", ..." if len(classes) > 12 else "")
         raise DataError(
-            f"{where}: found {len(classes)} classes ({', '.join(classes)}), but the data spec's num_classes "
-            f"is {num_classes}; add or remove class folders, or set num_classes"
+            f"{where}: found {len(classes)} classes ({shown}), but the data spec asks for {num_classes} "
+            f"(dataset {dataset}); set dataset (cifar10 | cifar100) or num_classes to match, "
+            "or add or remove class folders"
         )
 
 
@@ -533,9 +571,15 @@ def split_name(source_kind: str, split: Mapping[str, Any], subset: Mapping[str, 
     return "paper" if is_paper else "other"
 
 
-def fingerprint(splits: Mapping[str, tuple[torch.Tensor, torch.Tensor]], classes: tuple[str, ...] | list[str]) -> str:
-    """sha256 hex of the class names and each split's image and label bytes (see the module docstring)."""
+def fingerprint(
+    splits: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+    classes: tuple[str, ...] | list[str],
+    dataset: str = "cifar10",
+) -> str:
+    """sha256 hex of the dataset name, class names and each split's image and label bytes (module docstring)."""
     h = hashlib.sha256()
+    if dataset != "cifar10":
+        h.update(b"dataset\0" + dataset.encode("utf-8"))
     h.update(b"classes\0" + "\n".join(classes).encode("utf-8"))
     for name in SPLITS:
         images, labels = splits[name]
@@ -545,16 +589,39 @@ def fingerprint(splits: Mapping[str, tuple[torch.Tensor, torch.Tensor]], classes
     return h.hexdigest()
 
 
+def normalisation_record(dataset: str) -> dict[str, list[float]]:
+    """The ``normalisation`` entry of an artefact of ``dataset``: channel ``mean`` and ``std``."""
+    mean, std = NORMALISATION[dataset]
+    return {"mean": list(mean), "std": list(std)}
+
+
+def read_normalisation(obj: Mapping[str, Any], path: Path) -> tuple[str, tuple[float, ...], tuple[float, ...]]:
+    """(dataset, mean, std) recorded in an artefact. One made before CIFAR-100 support records none: it is
+    CIFAR-10 when it has 10 classes, and any other count is a DataError naming ``path``."""
+    if "normalisation" not in obj:
+        if len(obj["classes"]) != DATASETS["cifar10"][0]:
+            raise DataError(f"{path}: records no normalisation and has {len(obj['classes'])} classes; prepare it again")
+        return ("cifar10", *NORMALISATION["cifar10"])
+    norm, dataset = obj["normalisation"], obj.get("dataset")
+    mean, std = (
+        norm.get("mean") if isinstance(norm, dict) else None,
+        norm.get("std") if isinstance(norm, dict) else None,
+    )
+    if dataset not in DATASETS or not (isinstance(mean, list) and isinstance(std, list) and len(mean) == len(std) == 3):
+        raise DataError(f"{path}: dataset {dataset!r} or normalisation {norm!r} is not valid")
+    return dataset, tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
 def prepare_dataset(spec: Mapping[str, Any], out_path: str | os.PathLike[str]) -> dict[str, Any]:
     """Read, split and (optionally) subset a source; write the artefact atomically; return a summary.
 
-    Summary keys: path, fingerprint, classes, source, synthetic, n_train, n_val, n_test, class_counts
-    ({split: [count per class]}), split, subset, seconds.
+    Summary keys: path, fingerprint, classes, dataset, normalisation, source, synthetic, n_train, n_val,
+    n_test, class_counts ({split: [count per class]}), split, subset, seconds.
     """
     started = time.perf_counter()
     spec = validate_spec(spec)
     raw = read_source(spec)
-    check_classes(raw.classes, spec["num_classes"], spec["path"] or spec["source"])
+    check_classes(raw.classes, spec["num_classes"], spec["path"] or spec["source"], spec["dataset"])
     n_classes = len(raw.classes)
     train_idx, val_idx = split_indices(int(raw.train_labels.shape[0]), spec["val_size"], spec["split_seed"])
     splits = {
@@ -570,7 +637,7 @@ def prepare_dataset(spec: Mapping[str, Any], out_path: str | os.PathLike[str]) -
                 keep = balanced_subset(labels, subset[name], n_classes, subset["seed"], name)
                 splits[name] = (images[keep], labels[keep])
     splits = {k: (x.contiguous(), y.contiguous()) for k, (x, y) in splits.items()}
-    digest = fingerprint(splits, raw.classes)
+    digest = fingerprint(splits, raw.classes, spec["dataset"])
     artefact: dict[str, Any] = {"format": FORMAT}
     for name in SPLITS:
         artefact[f"{name}_images"], artefact[f"{name}_labels"] = splits[name]
@@ -578,6 +645,8 @@ def prepare_dataset(spec: Mapping[str, Any], out_path: str | os.PathLike[str]) -
         {
             "classes": list(raw.classes),
             "num_classes": n_classes,
+            "dataset": spec["dataset"],
+            "normalisation": normalisation_record(spec["dataset"]),
             "source": raw.source,
             "synthetic": raw.synthetic,
             "split": {
@@ -596,6 +665,8 @@ def prepare_dataset(spec: Mapping[str, Any], out_path: str | os.PathLike[str]) -
         "path": str(out_path),
         "fingerprint": digest,
         "classes": list(raw.classes),
+        "dataset": spec["dataset"],
+        "normalisation": artefact["normalisation"],
         "source": raw.source,
         "synthetic": raw.synthetic,
         "n_train": int(splits["train"][1].shape[0]),
@@ -642,7 +713,8 @@ def load_dataset(path: str | os.PathLike[str], verify: bool = True) -> PreparedD
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= len(classes)):
             raise DataError(f"{path}: {name}_labels outside 0..{len(classes) - 1}")
         splits[name] = (images, labels)
-    if verify and fingerprint(splits, classes) != obj["fingerprint"]:
+    dataset, mean, std = read_normalisation(obj, path)
+    if verify and fingerprint(splits, classes, dataset) != obj["fingerprint"]:
         raise DataError(f"{path}: fingerprint mismatch: the file is corrupted or was modified")
     return PreparedData(
         train_images=splits["train"][0],
@@ -658,4 +730,7 @@ def load_dataset(path: str | os.PathLike[str], verify: bool = True) -> PreparedD
         split=dict(obj["split"]),
         subset=dict(obj["subset"]) if obj["subset"] is not None else None,
         path=str(path),
+        dataset=dataset,
+        mean=mean,
+        std=std,
     )

@@ -13,6 +13,7 @@ Design points:
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import time
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from kdcore.atomic import atomic_torch_save, atomic_write_json
-from kdcore.augment import augment_batch, normalize_batch
+from kdcore.augment import NORMALISATION, augment_batch, normalize_batch
 from kdcore.checkpoint import load_model, read_checkpoint, save_model_checkpoint, save_weights
 from kdcore.config import resolve_config, training_digest
 from kdcore.data import PreparedData, load_dataset
@@ -42,6 +43,9 @@ from kdcore.teacher_cache import TeacherCache, cached_teacher_outputs, expected_
 __all__ = ["RunState", "make_step_fn", "predict_logits", "train_one_epoch", "train_run"]
 
 log = logging.getLogger("kdcore.train")
+
+#: (mean, std) per channel of a dataset (``PreparedData.normalisation``)
+Normalisation = tuple[tuple[float, ...], tuple[float, ...]]
 
 METRICS_SCHEMA_VERSION = 1
 RESUME_FORMAT = "kdcore-resume/2"
@@ -65,25 +69,36 @@ def load_teacher(teacher_spec: dict[str, Any]) -> nn.Module:
 
 # ----------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def predict_logits(model: nn.Module, images: torch.Tensor, placement: Placement, batch_size: int) -> torch.Tensor:
-    """Float32 logits of ``model`` (in eval mode) for uint8 ``images`` on the device."""
+def predict_logits(
+    model: nn.Module, images: torch.Tensor, placement: Placement, batch_size: int, normalisation: Normalisation
+) -> torch.Tensor:
+    """Float32 logits of ``model`` (in eval mode) for uint8 ``images`` on the device, normalised with the
+    dataset's ``(mean, std)`` (``PreparedData.normalisation``)."""
+    mean, std = normalisation
     was_training = model.training
     model.eval()
     outputs = []
     with torch.inference_mode(), autocast_context(placement.device, placement.dtype):
         for start in range(0, images.shape[0], batch_size):
-            batch = normalize_batch(images[start : start + batch_size], memory_format=placement.memory_format)
+            batch = normalize_batch(
+                images[start : start + batch_size], memory_format=placement.memory_format, mean=mean, std=std
+            )
             outputs.append(model(batch).float())
     model.train(was_training)
     return torch.cat(outputs) if outputs else torch.empty(0)
 
 
 def accuracy(
-    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, placement: Placement, batch_size: int
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    placement: Placement,
+    batch_size: int,
+    normalisation: Normalisation,
 ) -> float:
     if images.shape[0] == 0:
         return float("nan")
-    logits = predict_logits(model, images, placement, batch_size)
+    logits = predict_logits(model, images, placement, batch_size, normalisation)
     return (logits.argmax(dim=1) == labels).float().mean().item()
 
 
@@ -150,7 +165,17 @@ def clip_gradients(
 
 
 def lr_at_epoch(epoch: int, train: dict[str, Any]) -> float:
-    """Cosine annealing from lr to lr_min over the run's epochs (epoch counted from 0)."""
+    """The learning rate of epoch ``epoch`` (counted from 0) under ``train["schedule"]`` (default cosine).
+
+    ``cosine``: annealing from lr to lr_min over the run's epochs. ``step``: lr times ``lr_gamma`` for each
+    of ``lr_milestones`` reached (``lr * gamma ** #{m <= epoch}``; the CRD protocol decays x0.1 at 150/180/210).
+    """
+    schedule = train.get("schedule", "cosine")
+    if schedule == "step":
+        passed = bisect.bisect_right(sorted(train["lr_milestones"]), epoch)
+        return train["lr"] * train["lr_gamma"] ** passed
+    if schedule != "cosine":
+        raise TrainingError(f"train.schedule: unknown schedule {schedule!r}; allowed: cosine, step")
     progress = epoch / train["epochs"]
     return train["lr_min"] + (train["lr"] - train["lr_min"]) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
@@ -174,8 +199,12 @@ def train_one_epoch(
     train_labels: torch.Tensor,
     cfg: dict[str, Any],
     placement: Placement,
+    normalisation: Normalisation = NORMALISATION["cifar10"],
 ) -> dict[str, Any]:
-    """One pass over the training set; returns the epoch's history entry (without val acc)."""
+    """One pass over the training set; returns the epoch's history entry (without val acc).
+
+    ``normalisation`` is the dataset's ``(mean, std)``: a run passes its artefact's; the CIFAR-10 default
+    serves the throughput benchmarks, which time random images."""
     train = cfg["train"]
     seed, batch_size = train["seed"], train["batch_size"]
     n = train_images.shape[0]
@@ -191,7 +220,12 @@ def train_one_epoch(
     for step, first in enumerate(range(0, n, batch_size)):
         idx = order[first : first + batch_size]
         images, views = augment_batch(
-            train_images[idx], aug_gen, memory_format=placement.memory_format, return_views=True
+            train_images[idx],
+            aug_gen,
+            memory_format=placement.memory_format,
+            return_views=True,
+            mean=normalisation[0],
+            std=normalisation[1],
         )
         targets = train_labels[idx]
         loss, parts, correct, norms = step_fn(images, targets, idx, views)
@@ -315,14 +349,22 @@ def resume_key(cfg: dict[str, Any], data: PreparedData) -> dict[str, Any]:
     }
 
 
-def check_num_classes(cfg: dict[str, Any], data: PreparedData) -> None:
-    """The dataset's classes must be as many as the model's outputs."""
-    wanted = cfg["model"]["num_classes"]
-    if data.num_classes != wanted:
-        raise DataError(
-            f"{cfg['data']}: the dataset has {data.num_classes} classes ({', '.join(data.classes)}), "
-            f"but model.num_classes is {wanted}"
-        )
+def with_dataset_classes(cfg: dict[str, Any], data: PreparedData) -> dict[str, Any]:
+    """``cfg`` with the model's and the teacher's ``num_classes`` taken from the dataset artefact where null;
+    a number given there must equal the dataset's classes (else one DataError naming both)."""
+    out = dict(cfg)
+    for role in ("model", "teacher"):
+        if out.get(role) is None:
+            continue
+        wanted = out[role].get("num_classes")
+        if wanted is not None and wanted != data.num_classes:
+            shown = ", ".join(data.classes[:12]) + (", ..." if data.num_classes > 12 else "")
+            raise DataError(
+                f"{cfg['data']}: the dataset has {data.num_classes} classes ({shown}), "
+                f"but {role}.num_classes is {wanted}"
+            )
+        out[role] = {**out[role], "num_classes": data.num_classes}
+    return out
 
 
 def build_run(cfg: dict[str, Any], out_dir: Path) -> Run:
@@ -331,7 +373,7 @@ def build_run(cfg: dict[str, Any], out_dir: Path) -> Run:
     placement = make_placement(runtime)
     configure_backend(runtime, placement.device)
     data = load_dataset(cfg["data"])
-    check_num_classes(cfg, data)
+    cfg = with_dataset_classes(cfg, data)
     method = get_method(cfg["method"]["name"])({k: v for k, v in cfg["method"].items() if k != "name"})
 
     student = build_student(cfg["model"], train["seed"])
@@ -473,8 +515,10 @@ def fit(run: Run, start_epoch: int) -> None:
     run_start = time.perf_counter()
     for epoch in range(start_epoch, train["epochs"]):
         run.method.set_epoch(epoch)
-        entry = train_one_epoch(epoch, state, step_fn, train_images, train_labels, cfg, placement)
-        entry["val_acc"] = accuracy(state.student, val_images, val_labels, placement, runtime["eval_batch_size"])
+        entry = train_one_epoch(epoch, state, step_fn, train_images, train_labels, cfg, placement, data.normalisation)
+        entry["val_acc"] = accuracy(
+            state.student, val_images, val_labels, placement, runtime["eval_batch_size"], data.normalisation
+        )
         state.history.append(entry)
         if entry["val_acc"] > state.best_val_acc:
             state.best_val_acc, state.best_epoch = entry["val_acc"], epoch + 1
@@ -493,10 +537,11 @@ def evaluate(run: Run) -> tuple[float, float]:
     save_model_checkpoint(run.out_dir / "final.pt", run.state.student, cfg["model"], epoch=cfg["train"]["epochs"])
     test_images = run.data.test_images.to(placement.device)
     test_labels = run.data.test_labels.to(placement.device)
-    test_final = accuracy(run.state.student, test_images, test_labels, placement, eval_bs)
+    norm = run.data.normalisation
+    test_final = accuracy(run.state.student, test_images, test_labels, placement, eval_bs, norm)
     best_model, _ = load_model(run.best_path, cfg["model"])
     best_model.to(placement.device, memory_format=placement.memory_format)
-    test_best = accuracy(best_model, test_images, test_labels, placement, eval_bs)
+    test_best = accuracy(best_model, test_images, test_labels, placement, eval_bs, norm)
     return test_best, test_final
 
 

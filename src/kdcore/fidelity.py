@@ -18,6 +18,7 @@ from kdcore.config import RUNTIME_DEFAULTS
 from kdcore.data import load_dataset
 from kdcore.devices import Placement, make_placement
 from kdcore.engine import predict_logits
+from kdcore.errors import DataError
 
 FIDELITY_SCHEMA_VERSION = 1
 ECE_BINS = 15
@@ -96,8 +97,13 @@ def evaluate_fidelity(
     meta = {}
     for role, path in (("student", student_checkpoint), ("teacher", teacher_checkpoint)):
         model, info = load_model(path)
+        if info["num_classes"] != data.num_classes:
+            raise DataError(
+                f"{path}: the {role} has {info['num_classes']} outputs, "
+                f"but {dataset_path} has {data.num_classes} classes"
+            )
         model.to(placement.device, memory_format=placement.memory_format)
-        logits[role] = predict_logits(model, images, placement, batch_size)
+        logits[role] = predict_logits(model, images, placement, batch_size, data.normalisation)
         meta[role] = {**{k: info[k] for k in ("arch", "width", "stem")}, "checkpoint": str(path)}
     return {
         "schema_version": FIDELITY_SCHEMA_VERSION,

@@ -54,7 +54,7 @@ from torch import nn
 
 import kdcore
 from kdcore.atomic import atomic_torch_save
-from kdcore.augment import PAD, n_views, render_views
+from kdcore.augment import CIFAR10_MEAN, CIFAR10_STD, PAD, n_views, render_views
 from kdcore.checkpoint import ARCH_KEYS, load_model, read_checkpoint
 from kdcore.codehash import code_digest
 from kdcore.data import load_dataset
@@ -160,6 +160,7 @@ def compute_view_logits(
     precision: str = "fp32",
     batch_size: int = 1024,
     memory_format: torch.memory_format = torch.contiguous_format,
+    normalisation: tuple[tuple[float, ...], tuple[float, ...]] = (CIFAR10_MEAN, CIFAR10_STD),
 ) -> torch.Tensor:
     """The teacher's logits for all 162 views of each uint8 image: ``[N, 162, num_classes]`` on the CPU.
 
@@ -180,7 +181,10 @@ def compute_view_logits(
     started, next_report = time.perf_counter(), 0.1
     for start in range(0, n_pairs, batch_size):
         pairs = torch.arange(start, min(start + batch_size, n_pairs), device=device)
-        batch = render_views(images[pairs // views_per_image], pairs % views_per_image, memory_format=memory_format)
+        mean, std = normalisation
+        batch = render_views(
+            images[pairs // views_per_image], pairs % views_per_image, memory_format=memory_format, mean=mean, std=std
+        )
         with _autocast(device, precision):
             logits = teacher(batch)
         if table is None:
@@ -232,7 +236,12 @@ def build_teacher_cache(
     teacher.to(dev, memory_format=memory_format).requires_grad_(False)
     started = time.perf_counter()
     table = compute_view_logits(
-        teacher, data.train_images.to(dev), precision=precision, batch_size=batch_size, memory_format=memory_format
+        teacher,
+        data.train_images.to(dev),
+        precision=precision,
+        batch_size=batch_size,
+        memory_format=memory_format,
+        normalisation=data.normalisation,
     )
     header.update(
         format=CACHE_FORMAT,
