@@ -63,8 +63,8 @@ def test_short_run_same_metrics_with_and_without_cache(tmp_path: Path) -> None:
     cfg = resolve_config(
         {
             "data": str(data_path),
-            "model": {"arch": "resnet18", "width": 4},
-            "teacher": {"arch": "resnet18", "width": 4, "checkpoint": str(checkpoint)},
+            "model": {"arch": "resnet18", "width": 4, "num_classes": 10},
+            "teacher": {"arch": "resnet18", "width": 4, "num_classes": 10, "checkpoint": str(checkpoint)},
             "method": {"name": "logit"},
             "train": {"epochs": 2, "batch_size": 16, "seed": 0},
             "runtime": {"device": "cpu", "precision": "fp32", "channels_last": False},
@@ -90,8 +90,8 @@ def test_cache_refused_for_feature_methods(tmp_path: Path) -> None:
     cfg = resolve_config(
         {
             "data": "-",
-            "model": {"arch": "resnet18", "width": 4},
-            "teacher": {"arch": "resnet18", "width": 4, "checkpoint": str(checkpoint)},
+            "model": {"arch": "resnet18", "width": 4, "num_classes": 10},
+            "teacher": {"arch": "resnet18", "width": 4, "num_classes": 10, "checkpoint": str(checkpoint)},
             "method": {"name": "feature"},
             "runtime": {"device": "cpu", "precision": "fp32"},
         }
