@@ -48,7 +48,7 @@ def _train(cfg: dict[str, Any], data_path: Path, cache_path: Path | None) -> tup
     state = RunState(student, None, optimizer, history=[])
     for epoch in range(cfg["train"]["epochs"]):
         entry = train_one_epoch(epoch, state, step_fn, data.train_images, data.train_labels, cfg, placement)
-        entry["val_acc"] = accuracy(student, data.val_images, data.val_labels, placement, 64)
+        entry["val_acc"] = accuracy(student, data.val_images, data.val_labels, placement, 64, data.normalisation)
         state.history.append(entry)
     return state.history, student.state_dict()
 
