@@ -14,6 +14,7 @@ import os
 import platform
 import socket
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -108,8 +109,11 @@ def training_modules(method: str) -> tuple[str, ...]:
     return ("kdcore.engine", "kdcore.methods", f"kdcore.methods.{method}")
 
 
-def run_code_digest(method: str, src_root: str | os.PathLike[str] = SRC_ROOT) -> str:
-    """Digest (kdcore.codehash) of the kdcore code a training run of ``method`` executes.
+def run_code_digest(
+    method: str, src_root: str | os.PathLike[str] = SRC_ROOT, extra_files: Iterable[str | os.PathLike[str]] = ()
+) -> str:
+    """Digest (kdcore.codehash) of the kdcore code a training run of ``method`` executes (plus ``extra_files``,
+    e.g. the workflow's training script).
 
     A method module from an added method directory (kdcore.methods.add_method_directory) lies outside
     ``src_root``: its file enters the digest as an extra file.
@@ -123,4 +127,4 @@ def run_code_digest(method: str, src_root: str | os.PathLike[str] = SRC_ROOT) ->
             if spec is None or spec.origin is None:
                 raise KDCoreError(f"module {module!r} not found under {src_root} nor on the method path")
             outside.append(spec.origin)
-    return code_digest(in_tree, src_root, outside)
+    return code_digest(in_tree, src_root, [*outside, *extra_files])

@@ -2,7 +2,8 @@
 # whole study's run table and summary.json and the paper-vs-reproduction comparison.
 # Each figure and LaTeX table reads only the tables it is drawn from (kdcore.analysis.outputs), so asking for
 # one plans only the runs behind it. Uses from common.smk: all_run_metrics(), all_fidelity_files(),
-# code_digest(); from analysis_common.smk the output names, analysis_part_files(), analysis_reads(),
+# code_digest(), method_catalog() (labels and hyper-parameter columns of the study's methods, registered by
+# each script: kdcore.analysis.methods); from analysis_common.smk the output names, analysis_part_files(), analysis_reads(),
 # analysis_metric() and reference_zip(). Optional config keys (docs/design.md, "Analysis API"):
 # analysis.metric (test_best | test_final | val_acc, default test_best), analysis.reference_zip (path of the
 # paper's results zip; the comparison runs only when it is set), analysis.min_effect_pp (smallest effect of
@@ -26,6 +27,7 @@ rule analysis_run_table:
     conda:
         "../envs/analysis.yaml"
     params:
+        methods=lambda w: method_catalog(),
         code=code_digest("kdcore.analysis.table", scripts=("analysis_table.py", "_common.py")),
     script:
         "../scripts/analysis_table.py"
@@ -65,6 +67,7 @@ rule analysis_stats:
     conda:
         "../envs/analysis.yaml"
     params:
+        methods=lambda w: method_catalog(),
         metric=analysis_metric(),
         min_effect_pp=analysis_min_effect_pp(),
         code=code_digest(
@@ -89,6 +92,7 @@ rule analysis_stat_table:
     conda:
         "../envs/analysis.yaml"
     params:
+        methods=lambda w: method_catalog(),
         table=lambda w: w.stat,
         metric=analysis_metric(),
         min_effect_pp=analysis_min_effect_pp(),
@@ -141,6 +145,7 @@ rule analysis_figure:
     conda:
         "../envs/analysis.yaml"
     params:
+        methods=lambda w: method_catalog(),
         figure=lambda w: w.figure,
         metric=analysis_metric(),
         code=code_digest(
@@ -172,6 +177,7 @@ rule analysis_latex:
     conda:
         "../envs/analysis.yaml"
     params:
+        methods=lambda w: method_catalog(),
         table=lambda w: w.table,
         metric=analysis_metric(),
         code=code_digest(
@@ -218,6 +224,7 @@ rule analysis_comparison:
     conda:
         "../envs/analysis.yaml"
     params:
+        methods=lambda w: method_catalog(),
         metric=analysis_metric(),
         code=code_digest(
             "kdcore.analysis.compare", "kdcore.analysis.latex", scripts=("analysis_compare.py", "_common.py")

@@ -110,26 +110,33 @@ def selection_enabled() -> bool:
     return bool(config["selection"]["enabled"])
 
 
-HP_ABBREVIATIONS = {"alpha": "a", "temperature": "T", "beta": "b"}
-
-
-def format_value(value) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    return f"{value:g}"
-
-
 def grid_points(method: str) -> list[tuple[str, dict]]:
-    """(folder name, hyper-parameters) of every point of ``method``'s selection grid, in grid order."""
-    grid = config["methods"][method]["grid"]
-    keys = list(grid)
-    shown = [k for i, k in enumerate(keys) if i == 0 or len(grid[k]) > 1]
-    points = []
-    for values in itertools.product(*(grid[k] for k in keys)):
-        params = dict(zip(keys, values))
-        name = "-".join(f"{HP_ABBREVIATIONS.get(k, k)}{format_value(params[k])}" for k in shown)
-        points.append((name, params))
-    return points
+    """(folder name, hyper-parameters) of every point of ``method``'s selection grid, in grid order; the
+    folder names are the method's own (kdcore.methods.grid_points, e.g. a0.5-T4)."""
+    from kdcore.errors import KDCoreError
+    from kdcore.methods import grid_points as method_grid_points
+
+    try:
+        return method_grid_points(method, config["methods"][method]["grid"])
+    except KDCoreError as exc:
+        raise StudyConfigError(f"config key 'methods.{method}.grid': {exc}") from None
+
+
+def method_catalog() -> dict:
+    """Labels of the study's methods and the run table's hyper-parameter columns (those its grids and fixed
+    settings set), read from the method declarations for the analysis jobs, which run without torch
+    (kdcore.analysis.methods)."""
+    from kdcore.methods import describe_methods
+
+    if "catalog" not in _METHOD_CATALOG:
+        shown = {
+            m: list(dict.fromkeys([*spec["grid"], *(spec.get("fixed") or {})])) for m, spec in config["methods"].items()
+        }
+        _METHOD_CATALOG["catalog"] = describe_methods(shown)
+    return _METHOD_CATALOG["catalog"]
+
+
+_METHOD_CATALOG: dict = {}
 
 
 def grid_params(method: str, hp: str) -> dict:
@@ -335,12 +342,16 @@ def code_digest(*module_names: str, scripts: tuple[str, ...] = ()) -> str:
 
 
 def training_code(method: str) -> str:
-    """Digest of what a training job of ``method`` executes: the engine, the method, the script.
+    """Digest of what a training job of ``method`` executes: the engine, the method (by file when it lies
+    outside src/, kdcore.provenance.run_code_digest, as the engine's resume key), the script.
     (kdcore.devices is left out on purpose: the lease decides where a job runs, not what it computes;
     likewise the compute section of the config is read by the scripts, not passed as params.)"""
-    return code_digest(
-        "kdcore.engine", "kdcore.methods", f"kdcore.methods.{method}", scripts=("train.py", "_common.py")
-    )
+    from kdcore.provenance import run_code_digest
+
+    key = ("training", method)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = run_code_digest(method, SRC, extra_files=[SCRIPTS / s for s in ("train.py", "_common.py")])
+    return _DIGESTS[key]
 
 
 def fidelity_code() -> str:
