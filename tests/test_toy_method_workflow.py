@@ -59,12 +59,13 @@ def test_toy_method_runs_from_selection_to_report(tmp_path: Path, monkeypatch: p
     (methods / "toykd.py").write_text(TOY_METHOD, encoding="utf-8")
     monkeypatch.setenv("KDCORE_METHOD_PATH", str(methods))
     work = copy_workflow(tmp_path / "wf")
-    (work / "toy.yaml").write_text(yaml.safe_dump(toy_study()), encoding="utf-8")
+    # the study is the whole config (an overlay would merge the toy method into config.yaml's methods)
+    (work / "config.yaml").write_text(yaml.safe_dump(toy_study()), encoding="utf-8")
 
-    plan = dry_run(work, "--configfile", "toy.yaml")
+    plan = dry_run(work)
     assert {w["hp"] for w in plan.of("train_select", method="toykd")} == {"w0.5", "w2"}
     assert len(plan.of("train_final", method="toykd")) == 2
-    snakemake(work, "--configfile", "toy.yaml", "--cores", "2", timeout=1500)
+    snakemake(work, "--cores", "2", timeout=1500)
 
     runs = work / "results/runs"
     assert (runs / "select/resnet34-resnet18/toykd/w2/seed0/metrics.json").is_file()
@@ -83,9 +84,9 @@ def test_toy_method_runs_from_selection_to_report(tmp_path: Path, monkeypatch: p
     assert "Toy-KD$^\\star$" in (tables / "kd_statistics.tex").read_text(encoding="utf-8")
     figures = work / "results/figures"
     assert (figures / "gain_vs_capacity.png").stat().st_size > 0 and (figures / "fidelity.pdf").is_file()
-    assert dry_run(work, "--configfile", "toy.yaml").counts == {}
+    assert dry_run(work).counts == {}
 
     # the toy module is part of its runs' code: an edit reruns the toy branch, not the teachers
     (methods / "toykd.py").write_text(TOY_METHOD.replace("ce + self", "1.0 * ce + self"), encoding="utf-8")
-    counts = dry_run(work, "--configfile", "toy.yaml").counts
+    counts = dry_run(work).counts
     assert counts["train_select"] == 2 and counts["train_final"] == 2 and "train_teacher" not in counts
