@@ -58,3 +58,31 @@ def test_analysis_rules_and_their_kdcore_code_import_without_torch():
         env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"},
     )
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+# A study's method catalog as the workflow passes it; the LaTeX and figure code labels a method unknown to
+# kdcore from it alone, with torch blocked.
+CATALOG_RUN = """
+from kdcore.analysis import figures, latex, methods
+import pandas as pd
+methods.use_catalog({"methods": {"baseline": {"label": "Baseline (CE)", "tex": "Baseline"},
+                                 "toy": {"label": "Toy plain", "tex": "Toy-TeX"}},
+                     "hyperparameters": [{"name": "weight", "label": "weight", "tex": "$w_t$"}]})
+sel = pd.DataFrame({"pair": ["a-b", "a-b"], "teacher": ["a", "a"], "student": ["b", "b"], "method": ["toy", "toy"],
+                    "weight": [0.5, 2.0], "seed": [0, 0], "val_acc": [50.0, 60.0], "test_best": [49.0, 58.0],
+                    "winner": [False, True], "used_in_final": [False, True]})
+tex = latex.tex_selection(sel)
+assert "Toy-TeX" in tex and "$w_t$" in tex and "alpha" not in tex, tex
+assert methods.method_label("toy") == "Toy plain" and figures.kd_methods(sel) == ["toy"]
+assert "torch" not in sys.modules
+"""
+
+
+def test_analysis_labels_come_from_the_catalog_without_torch():
+    done = subprocess.run(
+        [sys.executable, "-c", BLOCK_TORCH + CATALOG_RUN],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -3,18 +3,19 @@
 The layout is the workflow's (workflow/rules/common.smk): ``teachers/<arch>/seed<s>``,
 ``baselines/<student>/seed<s>``, ``select/<teacher>-<student>/<method>/<hp>/seed<s>``,
 ``final/<teacher>-<student>/<method>/seed<s>``, ``stem/<arch>-imagenet/seed<s>``,
-``clip/<teacher>-<student>/<method>/seed<s>``; each run's log is ``results/logs/<same path>.log``.
+``clip/<teacher>-<student>/<method>/seed<s>``; each run's log is ``results/logs/<same path>.log``. A
+selection grid point's folder ``<hp>`` is named by :func:`kdcore.methods.grid_points`.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kdcore.methods import grid_points
+
 STAGES = ("teachers", "baselines", "select", "final", "stem", "clip")
-HP_ABBREVIATIONS = {"alpha": "a", "temperature": "T", "beta": "b"}
 
 
 @dataclass(frozen=True)
@@ -29,24 +30,6 @@ class ExpectedRun:
     teacher: str | None = None
     method: str = "baseline"
     stem: str = "cifar"
-
-
-def format_value(value: Any) -> str:
-    return str(value).lower() if isinstance(value, bool) else f"{value:g}"
-
-
-def grid_points(grid: Mapping[str, list[Any]]) -> list[tuple[str, dict[str, Any]]]:
-    """(folder name, hyper-parameters) of every point of a selection grid, in grid order.
-
-    Single-valued keys other than the first are left out of the name (``{alpha: [0.5], beta: [0.5]}`` ->
-    ``a0.5``)."""
-    keys = list(grid)
-    shown = [k for i, k in enumerate(keys) if i == 0 or len(grid[k]) > 1]
-    points = []
-    for values in itertools.product(*(grid[k] for k in keys)):
-        params = dict(zip(keys, values, strict=True))
-        points.append(("-".join(f"{HP_ABBREVIATIONS.get(k, k)}{format_value(params[k])}" for k in shown), params))
-    return points
 
 
 def _unique(items: list[str]) -> list[str]:
@@ -70,7 +53,7 @@ def expected_runs(study: Mapping[str, Any]) -> list[ExpectedRun]:
             ExpectedRun("select", f"select/{t}-{s}/{m}/{hp}/seed{seed}", e_student, s, t, m)
             for t, s in pairs
             for m in methods
-            for hp, _ in grid_points(study["methods"][m]["grid"])
+            for hp, _ in grid_points(m, study["methods"][m]["grid"])
             for seed in study["selection"]["seeds"]
         ]
     runs += [

@@ -115,8 +115,14 @@ def training_modules(method: str, archs: Iterable[str] = ()) -> tuple[str, ...]:
     return ("kdcore.engine", "kdcore.methods", f"kdcore.methods.{method}", *families)
 
 
-def run_code_digest(method: str, src_root: str | os.PathLike[str] = SRC_ROOT, archs: Iterable[str] = ()) -> str:
-    """Digest (kdcore.codehash) of the kdcore code a training run of ``method`` building ``archs`` executes.
+def run_code_digest(
+    method: str,
+    src_root: str | os.PathLike[str] = SRC_ROOT,
+    archs: Iterable[str] = (),
+    extra_files: Iterable[str | os.PathLike[str]] = (),
+) -> str:
+    """Digest (kdcore.codehash) of the kdcore code a training run of ``method`` building ``archs`` executes
+    (plus ``extra_files``, e.g. the workflow's training script).
 
     A method module from an added method directory (kdcore.methods.add_method_directory) lies outside
     ``src_root``: its file enters the digest as an extra file.
@@ -130,4 +136,4 @@ def run_code_digest(method: str, src_root: str | os.PathLike[str] = SRC_ROOT, ar
             if spec is None or spec.origin is None:
                 raise KDCoreError(f"module {module!r} not found under {src_root} nor on the method path")
             outside.append(spec.origin)
-    return code_digest(in_tree, src_root, outside)
+    return code_digest(in_tree, src_root, [*outside, *extra_files])

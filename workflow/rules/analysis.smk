@@ -32,6 +32,7 @@ if not ANALYSIS_FROM_REFERENCE:
         conda:
             "../envs/analysis.yaml"
         params:
+            methods=lambda w: method_catalog(),
             code=code_digest("kdcore.analysis.table", scripts=("analysis_table.py", "_common.py")),
         script:
             "../scripts/analysis_table.py"
@@ -69,6 +70,7 @@ else:
         conda:
             "../envs/analysis.yaml"
         params:
+            methods=lambda w: method_catalog(),
             part="",
             code=code_digest(
                 "kdcore.analysis.parts", "kdcore.analysis.table", scripts=("analysis_reference_table.py", "_common.py")
@@ -88,6 +90,7 @@ else:
         wildcard_constraints:
             part="|".join(ANALYSIS_PARTS),
         params:
+            methods=lambda w: method_catalog(),
             part=lambda w: w.part,
             code=code_digest(
                 "kdcore.analysis.parts", "kdcore.analysis.table", scripts=("analysis_reference_table.py", "_common.py")
@@ -112,6 +115,7 @@ rule analysis_stats:
     conda:
         "../envs/analysis.yaml"
     params:
+        methods=lambda w: method_catalog(),
         metric=analysis_metric(),
         min_effect_pp=analysis_min_effect_pp(),
         code=code_digest(
@@ -136,6 +140,7 @@ rule analysis_stat_table:
     conda:
         "../envs/analysis.yaml"
     params:
+        methods=lambda w: method_catalog(),
         table=lambda w: w.stat,
         metric=analysis_metric(),
         min_effect_pp=analysis_min_effect_pp(),
@@ -188,6 +193,7 @@ rule analysis_figure:
     conda:
         "../envs/analysis.yaml"
     params:
+        methods=lambda w: method_catalog(),
         figure=lambda w: w.figure,
         metric=analysis_metric(),
         code=code_digest(
@@ -219,6 +225,7 @@ rule analysis_latex:
     conda:
         "../envs/analysis.yaml"
     params:
+        methods=lambda w: method_catalog(),
         table=lambda w: w.table,
         metric=analysis_metric(),
         code=code_digest(
@@ -268,6 +275,7 @@ if not ANALYSIS_FROM_REFERENCE:
         conda:
             "../envs/analysis.yaml"
         params:
+            methods=lambda w: method_catalog(),
             metric=analysis_metric(),
             code=code_digest(
                 "kdcore.analysis.compare", "kdcore.analysis.latex", scripts=("analysis_compare.py", "_common.py")

@@ -115,26 +115,33 @@ def selection_enabled() -> bool:
     return bool(config["selection"]["enabled"])
 
 
-HP_ABBREVIATIONS = {"alpha": "a", "temperature": "T", "beta": "b"}
-
-
-def format_value(value) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    return f"{value:g}"
-
-
 def grid_points(method: str) -> list[tuple[str, dict]]:
-    """(folder name, hyper-parameters) of every point of ``method``'s selection grid, in grid order."""
-    grid = config["methods"][method]["grid"]
-    keys = list(grid)
-    shown = [k for i, k in enumerate(keys) if i == 0 or len(grid[k]) > 1]
-    points = []
-    for values in itertools.product(*(grid[k] for k in keys)):
-        params = dict(zip(keys, values))
-        name = "-".join(f"{HP_ABBREVIATIONS.get(k, k)}{format_value(params[k])}" for k in shown)
-        points.append((name, params))
-    return points
+    """(folder name, hyper-parameters) of every point of ``method``'s selection grid, in grid order; the
+    folder names are the method's own (kdcore.methods.grid_points, e.g. a0.5-T4)."""
+    from kdcore.errors import KDCoreError
+    from kdcore.methods import grid_points as method_grid_points
+
+    try:
+        return method_grid_points(method, config["methods"][method]["grid"])
+    except KDCoreError as exc:
+        raise StudyConfigError(f"config key 'methods.{method}.grid': {exc}") from None
+
+
+def method_catalog() -> dict:
+    """Labels of the study's methods and the run table's hyper-parameter columns (those its grids and fixed
+    settings set), read from the method declarations for the analysis jobs, which run without torch
+    (kdcore.analysis.methods)."""
+    from kdcore.methods import describe_methods
+
+    if "catalog" not in _METHOD_CATALOG:
+        shown = {
+            m: list(dict.fromkeys([*spec["grid"], *(spec.get("fixed") or {})])) for m, spec in config["methods"].items()
+        }
+        _METHOD_CATALOG["catalog"] = describe_methods(shown)
+    return _METHOD_CATALOG["catalog"]
+
+
+_METHOD_CATALOG: dict = {}
 
 
 def grid_params(method: str, hp: str) -> dict:
@@ -355,14 +362,18 @@ def family_modules(*networks: str) -> tuple[str, ...]:
 
 def training_code(method: str, *networks: str) -> str:
     """Digest of what a training job of ``method`` building ``networks`` (student, teacher) executes:
-    kdcore.provenance.training_modules (the modules of the library's resume digest: engine, method and
-    the networks' family modules) and the script. (kdcore.devices is left out on purpose: the lease
+    kdcore.provenance.run_code_digest (the library's resume digest: engine, method, by file when it lies
+    outside src/, and the networks' family modules) plus the script. (kdcore.devices is left out on purpose: the lease
     decides where a job runs, not what it computes; likewise the compute section of the config is read by
     the scripts, not passed as params.)"""
-    from kdcore.provenance import training_modules
+    from kdcore.provenance import run_code_digest
 
-    modules = training_modules(method, [network_arch(n) for n in networks])
-    return code_digest(*modules, scripts=("train.py", "_common.py"))
+    key = ("training", method, *networks)
+    if key not in _DIGESTS:
+        archs = [network_arch(n) for n in networks]
+        scripts = [SCRIPTS / s for s in ("train.py", "_common.py")]
+        _DIGESTS[key] = run_code_digest(method, SRC, archs=archs, extra_files=scripts)
+    return _DIGESTS[key]
 
 
 def fidelity_code(*networks: str) -> str:

@@ -2,7 +2,8 @@
 
 Each script calls :func:`setup` first. It puts ``src/`` of the workflow copy that runs the script at the
 front of ``sys.path`` (so the code that runs is the code whose digest the rule's params carry), sends
-logging records, stdout and stderr to the job's log file, and returns the log object.
+logging records, stdout and stderr to the job's log file, registers the method catalog of an analysis job
+(param ``methods``, kdcore.analysis.methods), and returns the log object.
 """
 
 from __future__ import annotations
@@ -32,4 +33,9 @@ def setup(snakemake: Any) -> logging.Logger:
         handlers=[logging.StreamHandler(stream)],
         force=True,
     )
+    catalog = snakemake.params.get("methods")
+    if catalog is not None:  # analysis jobs: the study's method labels and hyper-parameter columns
+        from kdcore.analysis.methods import use_catalog
+
+        use_catalog(catalog)
     return logging.getLogger(f"kdcore.workflow.{snakemake.rule}")

@@ -22,6 +22,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
 from kdcore.analysis.latex import arch_sort_key, short, split_pair
+from kdcore.analysis.methods import method_label
 from kdcore.analysis.outputs import FIGURES as FIGURE_READS
 from kdcore.analysis.table import stem_arms
 from kdcore.atomic import atomic_path
@@ -43,16 +44,46 @@ TEACHER_STYLE = {  # colour, marker
     "resnet101": (OKABE_ITO["vermillion"], "^"),
     "resnet18": (OKABE_ITO["green"], "D"),
 }
-METHOD_STYLE = {  # colour, line style, marker
+METHOD_STYLE = {  # colour, line style, marker; a method without one here gets one of OTHER_METHOD_STYLES
     "baseline": (OKABE_ITO["black"], "-", "o"),
     "logit": (OKABE_ITO["green"], "--", "s"),
     "feature": (OKABE_ITO["purple"], "-.", "^"),
 }
-METHOD_LABEL = {"baseline": "Baseline (CE)", "logit": "Logit-KD", "feature": "Feature-KD"}
+OTHER_METHOD_STYLES = [
+    (OKABE_ITO["vermillion"], ":", "D"),
+    (OKABE_ITO["sky"], (0, (5, 1)), "v"),
+    (OKABE_ITO["yellow"], (0, (3, 1, 1, 1, 1, 1)), "P"),
+    (OKABE_ITO["blue"], (0, (1, 2)), "X"),
+]
+#: Marker fill of each KD method in the fidelity figure, in :func:`kd_methods` order: (fill style, words).
+METHOD_FILLS = [("full", "filled"), ("none", "open"), ("left", "left half filled"), ("bottom", "lower half filled")]
 STEM_STYLE = {
     "cifar": (OKABE_ITO["blue"], "o", "CIFAR stem (3x3 conv)"),
     "imagenet": (OKABE_ITO["vermillion"], "s", "ImageNet stem (7x7 conv + max-pool)"),
 }
+
+
+def kd_methods(table: pd.DataFrame) -> list[str]:
+    """The KD methods of a table: those with a style of their own first (paper order), then the others
+    sorted; the baseline is left out."""
+    present = set(table["method"]) - {"baseline"} if "method" in table else set()
+    return [m for m in METHOD_STYLE if m in present] + sorted(present - set(METHOD_STYLE))
+
+
+def method_style(method: str, methods: list[str]) -> tuple[Any, Any, str]:
+    """(colour, line style, marker) of ``method`` among the KD methods ``methods`` of a figure."""
+    if method in METHOD_STYLE:
+        return METHOD_STYLE[method]
+    others = [m for m in methods if m not in METHOD_STYLE]
+    return OTHER_METHOD_STYLES[others.index(method) % len(OTHER_METHOD_STYLES)]
+
+
+def marker_face(index: int, colour: Any) -> dict[str, Any]:
+    """Marker face arguments of the ``index``-th KD method (:data:`METHOD_FILLS`) in ``colour``."""
+    fill = METHOD_FILLS[index % len(METHOD_FILLS)][0]
+    if fill == "none":
+        return {"mfc": "white"}
+    return {"mfc": colour} if fill == "full" else {"mfc": colour, "fillstyle": fill, "mfcalt": "white"}
 
 
 def sig_note(comparisons: pd.DataFrame) -> str:
@@ -112,7 +143,7 @@ def plot_gain_per_cell(
 ) -> list[Path]:
     """KD gain (pp, 95% Welch CI) of every pair and method against student parameters; teachers by colour+marker."""
     _style()
-    methods = [m for m in ("logit", "feature") if m in set(comparisons.get("method", []))] or ["logit", "feature"]
+    methods = kd_methods(comparisons) or [""]
     fig, axes = plt.subplots(1, len(methods), figsize=(5.2 * len(methods), 4.4), sharey=True, squeeze=False)
     axes = axes[0]
     if comparisons.empty:
@@ -170,7 +201,7 @@ def plot_gain_per_cell(
                         fontweight="bold",
                         color=colour,
                     )
-        ax.set_title(METHOD_LABEL[method])
+        ax.set_title(method_label(method))
         ax.set_xticks(students["student_params"].to_numpy() / 1e6)
         ax.set_xticklabels(
             [
@@ -236,7 +267,7 @@ def plot_gain_vs_capacity(
     with its 95% CI band; the legend states each slope, its CI and Holm p. Inputs: the tables of
     :func:`kdcore.analysis.moderation.gain_points`, ``gain_cells`` and ``moderation_table``."""
     _style()
-    methods = [m for m in ("logit", "feature") if m in set(cells.get("method", []))] or ["logit", "feature"]
+    methods = kd_methods(cells) or [""]
     fig, axes = plt.subplots(1, len(methods), figsize=(5.6 * len(methods), 4.6), sharey=True, squeeze=False)
     axes = axes[0]
     if cells.empty:
@@ -295,7 +326,7 @@ def plot_gain_vs_capacity(
         ax.set_xticks(ticks)
         ax.set_xticklabels([f"{p / 1e6:.2g}M" for p in ticks])
         ax.minorticks_off()
-        ax.set_title(METHOD_LABEL.get(method, method))
+        ax.set_title(method_label(method))
         ax.set_xlabel("student parameters (log scale)")
         ax.legend(loc="best", fontsize=8)
     axes[0].set_ylabel(f"KD gain over baseline (pp, {metric_label})")
@@ -337,10 +368,11 @@ def plot_convergence(
         return save_figure(fig, pdf_path)
     base = runs[(runs["stage"] == "baseline") & (runs["stem"] == "cifar")]
     teachers = runs[runs["stage"] == "teacher"]
+    methods = kd_methods(final)
     for j, pair in enumerate(pairs):
         teacher, student = split_pair(pair)
         series = {"baseline": base[base["student"] == student]["run_id"]}
-        for m in ("logit", "feature"):
+        for m in methods:
             series[m] = final[(final["pair"] == pair) & (final["method"] == m)]["run_id"]
         t_val = teachers[teachers["student"] == teacher]["val_acc"]
         last = 1
@@ -351,9 +383,9 @@ def plot_convergence(
                 if c.empty:
                     continue
                 last = max(last, int(c["epoch"].max()))
-                colour, ls, _ = METHOD_STYLE[m]
+                colour, ls, _ = method_style(m, methods)
                 n = int(c["count"].max())
-                ax.plot(c["epoch"], c["mean"], color=colour, ls=ls, lw=1.5, label=f"{METHOD_LABEL[m]} (n={n})")
+                ax.plot(c["epoch"], c["mean"], color=colour, ls=ls, lw=1.5, label=f"{method_label(m)} (n={n})")
                 if n > 1:
                     ax.fill_between(
                         c["epoch"], c["mean"] - c["std"], c["mean"] + c["std"], color=colour, alpha=0.18, lw=0
@@ -388,8 +420,8 @@ def plot_convergence(
     for ax in axes.ravel():
         ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
     handles = [
-        Line2D([], [], color=METHOD_STYLE[m][0], ls=METHOD_STYLE[m][1], lw=2, label=METHOD_LABEL[m])
-        for m in ("baseline", "logit", "feature")
+        Line2D([], [], color=method_style(m, methods)[0], ls=method_style(m, methods)[1], lw=2, label=method_label(m))
+        for m in ("baseline", *methods)
     ]
     handles.append(Line2D([], [], color="0.35", ls=":", lw=2, label="teacher best val acc"))
     fig.legend(handles=handles, loc="upper center", ncol=4, bbox_to_anchor=(0.5, 1.04))
@@ -418,6 +450,7 @@ def plot_fidelity(comparisons: pd.DataFrame, fidelity_table: pd.DataFrame, pdf_p
         comparisons[["pair", "method", "gain", "ci_low", "ci_high"]], on=["pair", "method"], how="left"
     )
     cagg = summarise(ctl, ["pair", "teacher", "student"]) if not ctl.empty else None
+    methods = kd_methods(agg)
     students = sorted(agg["student"].unique(), key=arch_sort_key)
     fig, axes = plt.subplots(
         2, len(students), figsize=(5.0 * len(students), 7.4), sharey="row", sharex=True, squeeze=False
@@ -430,7 +463,6 @@ def plot_fidelity(comparisons: pd.DataFrame, fidelity_table: pd.DataFrame, pdf_p
             ax.axvline(0, color="0.2", lw=1.0)
             for _, r in agg[agg["student"] == student].iterrows():
                 colour, marker = TEACHER_STYLE.get(r["teacher"], (OKABE_ITO["grey"], "D"))
-                filled = r["method"] == "logit"
                 xerr = [[r["gain"] - r["ci_low"]], [r["ci_high"] - r["gain"]]] if pd.notna(r["ci_low"]) else None
                 yerr = None if pd.isna(r[f"{col}_std"]) else r[f"{col}_std"]
                 ax.errorbar(
@@ -441,7 +473,7 @@ def plot_fidelity(comparisons: pd.DataFrame, fidelity_table: pd.DataFrame, pdf_p
                     fmt=marker,
                     ms=10,
                     color=colour,
-                    mfc=colour if filled else "white",
+                    **marker_face(methods.index(r["method"]), colour),
                     mec=colour,
                     mew=2.0,
                     capsize=3,
@@ -485,8 +517,18 @@ def plot_fidelity(comparisons: pd.DataFrame, fidelity_table: pd.DataFrame, pdf_p
         for t in teachers
     ]
     handles += [
-        Line2D([], [], ls="", marker="o", ms=9, color="0.3", mfc="0.3", label="Logit-KD (filled)"),
-        Line2D([], [], ls="", marker="o", ms=9, color="0.3", mfc="white", mew=2.0, label="Feature-KD (open)"),
+        Line2D(
+            [],
+            [],
+            ls="",
+            marker="o",
+            ms=9,
+            color="0.3",
+            **({"mew": 2.0} if METHOD_FILLS[i % len(METHOD_FILLS)][0] == "none" else {}),
+            **marker_face(i, "0.3"),
+            label=f"{method_label(m)} ({METHOD_FILLS[i % len(METHOD_FILLS)][1]})",
+        )
+        for i, m in enumerate(methods)
     ]
     if cagg is not None:
         handles.append(
@@ -598,7 +640,7 @@ def plot_clip_ablation(
         else ""
     )
     diff = f"corrected \u2212 bugged = {r['diff']:+.2f} pp" if pd.notna(r.get("diff")) else ""
-    ax.set_title(f"{pair_label(pair)} {METHOD_LABEL[method]}", fontsize=11)
+    ax.set_title(f"{pair_label(pair)} {method_label(method)}", fontsize=11)
     ax.text(0.5, -0.28, diff + ci, transform=ax.transAxes, ha="center", fontsize=9, color="0.25")
     ax = axes[1]
     drawn = []

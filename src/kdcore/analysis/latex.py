@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from kdcore.analysis.methods import hyperparameter_tex, method_tex
 from kdcore.analysis.outputs import TEX_TABLES
+from kdcore.analysis.table import hyperparameter_columns
 from kdcore.atomic import atomic_write_text
 
-METHOD_TEX = {"baseline": "Baseline", "logit": "Logit-KD", "feature": "Feature-KD"}
 BOLD = "textbf:--rwrap;"
 
 
@@ -167,13 +168,14 @@ def _cell(cells: pd.DataFrame, **keys: Any) -> pd.Series | None:
 
 
 def tex_main_results(comparisons: pd.DataFrame, cells: pd.DataFrame, runs: pd.DataFrame, metric_label: str) -> str:
-    """Pair, teacher accuracy, baseline accuracy, Logit-KD gain, Feature-KD gain and the best method per pair."""
+    """Pair, teacher accuracy, baseline accuracy, the gain of each KD method and the best method per pair."""
+    methods = list(dict.fromkeys(comparisons["method"]))
     rows, bold = [], []
     for pair in sorted(comparisons["pair"].unique(), key=lambda p: (arch_sort_key(split_pair(p)[1]), len(p), p)):
         teacher, student = split_pair(pair)
         t = _cell(cells, stage="teacher", student=teacher)
         b = _cell(cells, stage="baseline", student=student, stem="cifar")
-        gains = {m: _cell(comparisons, pair=pair, method=m) for m in ("logit", "feature")}
+        gains = {m: _cell(comparisons, pair=pair, method=m) for m in methods}
         accs = {"baseline": b["mean"] if b is not None else math.nan}
         accs.update({m: g["mean_treated"] if g is not None else math.nan for m, g in gains.items()})
         best = max(accs, key=lambda m: -np.inf if pd.isna(accs[m]) else accs[m])
@@ -182,15 +184,14 @@ def tex_main_results(comparisons: pd.DataFrame, cells: pd.DataFrame, runs: pd.Da
                 "Pair": pair_tex(pair),
                 "Teacher": pm(t["mean"], t["std"]) if t is not None else "--",
                 "Baseline": pm(b["mean"], b["std"]) if b is not None else "--",
-                "Logit-KD gain": gain_cell(gains["logit"]),
-                "Feature-KD gain": gain_cell(gains["feature"]),
-                "Best": METHOD_TEX[best],
+                **{f"{method_tex(m)} gain": gain_cell(gains[m]) for m in methods},
+                "Best": method_tex(best),
             }
         )
-        gain_vals = [gains[m]["gain"] if gains[m] is not None else -np.inf for m in ("logit", "feature")]
-        k = int(np.argmax(gain_vals))
-        flag = [False] * 6
-        if gain_vals[k] > 0:
+        gain_vals = [gains[m]["gain"] if gains[m] is not None else -np.inf for m in methods]
+        flag = [False] * (4 + len(methods))
+        k = int(np.argmax(gain_vals)) if methods else 0
+        if methods and gain_vals[k] > 0:
             flag[3 + k] = True
         bold.append(flag)
     df = pd.DataFrame(rows)
@@ -202,7 +203,8 @@ def tex_main_results(comparisons: pd.DataFrame, cells: pd.DataFrame, runs: pd.Da
     )
     warning = premise_note(cells, sorted(comparisons["pair"].unique()))
     caption += f" {warning}" if warning else ""
-    return _styled(df, np.array(bold) if bold else None, caption, "tab:main", "lccccc", sig_foot(comparisons))
+    align = "l" + "c" * (3 + len(methods) + 1)
+    return _styled(df, np.array(bold) if bold else None, caption, "tab:main", align, sig_foot(comparisons))
 
 
 def tex_kd_statistics(comparisons: pd.DataFrame) -> str:
@@ -212,7 +214,7 @@ def tex_kd_statistics(comparisons: pd.DataFrame) -> str:
         rows.append(
             {
                 "Pair": pair_tex(r["pair"]),
-                "Method": METHOD_TEX[r["method"]],
+                "Method": method_tex(r["method"]),
                 "n": f"{int(r['n_treated'])}/{int(r['n_control'])}",
                 "Gain": f"{r['gain']:+.2f}{sig(r)}",
                 "SE": num(r["se"]),
@@ -297,7 +299,7 @@ def tex_fidelity(fidelity_table: pd.DataFrame) -> str:
         rows.append(
             {
                 "Pair": pair_tex(pair),
-                "Student": METHOD_TEX[arm] + (" (control)" if arm == "baseline" else ""),
+                "Student": method_tex(arm) + (" (control)" if arm == "baseline" else ""),
                 "n": str(int(n.loc[(pair, student, arm)])),
                 "Student acc (\\%)": pm(r[("student_acc", "mean")], r[("student_acc", "std")]),
                 "Agreement (\\%)": pm(r[("agreement", "mean")], r[("agreement", "std")]),
@@ -376,7 +378,7 @@ def tex_clip_ablation(clip_stats: pd.DataFrame, metric_label: str) -> str:
             rows.append(
                 {
                     "Pair": pair_tex(r["pair"]),
-                    "Method": METHOD_TEX[r["method"]],
+                    "Method": method_tex(r["method"]),
                     "Arm": label,
                     "n": str(int(r.get(f"n_{arm}", 0) or 0)),
                     "Test acc (\\%)": pm(r.get(f"mean_{arm}"), r.get(f"std_{arm}")),
@@ -416,27 +418,27 @@ def tex_selection(selection_table: pd.DataFrame) -> str:
             "Hyper-parameter selection: no runs.",
             "tab:selection",
         )
-    s = selection_table.sort_values(["student", "pair", "method", "alpha", "temperature"]).reset_index(drop=True)
+    hps = hyperparameter_columns(selection_table)
+    s = selection_table.sort_values(["student", "pair", "method", *hps]).reset_index(drop=True)
+    methods = list(dict.fromkeys(s["method"]))
     df = pd.DataFrame(
         {
             "Pair": [pair_tex(p) for p in s["pair"]],
-            "Method": [METHOD_TEX[m] for m in s["method"]],
-            "$\\alpha$": [num(a, "{:g}") for a in s["alpha"]],
-            "$T$": [num(t, "{:g}") for t in s["temperature"]],
-            "$\\beta$": [num(b, "{:g}") for b in s["beta"]],
+            "Method": [method_tex(m) for m in s["method"]],
+            **{hyperparameter_tex(hp, methods): [num(v, "{:g}") for v in s[hp]] for hp in hps},
             "Val acc (\\%)": [num(v) for v in s["val_acc"]],
             "Used in final": ["yes" if u else "" for u in s["used_in_final"]],
         }
     )
     bold = _mask(df)
-    bold[:, 5] = s["winner"].to_numpy(dtype=bool)
+    bold[:, 2 + len(hps)] = s["winner"].to_numpy(dtype=bool)
     return _styled(
         df,
         bold,
         "Hyper-parameter selection (seed 0): best val accuracy of every grid point; the winner "
         "of each pair and method (highest val accuracy) in bold.",
         "tab:selection",
-        "llccccc",
+        "ll" + "c" * (len(hps) + 2),
     )
 
 
@@ -495,7 +497,7 @@ def tex_moderation(moderation: pd.DataFrame, metric_label: str) -> str:
         rows.append(
             {
                 "Teacher": short(r["teacher"]),
-                "Method": METHOD_TEX.get(r["method"], r["method"]),
+                "Method": method_tex(r["method"]),
                 "Students": ", ".join(short(s) for s in str(r["students"]).split()),
                 "n": str(int(r["seeds_per_group"])),
                 "Slope (pp/doubling)": f"{r['slope']:+.3f}" if pd.notna(r["slope"]) else "--",

@@ -23,7 +23,7 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestIndPower
 
-from kdcore.analysis.table import stem_arms
+from kdcore.analysis.table import hyperparameter_columns, stem_arms
 from kdcore.errors import DataError
 from kdcore.selection import candidate_score, choose_winner
 
@@ -43,7 +43,8 @@ MAX_POWER_N = 100_000
 MIN_EFFECT_PP = 0.2
 BOOT_METHOD = "BCa"
 HOLM_FAMILY = "final pair x method KD cells vs their student's baseline"
-CELL_KEYS = ["stage", "teacher", "student", "pair", "method", "stem", "clip_scope", "alpha", "temperature", "beta"]
+#: Keys of a cell of the run table, followed by its hyper-parameter columns (:func:`cell_keys`).
+CELL_KEYS = ["stage", "teacher", "student", "pair", "method", "stem", "clip_scope"]
 NOTE_FEW = "needs at least 2 seeds in each arm"
 NOTE_PAIRED = "needs at least 2 seeds shared by both arms"
 NOTE_ZERO_VAR = "zero variance in both arms: test undefined"
@@ -209,16 +210,20 @@ def _by_seed(df: pd.DataFrame, metric: str, what: str) -> pd.Series:
     return df.set_index("seed")[metric]
 
 
+def cell_keys(runs: pd.DataFrame) -> list[str]:
+    """:data:`CELL_KEYS` and the hyper-parameter columns of ``runs``."""
+    return [*CELL_KEYS, *hyperparameter_columns(runs)]
+
+
 def cell_summary(runs: pd.DataFrame, metric: str = "test_best") -> pd.DataFrame:
     """Mean, std, n, min, max of ``metric`` per cell (stage x teacher x student x method x hyper-parameters)."""
     check_metric(metric)
+    keys = cell_keys(runs)
     rows = []
-    for key, grp in runs.groupby(CELL_KEYS, dropna=False, sort=True):
+    for key, grp in runs.groupby(keys, dropna=False, sort=True):
         d = describe(grp[metric])
-        rows.append(
-            {**dict(zip(CELL_KEYS, key, strict=False)), **d, "seeds": " ".join(str(s) for s in sorted(grp["seed"]))}
-        )
-    return pd.DataFrame(rows, columns=[*CELL_KEYS, "n", "mean", "std", "sem", "min", "max", "seeds"])
+        rows.append({**dict(zip(keys, key, strict=False)), **d, "seeds": " ".join(str(s) for s in sorted(grp["seed"]))})
+    return pd.DataFrame(rows, columns=[*keys, "n", "mean", "std", "sem", "min", "max", "seeds"])
 
 
 def baselines(runs: pd.DataFrame) -> pd.DataFrame:
@@ -229,7 +234,8 @@ def baselines(runs: pd.DataFrame) -> pd.DataFrame:
 def kd_comparisons(runs: pd.DataFrame, metric: str = "test_best", **kwargs: Any) -> pd.DataFrame:
     """Every final KD cell (pair x method) against its student's baseline, with Holm over all cells.
 
-    Columns: pair, teacher, student, method, alpha, temperature, beta, the keys of :func:`compare_arms`
+    Columns: pair, teacher, student, method, the hyper-parameter columns of ``runs``, student_params,
+    teacher_params, the keys of :func:`compare_arms`
     (``treated`` = KD, ``control`` = baseline; ``diff`` is the gain in pp), ``p_holm`` (Welch p-values
     adjusted across all comparisons), ``p_holm_paired``, ``holm_m`` (the family size) and ``notes``
     (joined by '; '). ``kwargs`` go to :func:`compare_arms` (e.g. ``min_effect_pp``).
@@ -237,6 +243,7 @@ def kd_comparisons(runs: pd.DataFrame, metric: str = "test_best", **kwargs: Any)
     check_metric(metric)
     final = runs[(runs["stage"] == "final") & (runs["method"] != "baseline") & (runs["clip_scope"] == "all")]
     base = baselines(runs)
+    hps = hyperparameter_columns(runs)
     rows = []
     for (pair, teacher, student, method), grp in final.groupby(["pair", "teacher", "student", "method"], sort=True):
         b = base[base["student"] == student]
@@ -251,15 +258,13 @@ def kd_comparisons(runs: pd.DataFrame, metric: str = "test_best", **kwargs: Any)
                 "teacher": teacher,
                 "student": student,
                 "method": method,
-                "alpha": grp["alpha"].iloc[0],
-                "temperature": grp["temperature"].iloc[0],
-                "beta": grp["beta"].iloc[0],
+                **{hp: grp[hp].iloc[0] for hp in hps},
                 "student_params": grp["params"].iloc[0],
                 "teacher_params": grp["teacher_params"].iloc[0],
                 **res,
             }
         )
-    cols = ["pair", "teacher", "student", "method", "alpha", "temperature", "beta", "student_params", "teacher_params"]
+    cols = ["pair", "teacher", "student", "method", *hps, "student_params", "teacher_params"]
     df = pd.DataFrame(rows)
     if df.empty:
         return pd.DataFrame(columns=[*cols, "diff", "p_welch", "p_holm", "p_holm_paired", "notes"])
@@ -275,15 +280,12 @@ def _same(a: Any, b: Any) -> bool:
     return (pd.isna(a) and pd.isna(b)) or (not pd.isna(a) and not pd.isna(b) and math.isclose(float(a), float(b)))
 
 
-HP_KEYS = ["alpha", "temperature", "beta"]
-
-
-def _winning_point(grp: pd.DataFrame, metric: str) -> tuple | None:
-    """The grid point (alpha, temperature, beta) of one pair x method that :func:`kdcore.selection.choose_winner`
+def _winning_point(grp: pd.DataFrame, metric: str, hps: list[str]) -> tuple | None:
+    """The grid point (values of ``hps``) of one pair x method that :func:`kdcore.selection.choose_winner`
     picks: highest mean ``metric`` over its selection seeds, ties to the first point in grid order."""
+    groups = grp.groupby(hps, dropna=False, sort=False) if hps else [((), grp)]
     points = [
-        {"hp": hp, "score": candidate_score(g[metric].tolist())}
-        for hp, g in grp.groupby(HP_KEYS, dropna=False, sort=False)
+        {"hp": hp if isinstance(hp, tuple) else (hp,), "score": candidate_score(g[metric].tolist())} for hp, g in groups
     ]
     best = choose_winner(points)
     return None if math.isnan(best["score"]) else best["hp"]
@@ -297,52 +299,31 @@ def selection_table(runs: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame
     """Every selection-grid run (stage select) with its val accuracy, ``winner`` (the run belongs to the grid
     point the workflow's selection rule picks: highest mean ``metric`` over the selection seeds, ties to the
     first point in grid order, see :mod:`kdcore.selection`) and whether the final runs used that point."""
-    sel = runs[runs["stage"] == "select"].sort_values(["pair", "method", *HP_KEYS, "seed"])
+    hps = hyperparameter_columns(runs)
+    sel = runs[runs["stage"] == "select"].sort_values(["pair", "method", *hps, "seed"])
     final = runs[(runs["stage"] == "final") & (runs["method"] != "baseline")]
     rows = []
     for (pair, method), grp in sel.groupby(["pair", "method"], sort=True):
-        best = _winning_point(grp, metric)
+        best = _winning_point(grp, metric, hps)
         fin = final[(final["pair"] == pair) & (final["method"] == method)]
         for _, r in grp.iterrows():
-            used = any(
-                _same(f["alpha"], r["alpha"])
-                and _same(f["temperature"], r["temperature"])
-                and _same(f["beta"], r["beta"])
-                for _, f in fin.iterrows()
-            )
+            point = tuple(r[hps])
             rows.append(
                 {
                     "pair": pair,
                     "teacher": r["teacher"],
                     "student": r["student"],
                     "method": method,
-                    "alpha": r["alpha"],
-                    "temperature": r["temperature"],
-                    "beta": r["beta"],
+                    **dict(zip(hps, point, strict=True)),
                     "seed": r["seed"],
                     "val_acc": r["val_acc"],
                     "test_best": r["test_best"],
-                    "winner": best is not None and _same_point(tuple(r[HP_KEYS]), best),
-                    "used_in_final": used,
+                    "winner": best is not None and _same_point(point, best),
+                    "used_in_final": any(_same_point(tuple(f[hps]), point) for _, f in fin.iterrows()),
                 }
             )
-    return pd.DataFrame(
-        rows,
-        columns=[
-            "pair",
-            "teacher",
-            "student",
-            "method",
-            "alpha",
-            "temperature",
-            "beta",
-            "seed",
-            "val_acc",
-            "test_best",
-            "winner",
-            "used_in_final",
-        ],
-    )
+    columns = ["pair", "teacher", "student", "method", *hps, "seed", "val_acc", "test_best", "winner", "used_in_final"]
+    return pd.DataFrame(rows, columns=columns)
 
 
 def stem_ablation(runs: pd.DataFrame, metric: str = "test_best", **kwargs: Any) -> pd.DataFrame:

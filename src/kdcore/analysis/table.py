@@ -14,20 +14,14 @@ from typing import Any
 
 import pandas as pd
 
+from kdcore.analysis import methods as method_catalog
 from kdcore.errors import DataError
 
 STAGES = ("teacher", "baseline", "select", "final", "stem", "clip")
-#: Columns of runs.csv, in order.
-RUN_COLUMNS = [
-    "stage",
-    "run_id",
-    "teacher",
-    "student",
-    "pair",
-    "method",
-    "alpha",
-    "temperature",
-    "beta",
+#: Columns of runs.csv before its hyper-parameter columns, in order.
+RUN_KEY_COLUMNS = ["stage", "run_id", "teacher", "student", "pair", "method"]
+#: Columns of runs.csv after its hyper-parameter columns, in order.
+RUN_VALUE_COLUMNS = [
     "seed",
     "stem",
     "width",
@@ -56,6 +50,24 @@ RUN_COLUMNS = [
     "source",
     "path",
 ]
+
+
+def run_columns(hyperparameters: Iterable[str]) -> list[str]:
+    """Columns of runs.csv with these hyper-parameter columns (one per hyper-parameter the study sets)."""
+    return [*RUN_KEY_COLUMNS, *hyperparameters, *RUN_VALUE_COLUMNS]
+
+
+def hyperparameter_columns(runs: pd.DataFrame) -> list[str]:
+    """The hyper-parameter columns of a run table (or of a table keeping its columns in the same place)."""
+    fixed = set(RUN_KEY_COLUMNS) | set(RUN_VALUE_COLUMNS)
+    columns = list(runs.columns)
+    if "method" not in columns or "seed" not in columns:
+        raise DataError("run table: missing column method or seed")
+    return [c for c in columns[columns.index("method") + 1 : columns.index("seed")] if c not in fixed]
+
+
+#: Columns of runs.csv of the paper's study.
+RUN_COLUMNS = run_columns(method_catalog.PAPER_HYPERPARAMETERS)
 FIDELITY_COLUMNS = [
     "stage",
     "run_id",
@@ -140,8 +152,11 @@ def _data_source(data: dict[str, Any], path: Path) -> str:
     return "" if source is None else str(source)
 
 
-def run_record(data: dict[str, Any], path: str | Path) -> dict[str, Any]:
-    """One row of the run table from a parsed metrics.json (``path`` names the file in errors)."""
+def run_record(
+    data: dict[str, Any], path: str | Path, hyperparameters: Iterable[str] = method_catalog.PAPER_HYPERPARAMETERS
+) -> dict[str, Any]:
+    """One row of the run table from a parsed metrics.json (``path`` names the file in errors), with a
+    column per name of ``hyperparameters`` (config.method.<name>; NaN where the run's method has none)."""
     path = Path(path)
     labels = data.get("labels") or _get(data, "config.labels", path) or {}
     stage = labels.get("stage")
@@ -168,9 +183,7 @@ def run_record(data: dict[str, Any], path: str | Path) -> dict[str, Any]:
         "student": student,
         "pair": f"{teacher}-{student}" if teacher else "",
         "method": method,
-        "alpha": _num(_get(data, "config.method.alpha", path)),
-        "temperature": _num(_get(data, "config.method.temperature", path)),
-        "beta": _num(_get(data, "config.method.beta", path)),
+        **{hp: _num(_get(data, f"config.method.{hp}", path)) for hp in hyperparameters},
         "seed": int(seed),
         "stem": _get(data, "config.model.stem", path) or _get(data, "model.stem", path, default="cifar"),
         "width": int(_get(data, "config.model.width", path) or _get(data, "model.width", path, default=64)),
@@ -275,14 +288,22 @@ def build_fidelity_table(fidelity_paths: Iterable[str | Path], runs: pd.DataFram
     return joined[FIDELITY_COLUMNS].sort_values(["pair", "control", "method", "seed"]).reset_index(drop=True)
 
 
-def build_run_table(metrics_paths: Iterable[str | Path], fidelity_paths: Iterable[str | Path] = ()) -> pd.DataFrame:
-    """The tidy run table (columns :data:`RUN_COLUMNS`), one row per metrics.json.
+def build_run_table(
+    metrics_paths: Iterable[str | Path],
+    fidelity_paths: Iterable[str | Path] = (),
+    hyperparameters: Iterable[str] | None = None,
+) -> pd.DataFrame:
+    """The tidy run table (columns :func:`run_columns`), one row per metrics.json.
+
+    ``hyperparameters``: its hyper-parameter columns (default: those of the registered method catalog,
+    :func:`kdcore.analysis.methods.hyperparameter_columns`).
 
     KD runs get their fidelity metrics (agreement %, KL at T=1 and T=4, ECE, teacher accuracy) from the
     fidelity.json whose labels.run_id names them; baseline control fidelity files stay in the fidelity table.
     """
-    records = [run_record(load_json(p, "train"), p) for p in metrics_paths]
-    runs = _frame(records, RUN_COLUMNS)
+    hps = list(method_catalog.hyperparameter_columns() if hyperparameters is None else hyperparameters)
+    records = [run_record(load_json(p, "train"), p, hps) for p in metrics_paths]
+    runs = _frame(records, run_columns(hps))
     dup = runs.duplicated("run_id")
     if dup.any():
         row = runs[dup].iloc[0]
@@ -302,7 +323,7 @@ def build_run_table(metrics_paths: Iterable[str | Path], fidelity_paths: Iterabl
             runs.loc[idx, col] = runs.loc[idx, "run_id"].map(kd[src]).to_numpy()
     order = {s: i for i, s in enumerate(STAGES)}
     runs = runs.assign(_o=runs["stage"].map(order)).sort_values(
-        ["_o", "pair", "student", "method", "stem", "alpha", "temperature", "seed", "run_id"]
+        ["_o", "pair", "student", "method", "stem", *hps, "seed", "run_id"]
     )
     return runs.drop(columns="_o").reset_index(drop=True)
 

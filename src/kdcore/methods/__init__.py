@@ -8,7 +8,8 @@ new method is one new file and the code each run executes is exactly the engine 
 The helpers below answer, from each method's own declarations, what analysis and workflow would
 otherwise hard-code: display labels (:func:`method_label`, :func:`method_tex`), hyper-parameters in order
 (:func:`hyperparameters`, :func:`hyperparameter_columns`) and run folder names (:func:`hp_folder_name`,
-:func:`parse_hp_folder`, :func:`grid_points`).
+:func:`parse_hp_folder`, :func:`grid_points`), and :func:`describe_methods` hands labels and columns to the
+analysis, which runs without torch (:mod:`kdcore.analysis.methods`).
 
 Search path: method modules are found on this package's ``__path__``. A directory can be added with
 :func:`add_method_directory` (in-process) or listed in the environment variable ``KDCORE_METHOD_PATH``
@@ -102,6 +103,31 @@ def hyperparameter_columns(methods: Iterable[str]) -> list[str]:
 
     The columns a run table needs for these methods (a method without a key leaves it empty)."""
     return list(dict.fromkeys(hp.name for m in methods for hp in hyperparameters(m)))
+
+
+def describe_methods(shown: Mapping[str, Iterable[str]]) -> dict[str, Any]:
+    """The method catalog of :mod:`kdcore.analysis.methods` for a study.
+
+    ``shown``: method name -> the hyper-parameters the study sets for it (its grid and fixed keys). The
+    catalog has the label and LaTeX label of those methods and of ``baseline``, and, as the run table's
+    hyper-parameter columns, the shown hyper-parameters in method order then declared order."""
+    names = list(dict.fromkeys(["baseline", *shown]))
+    wanted = {key for keys in shown.values() for key in keys}
+    for method, keys in shown.items():
+        for key in keys:
+            hyperparameter(method, key)  # an unknown key is an error naming the method
+    columns: dict[str, HyperParameter] = {}
+    for method in shown:
+        for hp in hyperparameters(method):
+            if hp.name in wanted and hp.name not in columns:
+                columns[hp.name] = hp
+    return {
+        "methods": {n: {"label": method_label(n), "tex": method_tex(n)} for n in names},
+        "hyperparameters": [
+            {"name": hp.name, "label": hp.label or hp.name, "tex": hp.tex or hp.label or hp.name}
+            for hp in columns.values()
+        ],
+    }
 
 
 # ----------------------------------------------------------------------------- folder names

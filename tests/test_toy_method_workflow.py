@@ -1,0 +1,92 @@
+"""A method that is one module outside src/, and nothing else: a toy method written to a temporary folder,
+made visible with KDCORE_METHOD_PATH, runs through selection, final runs, the run table, statistics, LaTeX
+tables and figures of a smoke-sized study, under its own label and hyper-parameter."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from _workflow_tools import REPO, copy_workflow, dry_run, snakemake
+from snakemake.utils import update_config
+
+pytestmark = pytest.mark.slow
+
+TOY_METHOD = '''
+"""Toy KD: cross-entropy plus ``weight`` times the mean squared difference of student and teacher logits."""
+
+from typing import ClassVar
+
+import torch.nn.functional as F
+
+from kdcore.methods.base import ForwardOutputs, HyperParameter, Method, cross_entropy
+
+
+class ToyKD(Method):
+    name = "toykd"
+    label = "Toy-KD"
+    tex = "Toy-KD$^\\\\star$"
+    needs_teacher = True
+    hyperparameters: ClassVar[tuple[HyperParameter, ...]] = (
+        HyperParameter("weight", "w", "number", 1.0, minimum=0, label="weight", tex=r"$\\lambda_{\\mathrm{toy}}$"),
+    )
+
+    def loss(self, outputs: ForwardOutputs, trainable):
+        ce = cross_entropy(outputs.student_logits, outputs.targets)
+        kd = F.mse_loss(outputs.student_logits.float(), outputs.teacher_logits.float())
+        return ce + self.params["weight"] * kd, {"ce": ce, "kd": kd}
+
+
+METHOD = ToyKD
+'''
+
+
+def toy_study() -> dict:
+    """The smoke study with the toy method as its only KD method and no ablations."""
+    config = yaml.safe_load((REPO / "config.yaml").read_text(encoding="utf-8"))
+    update_config(config, yaml.safe_load((REPO / "config/smoke.yaml").read_text(encoding="utf-8")))
+    config["methods"] = {"toykd": {"grid": {"weight": [0.5, 2.0]}, "fixed": None}}
+    config["ablations"]["stem"]["enabled"] = False
+    config["ablations"]["clip"]["enabled"] = False
+    return config
+
+
+def test_toy_method_runs_from_selection_to_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    methods = tmp_path / "methods"
+    methods.mkdir()
+    (methods / "toykd.py").write_text(TOY_METHOD, encoding="utf-8")
+    monkeypatch.setenv("KDCORE_METHOD_PATH", str(methods))
+    work = copy_workflow(tmp_path / "wf")
+    # the study is the whole config (an overlay would merge the toy method into config.yaml's methods)
+    (work / "config.yaml").write_text(yaml.safe_dump(toy_study()), encoding="utf-8")
+
+    plan = dry_run(work)
+    assert {w["hp"] for w in plan.of("train_select", method="toykd")} == {"w0.5", "w2"}
+    assert len(plan.of("train_final", method="toykd")) == 2
+    snakemake(work, "--cores", "2", timeout=1500)
+
+    runs = work / "results/runs"
+    assert (runs / "select/resnet34-resnet18/toykd/w2/seed0/metrics.json").is_file()
+    assert (runs / "final/resnet34-resnet18/toykd/seed1/metrics.json").is_file()
+    tables = work / "results/tables"
+    run_table = pd.read_csv(tables / "runs.csv")
+    assert "weight" in run_table.columns and not {"alpha", "temperature", "beta"} & set(run_table.columns)
+    assert set(run_table.loc[run_table["stage"] == "select", "weight"]) == {0.5, 2.0}
+    selection = pd.read_csv(tables / "selection.csv")
+    assert set(selection["weight"]) == {0.5, 2.0} and selection["winner"].sum() == 1
+    comparisons = pd.read_csv(tables / "comparisons.csv")
+    assert list(comparisons["method"]) == ["toykd"]
+    main = (tables / "main_results.tex").read_text(encoding="utf-8")
+    assert "Toy-KD$^\\star$ gain" in main and "Logit-KD" not in main
+    assert r"$\lambda_{\mathrm{toy}}$" in (tables / "selection.tex").read_text(encoding="utf-8")
+    assert "Toy-KD$^\\star$" in (tables / "kd_statistics.tex").read_text(encoding="utf-8")
+    figures = work / "results/figures"
+    assert (figures / "gain_vs_capacity.png").stat().st_size > 0 and (figures / "fidelity.pdf").is_file()
+    assert dry_run(work).counts == {}
+
+    # the toy module is part of its runs' code: an edit reruns the toy branch, not the teachers
+    (methods / "toykd.py").write_text(TOY_METHOD.replace("ce + self", "1.0 * ce + self"), encoding="utf-8")
+    counts = dry_run(work).counts
+    assert counts["train_select"] == 2 and counts["train_final"] == 2 and "train_teacher" not in counts
