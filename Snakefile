@@ -8,12 +8,17 @@ min_version("9.0")
 include: "workflow/rules/common.smk"
 
 
+import kdcore.config as kdcore_config  # importable once common.smk has put the workflow's src/ first
+
+
 # Snakemake reports a YAML syntax error without file or line: check the workflow's own config first.
 configfile: checked_yaml_file("config.yaml")
 
 
 # `--config key={...}` gives nested values as strings: type them before the schema sees them.
 coerce_override_strings(config)
+# An overlay removes a method of config.yaml with `methods: {<name>: null}`.
+kdcore_config.drop_removed_methods(config)
 check_study_schema()
 validate(config, "src/kdcore/schemas/config.schema.yaml", set_default=True)
 # Everything the DAG will train is checked now, before any job: cross-key rules, every run config

@@ -81,6 +81,7 @@ def metrics(
             "fingerprint": "x",
             "source": {"kind": "synthetic" if synthetic else "folder"},
             "synthetic": synthetic,
+            "split": "other",
             "n_train": 450,
             "n_val": 50,
             "n_test": 100,

@@ -26,7 +26,7 @@ for module in sys.argv[1:]:
 
 def analysis_env_rules() -> list[str]:
     text = (REPO / "workflow/rules/analysis.smk").read_text(encoding="utf-8")
-    rules = re.split(r"^rule ", text, flags=re.M)[1:]
+    rules = re.split(r"^\s*rule ", text, flags=re.M)[1:]  # rules may sit inside an `if` block
     return [r.split(":")[0] for r in rules if "envs/analysis.yaml" in r]
 
 

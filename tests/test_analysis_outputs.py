@@ -99,3 +99,13 @@ def test_comparison_interval_matches_welch(study):
         .iloc[0]
     )
     assert one["ours_n"] == 1 and pd.notna(one["interval_low"])  # prediction interval from the paper's spread
+
+
+def test_comparison_says_when_a_real_data_study_does_not_use_the_papers_split():
+    """Real data (not synthetic) on another split (folder source, subset, other seed) is flagged per row."""
+    cols = {"synthetic": [False], "width": [64], "epochs": [100], "n_train": [45000]}
+    paper = pd.DataFrame({**cols, "split": ["paper"]})
+    same = pd.DataFrame({**cols, "split": ["paper"]})
+    other = pd.DataFrame({**cols, "split": ["other"]})
+    assert compare.reduced_scale_reasons(same, paper) == []
+    assert compare.reduced_scale_reasons(other, paper) == ["not the paper's train/val split"]

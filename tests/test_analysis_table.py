@@ -34,6 +34,7 @@ def test_run_table_rows_and_units(tmp_path):
     )
     assert row["agreement"] == pytest.approx(100 * 0.921) and row["kl_t1"] == pytest.approx(0.2)
     assert (row["seed"], row["clip_scope"], row["data_source"], row["synthetic"]) == (1, "all", "synthetic", True)
+    assert row["split"] == "other"  # metrics.json data.split (kdcore.data: `paper` only for the paper's split)
     assert row["seconds"] == 3.0 and row["device"] == "cpu"
     base = runs[runs["stage"] == "baseline"]
     assert base["agreement"].isna().all()  # control fidelity stays in the fidelity table

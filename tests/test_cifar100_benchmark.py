@@ -95,11 +95,6 @@ def benchmark_study_config() -> dict:
     return config
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the study schema's arch enum and the workflow's wildcard patterns do not yet admit the CIFAR "
-    "ResNets/WRNs (resnet20 ... wrn_40_2); config.yaml's feature method is merged into every overlay",
-)
 def test_benchmark_study_validates_and_plans_its_jobs(tmp_path: Path) -> None:
     validate_study_config(benchmark_study_config())
     plan = dry_run(copy_workflow(tmp_path / "wf"), "--configfile", BENCHMARK)

@@ -216,3 +216,14 @@ def test_schema_lives_in_the_package_and_the_snakefile_validates_with_it():
     assert C.schema_path() == Path(C.__file__).resolve().parent / "schemas" / "config.schema.yaml"
     snakefile = (REPO / "Snakefile").read_text(encoding="utf-8")
     assert 'validate(config, "src/kdcore/schemas/config.schema.yaml"' in snakefile
+
+
+def test_an_overlay_removes_a_method_with_null():
+    base = C.merge_config(
+        yaml.safe_load((REPO / "config.yaml").read_text(encoding="utf-8")), {"methods": {"feature": None}}
+    )
+    study = C.validate_study_config(base)
+    assert list(study["methods"]) == ["logit"]
+    assert base["methods"]["feature"] is None  # validation works on a copy
+    C.drop_removed_methods(base)
+    assert "feature" not in base["methods"]

@@ -109,6 +109,7 @@ def test_import_small_zip(tmp_path):
     fin = runs.loc["final/resnet50-resnet18/feature/seed0"]
     assert fin["source"] == "paper-reference" and fin["device"] == "A100 (paper)"
     assert fin["data_source"] == "torchvision" and not fin["synthetic"] and fin["width"] == 64
+    assert fin["split"] == "paper"  # the paper's own 45k/5k split of torchvision's CIFAR-10
     assert fin["test_best"] == pytest.approx(94.5) and fin["agreement"] == pytest.approx(95.3)
     assert fin["alpha"] == 0.7 and fin["clip_scope"] == "all"
     assert fin["proj_grad_norm_max"] != fin["proj_grad_norm_max"]  # 0.0 placeholder -> not recorded (NaN)

@@ -209,9 +209,21 @@ def merge_config(base: Mapping[str, Any], overlay: Mapping[str, Any]) -> dict[st
     return out
 
 
+def drop_removed_methods(config: dict[str, Any]) -> None:
+    """Remove the methods an overlay set to null (``methods: {feature: null}``) from ``config``, in place:
+    config files merge key by key, so null is how an overlay takes out a method of the config below it."""
+    methods = config.get("methods")
+    if isinstance(methods, dict):
+        for name in [name for name, spec in methods.items() if spec is None]:
+            del methods[name]
+
+
 def validate_study_config(config: Mapping[str, Any]) -> dict[str, Any]:
     """A study config (the workflow's) checked against the schema, with defaults filled in, and every
-    network it names against the model registry (:func:`check_study_networks`)."""
+    network it names against the model registry (:func:`check_study_networks`). Methods set to null are
+    removed first (:func:`drop_removed_methods`)."""
+    config = copy.deepcopy(dict(config))
+    drop_removed_methods(config)
     study = validate_with_defaults(config, SCHEMA_URI)
     check_study_networks(study)
     return study

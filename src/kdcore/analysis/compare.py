@@ -47,6 +47,8 @@ def reduced_scale_reasons(ours: pd.DataFrame, paper: pd.DataFrame) -> list[str]:
     reasons = []
     if ours["synthetic"].astype(bool).any():
         reasons.append("synthetic data")
+    elif "split" in ours and (ours["split"].fillna("") != "paper").any():
+        reasons.append("not the paper's train/val split")
     if paper["width"].notna().any() and (ours["width"] < paper["width"].max()).any():
         reasons.append(f"width {int(ours['width'].min())} < {int(paper['width'].max())}")
     if paper["epochs"].notna().any() and (ours["epochs"] < paper["epochs"].max()).any():
