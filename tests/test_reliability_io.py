@@ -94,7 +94,9 @@ def test_class_folders_must_number_num_classes_at_prepare_time(tmp_path, n_class
     root = tmp_path / "tree"
     _write_tree(root, {f"c{i:02d}": (2, 1) for i in range(n_classes)})
     out = tmp_path / "dataset.pt"
-    with pytest.raises(DataError, match=rf"{needle} \(c00, c01, .*\), but the data spec's num_classes is 10"):
+    with pytest.raises(
+        DataError, match=rf"{needle} \(c00, c01, .*\), but the data spec asks for 10 \(dataset cifar10\)"
+    ):
         prepare_dataset({"source": "folder", "path": str(root), "val_size": 2}, out)
     assert not out.exists()
     summary = prepare_dataset({"source": "folder", "path": str(root), "val_size": 2, "num_classes": n_classes}, out)
