@@ -16,7 +16,7 @@ import yaml
 from _workflow_tools import REPO, Plan, copy_workflow, dry_run, snakemake
 
 TRAINING_RULES = ("train_teacher", "train_baseline", "train_select", "train_final", "train_stem", "train_clip")
-GPU_RULES = (*TRAINING_RULES, "fidelity_final", "fidelity_baseline")
+GPU_RULES = (*TRAINING_RULES, "teacher_cache", "fidelity_final", "fidelity_baseline")
 
 FULL_STUDY_COUNTS = {
     "prepare_data": 1,
@@ -29,6 +29,7 @@ FULL_STUDY_COUNTS = {
     "fidelity_baseline": 20,  # each baseline against each of its 2 teachers
     "train_stem": 7,  # R18, R34 seeds 0..2 (student epochs) + R50 seed 0 (teacher epochs)
     "train_clip": 5,  # R50->R18 feature, seeds 0..4
+    "teacher_cache": 3,  # logit runs per teacher: R34 14, R50 28, R101 14 (9 grid + 5 final per pair), all >= 3
     "all": 1,
 }
 
