@@ -120,6 +120,7 @@ def test_study_without_selection_v1_style(workdir: Path) -> None:
         "train_teacher": 9,
         "train_baseline": 6,
         "train_final": 18,
+        "teacher_cache": 3,  # each teacher has 3 logit final runs (>= teacher_cache.min_runs)
         "fidelity_final": 18,
         "fidelity_baseline": 9,  # R18 x {R34, R50} + R34 x {R101}, 3 seeds
         "all": 1,
@@ -214,7 +215,9 @@ def test_gpu_rules_share_one_template() -> None:
     """Each training/fidelity rule is a `use rule` of a template: the shared block is written once."""
     rules = "".join((REPO / "workflow/rules" / f).read_text() for f in ("teachers.smk", "students.smk"))
     for rule in GPU_RULES:
-        template = "fidelity_job" if rule.startswith("fidelity") else "training_job"
+        template = {"teacher_cache": "cache_job"}.get(
+            rule, "fidelity_job" if rule.startswith("fidelity") else "training_job"
+        )
         assert f"use rule {template} as {rule} with:" in rules, rule
     assert "conda:" not in rules.split("rule select_winner:")[0]
 

@@ -21,7 +21,7 @@ use rule training_job as train_teacher with:
 
 # The teacher-output cache of each cached teacher (config key teacher_cache, cached_teachers): its logits for
 # every augmentation view of every training image, read by the teacher's logit-based runs.
-rule teacher_cache:
+use rule cache_job as teacher_cache with:
     input:
         data=DATASET,
         teacher=lambda w: teacher_checkpoint(w.teacher),
@@ -31,13 +31,8 @@ rule teacher_cache:
         job_log("cache/{teacher}"),
     benchmark:
         job_benchmark("cache/{teacher}")
-    conda:
-        "../envs/kdcore.yaml"
-    threads: train_threads()
     resources:
         **train_resources(lambda w: teacher_cache_runtime(w.teacher)),
     params:
         precision=config["runtime"]["precision"],
         code=code_digest("kdcore.teacher_cache", scripts=("teacher_cache.py", "_common.py")),
-    script:
-        "../scripts/teacher_cache.py"
