@@ -27,6 +27,7 @@ CAPACITY_COUNTS = {
     "train_final": 90,  # 9 students x 2 methods x 5 seeds
     "fidelity_final": 90,
     "fidelity_baseline": 45,  # each baseline against its one teacher
+    "teacher_cache": 1,  # resnet50: 45 logit-KD final runs
     "all": 1,
 }
 QUICK_COUNTS = {
@@ -38,6 +39,7 @@ QUICK_COUNTS = {
     "fidelity_baseline": 12,  # resnet18 against 2 teachers, the others against 1, 3 seeds
     "train_stem": 6,  # resnet18, resnet34 x seeds 0..2
     "train_clip": 3,
+    "teacher_cache": 2,  # resnet50-w16 and resnet34-w16: each >= 3 logit-KD final runs
     "all": 1,
 }
 
@@ -51,7 +53,7 @@ def test_capacity_study_job_count(tmp_path: Path) -> None:
     plan = dry_run(copy_workflow(tmp_path), "--configfile", "config/capacity.yaml")
     counts = {rule: n for rule, n in plan.counts.items() if not rule.startswith("analysis_")}
     assert counts == CAPACITY_COUNTS
-    assert sum(CAPACITY_COUNTS.values()) == 273
+    assert sum(CAPACITY_COUNTS.values()) == 274
     for path in (
         "results/runs/baselines/resnet18-w8/seed4/metrics.json",
         "results/runs/baselines/resnet110/seed0/metrics.json",

@@ -16,7 +16,7 @@ import yaml
 from _workflow_tools import REPO, Plan, copy_workflow, dry_run, snakemake
 
 TRAINING_RULES = ("train_teacher", "train_baseline", "train_select", "train_final", "train_stem", "train_clip")
-GPU_RULES = (*TRAINING_RULES, "fidelity_final", "fidelity_baseline")
+GPU_RULES = (*TRAINING_RULES, "teacher_cache", "fidelity_final", "fidelity_baseline")
 
 FULL_STUDY_COUNTS = {
     "prepare_data": 1,
@@ -29,6 +29,7 @@ FULL_STUDY_COUNTS = {
     "fidelity_baseline": 20,  # each baseline against each of its 2 teachers
     "train_stem": 7,  # R18, R34 seeds 0..2 (student epochs) + R50 seed 0 (teacher epochs)
     "train_clip": 5,  # R50->R18 feature, seeds 0..4
+    "teacher_cache": 3,  # logit runs per teacher: R34 14, R50 28, R101 14 (9 grid + 5 final per pair), all >= 3
     "all": 1,
 }
 
@@ -119,6 +120,7 @@ def test_study_without_selection_v1_style(workdir: Path) -> None:
         "train_teacher": 9,
         "train_baseline": 6,
         "train_final": 18,
+        "teacher_cache": 3,  # each teacher has 3 logit final runs (>= teacher_cache.min_runs)
         "fidelity_final": 18,
         "fidelity_baseline": 9,  # R18 x {R34, R50} + R34 x {R101}, 3 seeds
         "all": 1,
@@ -213,7 +215,9 @@ def test_gpu_rules_share_one_template() -> None:
     """Each training/fidelity rule is a `use rule` of a template: the shared block is written once."""
     rules = "".join((REPO / "workflow/rules" / f).read_text() for f in ("teachers.smk", "students.smk"))
     for rule in GPU_RULES:
-        template = "fidelity_job" if rule.startswith("fidelity") else "training_job"
+        template = {"teacher_cache": "cache_job"}.get(
+            rule, "fidelity_job" if rule.startswith("fidelity") else "training_job"
+        )
         assert f"use rule {template} as {rule} with:" in rules, rule
     assert "conda:" not in rules.split("rule select_winner:")[0]
 

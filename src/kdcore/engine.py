@@ -496,6 +496,7 @@ def open_teacher_cache(run: Run) -> TeacherCache | None:
     expected = expected_header(
         cfg["teacher"]["checkpoint"], data.fingerprint, data.n_train, data.num_classes, precision
     )
+    log.info("teacher logits read from the cache %s (%s), not computed", path, precision)
     return load_teacher_cache(path, placement.device, expected)
 
 

@@ -545,6 +545,70 @@ def training_jobs() -> list[tuple[str, SimpleNamespace]]:
     return jobs
 
 
+# ----------------------------------------------------------------------------- teacher-output cache
+KD_STAGES = ("select", "final", "clip")
+
+
+def logit_based(method: str) -> bool:
+    """Whether ``method`` reads only its teacher's logits (needs a teacher, not its features), so that its
+    runs can read them from a teacher-output cache (kdcore.teacher_cache)."""
+    from kdcore.methods import get_method
+
+    cls = get_method(method)
+    return bool(cls.needs_teacher and not cls.needs_features)
+
+
+def logit_run_counts() -> dict[str, int]:
+    """Teacher -> number of logit-based training runs (selection, final, clip) that use it."""
+    counts: dict[str, int] = {}
+    for stage, w in training_jobs():
+        if stage in KD_STAGES and logit_based(w.method):
+            counts[w.teacher] = counts.get(w.teacher, 0) + 1
+    return counts
+
+
+def cached_teachers() -> list[str]:
+    """The teachers whose logits are cached (config key teacher_cache): with `auto`, those with at least
+    `min_runs` logit-based runs (kdcore.teacher_cache.cache_worthwhile); with `true`, every teacher with one."""
+    if "teachers" not in _CACHED_TEACHERS:
+        from kdcore.teacher_cache import cache_worthwhile
+
+        setting, counts = config["teacher_cache"]["enabled"], logit_run_counts()
+        if setting is False:
+            chosen = []
+        elif setting is True:
+            chosen = [t for t, n in counts.items() if n > 0]
+        else:
+            chosen = [t for t, n in counts.items() if cache_worthwhile(n, config["teacher_cache"]["min_runs"])]
+        _CACHED_TEACHERS["teachers"] = chosen
+    return _CACHED_TEACHERS["teachers"]
+
+
+_CACHED_TEACHERS: dict = {}
+
+
+def teacher_cache_file(teacher: str) -> str:
+    return f"results/cache/{teacher}/logits.pt"
+
+
+def teacher_cache_input(w) -> list[str]:
+    """The cache file of a KD run's teacher when the run is logit-based and its teacher is cached, else none."""
+    if w.teacher in cached_teachers() and logit_based(w.method):
+        return [teacher_cache_file(w.teacher)]
+    return []
+
+
+def teacher_cache_runtime(teacher: str) -> int:
+    """Estimated minutes of a cache build: one teacher forward per view of every training image, i.e. as
+    many forwards as n_views epochs of a run (a teacher epoch costs compute.teacher_factor of its training
+    epoch)."""
+    from kdcore.augment import PAD, n_views
+
+    c = config["compute"]
+    minutes = n_views(PAD) * c["teacher_factor"] * minutes_per_epoch(teacher)
+    return int(math.ceil(c["runtime_overhead"] + c["runtime_margin"] * minutes))
+
+
 def study_key(stage: str, w, run_key: str) -> str:
     """The study config key behind key ``run_key`` (e.g. train.momentum) of a run config."""
     section, _, rest = run_key.partition(".")

@@ -1,4 +1,4 @@
-# Templates of the GPU jobs: what every training and every fidelity job shares (environment, threads,
+# Templates of the GPU jobs: what every training, teacher-cache and fidelity job shares (environment, threads,
 # memory, GPU resource, script). Each concrete rule takes one with `use rule ... with:` and states only
 # what is its own: input, output, log, benchmark, runtime estimate and params. The templates have no
 # output, so they never run themselves (their log is a placeholder that every rule replaces).
@@ -28,3 +28,15 @@ rule fidelity_job:
         runtime=config["compute"]["fidelity_runtime"],
     script:
         "../scripts/fidelity.py"
+
+
+rule cache_job:
+    log:
+        job_log("templates/cache_job"),
+    conda:
+        "../envs/kdcore.yaml"
+    threads: train_threads()
+    resources:
+        **train_resources(),
+    script:
+        "../scripts/teacher_cache.py"

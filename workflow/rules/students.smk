@@ -22,6 +22,7 @@ use rule training_job as train_select with:
     input:
         data=DATASET,
         teacher=lambda w: teacher_checkpoint(w.teacher),
+        teacher_cache=teacher_cache_input,
     output:
         **run_outputs("select", teacher="{teacher}", student="{student}", method="{method}", hp="{hp}", seed="{seed}"),
     log:
@@ -64,6 +65,7 @@ use rule training_job as train_final with:
     input:
         data=DATASET,
         teacher=lambda w: teacher_checkpoint(w.teacher),
+        teacher_cache=teacher_cache_input,
         winner=winner_input,
     output:
         **run_outputs("final", teacher="{teacher}", student="{student}", method="{method}", seed="{seed}"),
@@ -130,6 +132,7 @@ use rule training_job as train_clip with:
     input:
         data=DATASET,
         teacher=lambda w: teacher_checkpoint(w.teacher),
+        teacher_cache=teacher_cache_input,
         winner=winner_input,
     output:
         **run_outputs("clip", teacher="{teacher}", student="{student}", method="{method}", seed="{seed}"),

@@ -1,8 +1,9 @@
 """Workflow script: one training run (teacher, baseline, selection, final or ablation) via kdcore.engine.
 
-Inputs: ``data`` (prepared dataset), optionally ``teacher`` (checkpoint) and ``winner`` (selection result
-whose hyper-parameters are merged into the method). Params: ``run_config`` (canonical JSON of the run
-config without device/threads), ``code`` (digest; unused here).
+Inputs: ``data`` (prepared dataset), optionally ``teacher`` (checkpoint), ``teacher_cache`` (its output
+cache, set as runtime.teacher_cache) and ``winner`` (selection result whose hyper-parameters are merged into
+the method). Params: ``run_config`` (canonical JSON of the run config without device/threads),
+``code`` (digest; unused here).
 Outputs: ``metrics``, ``best``, ``final`` in one run folder.
 """
 
@@ -38,6 +39,9 @@ def main(snakemake: Any) -> None:
     winner = list(getattr(snakemake.input, "winner", []) or [])
     if winner:
         config = apply_winner(config, winner[0])
+    cache = list(getattr(snakemake.input, "teacher_cache", []) or [])
+    if cache:  # a job input, kept out of the run_config params: it changes how, not what, the run computes
+        config["runtime"]["teacher_cache"] = cache[0]
     out_dir = Path(snakemake.output.metrics).parent
     lease = snakemake.config["compute"]
     config["runtime"]["threads"] = int(snakemake.threads)
