@@ -34,7 +34,7 @@ PROFILE = REPO / "profiles" / "slurm"
 SMOKE = REPO / "config" / "smoke.yaml"
 
 # Rules whose jobs need a GPU (they declare `gpu: 1`); every other rule is CPU-only.
-GPU_RULE = re.compile(r"^(train_\w+|fidelity_\w+)$")
+GPU_RULE = re.compile(r"^(train_\w+|fidelity_\w+|teacher_cache)$")
 
 # The smoke study trimmed for the cluster test, to keep it within a few minutes on 2 cores: 8 SLURM jobs
 # in 5 levels (data -> teacher + baseline -> 2 final KD runs -> their fidelity -> analysis, as one group
