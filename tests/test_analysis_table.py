@@ -149,3 +149,20 @@ def test_outputs_of_a_study_without_optional_parts():
     assert outputs.available_stat_tables(core | {"stem"}) == ["comparisons", "stem_ablation", "moderation"]
     assert outputs.FIGURES["fidelity"].parts() == ("kd", "fidelity")
     assert set(outputs.available(outputs.FIGURES, set(outputs.PARTS))) == set(outputs.FIGURES)
+
+
+def test_fidelity_record_names_the_teacher_by_its_network_label():
+    """A width variant's fidelity.json records the architecture (resnet50); the row takes the workflow's label
+    (resnet50-w16), as the run table does, so the two tables join."""
+    from kdcore.analysis.table import fidelity_record
+
+    data = {
+        "labels": {"run_id": "final/resnet50-w16-resnet18-w4/logit/seed0", "teacher": "resnet50-w16"},
+        "teacher_arch": "resnet50",
+        "student_test_acc": 0.5,
+        "teacher_test_acc": 0.6,
+        "top1_agreement": 0.7,
+    }
+    assert fidelity_record(data, "f.json")["teacher"] == "resnet50-w16"
+    del data["labels"]["teacher"]
+    assert fidelity_record(data, "f.json")["teacher"] == "resnet50"

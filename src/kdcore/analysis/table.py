@@ -222,7 +222,8 @@ def fidelity_record(data: dict[str, Any], path: str | Path) -> dict[str, Any]:
     labels = data.get("labels") or {}
     if not labels.get("run_id"):
         raise DataError(f"{path}: missing field labels.run_id")
-    teacher = data.get("teacher_arch") or _get(data, "teacher.arch", path)
+    # the teacher's network label (e.g. resnet50-w16) when the workflow gave one, as for metrics.json
+    teacher = labels.get("teacher") or data.get("teacher_arch") or _get(data, "teacher.arch", path)
     if not teacher:
         raise DataError(f"{path}: missing field teacher_arch (or teacher.arch)")
     kl = {k: _num(data.get(k)) for k in ("kl_t1", "kl_t4")}
