@@ -19,8 +19,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.skipif(shutil.which("snakemake") is None, reason="snakemake not installed")
 
-# what the final KD runs need: data, the distillation teachers, baselines, the selection grid and winners
-KD = {"prepare_data", "train_teacher", "train_baseline", "train_select", "select_winner", "train_final"}
+# what the final KD runs need: data, the distillation teachers, their teacher-output caches (logit runs),
+# baselines, the selection grid and winners
+KD = {
+    "prepare_data",
+    "train_teacher",
+    "teacher_cache",
+    "train_baseline",
+    "train_select",
+    "select_winner",
+    "train_final",
+}
 FIDELITY = {"fidelity_final", "fidelity_baseline"}
 STEM = {"prepare_data", "train_stem", "train_baseline", "train_teacher"}
 CLIP = {"prepare_data", "train_teacher", "train_select", "select_winner", "train_final", "train_clip"}

@@ -47,7 +47,7 @@ def reduced_scale_reasons(ours: pd.DataFrame, paper: pd.DataFrame) -> list[str]:
     reasons = []
     if ours["synthetic"].astype(bool).any():
         reasons.append("synthetic data")
-    elif "split" in ours and (ours["split"].fillna("") != "paper").any():
+    elif "split" in ours and "split" in paper and set(ours["split"].fillna("")) - set(paper["split"].fillna("")):
         reasons.append("not the paper's train/val split")
     if paper["width"].notna().any() and (ours["width"] < paper["width"].max()).any():
         reasons.append(f"width {int(ours['width'].min())} < {int(paper['width'].max())}")

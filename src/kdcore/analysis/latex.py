@@ -81,12 +81,17 @@ def arch_sort_key(network: str) -> tuple:
 
 
 def split_pair(pair: str) -> tuple[str, str]:
-    """'resnet50-resnet18-w16' -> ('resnet50', 'resnet18-w16'): a pair is `<teacher>-<student>`, each a
-    network label (an architecture, optionally `-w<width>`); the student starts at the last `-resnet`/`-wrn_`."""
-    cut = max(pair.rfind("-resnet"), pair.rfind("-wrn_"))
-    if cut <= 0:
+    """'resnet50-w16-resnet18' -> ('resnet50-w16', 'resnet18'): a pair is `<teacher>-<student>`, each a network
+    label: an architecture name (which has no '-') optionally followed by `-w<width>`."""
+    labels: list[str] = []
+    for token in pair.split("-"):
+        if labels and re.fullmatch(r"w[1-9][0-9]*", token):
+            labels[-1] += f"-{token}"
+        else:
+            labels.append(token)
+    if len(labels) != 2 or not all(labels):
         raise ValueError(f"pair {pair!r} is not <teacher>-<student>")
-    return pair[:cut], pair[cut + 1 :]
+    return labels[0], labels[1]
 
 
 def pair_tex(pair: str) -> str:
