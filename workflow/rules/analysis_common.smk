@@ -156,3 +156,22 @@ def analysis_targets(wildcards=None) -> list[str]:
 # winners and fidelity files that study_targets() (common.smk) adds for a trained study.
 if ANALYSIS_FROM_REFERENCE:
     study_targets = analysis_targets
+
+
+def method_catalog() -> dict | None:
+    """Labels of the study's methods and the run table's hyper-parameter columns (those its grids and fixed
+    settings set), read from the method declarations for the analysis jobs, which run without torch
+    (kdcore.analysis.methods)."""
+    from kdcore.methods import describe_methods
+
+    if "methods" not in config:  # an analysis-only Snakefile without a study: jobs use kdcore.methods itself
+        return None
+    if "catalog" not in _METHOD_CATALOG:
+        shown = {
+            m: list(dict.fromkeys([*spec["grid"], *(spec.get("fixed") or {})])) for m, spec in config["methods"].items()
+        }
+        _METHOD_CATALOG["catalog"] = describe_methods(shown)
+    return _METHOD_CATALOG["catalog"]
+
+
+_METHOD_CATALOG: dict = {}

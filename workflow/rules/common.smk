@@ -127,23 +127,6 @@ def grid_points(method: str) -> list[tuple[str, dict]]:
         raise StudyConfigError(f"config key 'methods.{method}.grid': {exc}") from None
 
 
-def method_catalog() -> dict:
-    """Labels of the study's methods and the run table's hyper-parameter columns (those its grids and fixed
-    settings set), read from the method declarations for the analysis jobs, which run without torch
-    (kdcore.analysis.methods)."""
-    from kdcore.methods import describe_methods
-
-    if "catalog" not in _METHOD_CATALOG:
-        shown = {
-            m: list(dict.fromkeys([*spec["grid"], *(spec.get("fixed") or {})])) for m, spec in config["methods"].items()
-        }
-        _METHOD_CATALOG["catalog"] = describe_methods(shown)
-    return _METHOD_CATALOG["catalog"]
-
-
-_METHOD_CATALOG: dict = {}
-
-
 def grid_params(method: str, hp: str) -> dict:
     for name, params in grid_points(method):
         if name == hp:
