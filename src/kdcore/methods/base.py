@@ -98,6 +98,19 @@ def logit_hyperparameters(temperature: float) -> tuple[HyperParameter, ...]:
     )
 
 
+#: The cross-entropy weight of methods whose loss is ``ce_weight * CE + KD terms`` (DKD, DIST).
+CE_WEIGHT = HyperParameter(
+    "ce_weight",
+    "ce",
+    "number",
+    1.0,
+    minimum=0,
+    label="CE weight",
+    tex=r"$\lambda_{\mathrm{CE}}$",
+    description="weight of the cross-entropy term",
+)
+
+
 @dataclass(frozen=True)
 class ForwardOutputs:
     """What the engine hands a method for one batch."""

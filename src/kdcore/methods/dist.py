@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdcore.methods.base import (
+    CE_WEIGHT,
     ForwardOutputs,
     HyperParameter,
     Method,
@@ -80,16 +81,7 @@ class DIST(Method):
             description="weight of the intra-class loss",
         ),
         *logit_hyperparameters(temperature=4.0),
-        HyperParameter(
-            "ce_weight",
-            "ce",
-            "number",
-            1.0,
-            minimum=0,
-            label="CE weight",
-            tex=r"$\lambda_{\mathrm{CE}}$",
-            description="weight of the cross-entropy term",
-        ),
+        CE_WEIGHT,
     )
 
     def loss(

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdcore.methods.base import (
+    CE_WEIGHT,
     ForwardOutputs,
     HyperParameter,
     Method,
@@ -98,16 +99,7 @@ class DKD(Method):
             tex="warm-up",
             description="epochs over which the KD weight rises linearly to 1 (0: none)",
         ),
-        HyperParameter(
-            "ce_weight",
-            "ce",
-            "number",
-            1.0,
-            minimum=0,
-            label="CE weight",
-            tex=r"$\lambda_{\mathrm{CE}}$",
-            description="weight of the cross-entropy term",
-        ),
+        CE_WEIGHT,
     )
 
     def loss(
