@@ -10,13 +10,14 @@ import pytest
 from _analysis_study import make_study
 
 from kdcore.analysis import compare, figures, latex, stats, table
+from kdcore.analysis.outputs import FIGURES as FIGURE_READS
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("outputs")
     m, f = make_study(root / "runs")
-    paths = table.write_run_tables(m, f, root / "tables")
+    paths = table.write_run_tables(m, f, {name: root / "tables" / f"{name}.csv" for name in table.RUN_TABLES})
     runs = table.read_table(paths["runs"])
     stats.write_statistics(runs, root / "tables")
     return root, runs
@@ -35,7 +36,10 @@ def test_summary_json(study):
 @pytest.mark.parametrize("name", figures.FIGURES)
 def test_figures_written(study, name):
     root, _ = study
-    written = figures.write_figure(name, root / "tables", root / "figures" / f"{name}.pdf")
+    reads = FIGURE_READS[name]
+    names = ["runs"] * bool(reads.runs) + ["history"] * reads.history + ["fidelity"] * reads.fidelity + [*reads.stats]
+    inputs = {key: [root / "tables" / f"{key}.csv"] for key in names}
+    written = figures.write_figure(name, inputs, root / "figures" / f"{name}.pdf")
     assert [p.suffix for p in written] == [".pdf", ".png"]
     assert written[0].read_bytes()[:4] == b"%PDF" and written[1].read_bytes()[:4] == b"\x89PNG"
 

@@ -55,7 +55,9 @@ def test_history_and_roundtrip(tmp_path):
     m, f = make_study(tmp_path)
     hist = build_history_table(m)
     assert len(hist) == sum(len(json.loads(p.read_text())["history"]) for p in m)
-    paths = write_run_tables(m, f, tmp_path / "tables")
+    paths = write_run_tables(
+        m, f, {name: tmp_path / "tables" / f"{name}.csv" for name in ("runs", "fidelity", "history")}
+    )
     back = read_table(paths["runs"])
     assert (back["teacher"].fillna("x") != "x").all() and back.loc[back["stage"] == "teacher", "teacher"].eq("").all()
 

@@ -191,6 +191,12 @@ def test_cache_worthwhile_and_break_even() -> None:
     assert break_even_runs(epochs=200) == pytest.approx(0.81)
     assert [cache_worthwhile(k) for k in range(5)] == [False, False, False, True, True]
     assert cache_worthwhile(2, threshold=2) and not cache_worthwhile(1, threshold=2)
+    # short runs: 4-epoch runs forward the teacher 4 times per image, the build 162 times (break-even 40.5 runs)
+    assert break_even_runs(epochs=4) == pytest.approx(40.5)
+    assert not cache_worthwhile(40, epochs=4) and cache_worthwhile(41, epochs=4)
+    assert not cache_worthwhile(1, threshold=1, epochs=100) and cache_worthwhile(2, threshold=1, epochs=100)
+    with pytest.raises(ConfigError, match="epochs per run"):
+        cache_worthwhile(3, epochs=0)
     with pytest.raises(ConfigError, match="integer >= 0"):
         cache_worthwhile(-1)
     with pytest.raises(ConfigError, match="threshold"):

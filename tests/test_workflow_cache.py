@@ -1,9 +1,9 @@
 """The teacher-output cache in the workflow (config key teacher_cache, rule teacher_cache): which teachers are
-cached, which runs read a cache, the switch, and (slow) the smoke study with the cache forced on."""
+cached, which runs read a cache, and the switch (the smoke study's cached teacher is checked end to end on the
+finished smoke study, tests/test_workflow_e2e.py)."""
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -88,34 +88,3 @@ def test_bad_switch_value_fails_naming_the_key(workdir: Path) -> None:
     proc = snakemake(workdir, "-n", "--cores", "1", "--configfile", bad, check=False)
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "teacher_cache" in output and "Job stats" not in output
-
-
-@pytest.mark.slow
-def test_smoke_study_with_cache_forced_on(tmp_path: Path) -> None:
-    root = copy_workflow(tmp_path / "wf")
-    forced = overlay_file(root, "cache-on.yaml", {"teacher_cache": {"enabled": True}})
-    plan = dry_run(root, "--configfile", SMOKE, forced)
-    assert [w["teacher"] for w in plan.of("teacher_cache")] == ["resnet34"]
-    snakemake(root, "--configfile", SMOKE, forced, "--cores", "2", timeout=900)
-
-    cache_log = (root / "results/logs/cache/resnet34.log").read_text(encoding="utf-8")
-    assert "wrote results/cache/resnet34/logits.pt" in cache_log and "precision fp32" in cache_log
-    runs = sorted((root / "results/runs").glob("*/resnet34-resnet18/*/**/metrics.json"))
-    logit = [p for p in runs if "/logit/" in str(p)]
-    feature = [p for p in runs if "/feature/" in str(p)]
-    assert len(logit) == 4 and len(feature) == 5  # 2 grid + 2 final; 2 grid + 2 final + 1 clip
-    for path in logit:
-        config = json.loads(path.read_text(encoding="utf-8"))["config"]
-        assert config["runtime"]["teacher_cache"] == "results/cache/resnet34/logits.pt", path
-        run_log = root / "results/logs" / f"{config['labels']['run_id']}.log"
-        assert CACHE_LOG_LINE in run_log.read_text(encoding="utf-8"), run_log
-    for path in feature:
-        config = json.loads(path.read_text(encoding="utf-8"))["config"]
-        assert not config["runtime"].get("teacher_cache"), path
-        run_log = root / "results/logs" / f"{config['labels']['run_id']}.log"
-        assert CACHE_LOG_LINE not in run_log.read_text(encoding="utf-8"), run_log
-
-    assert dry_run(root, "--configfile", SMOKE, forced).counts == {}
-    # the cache path is an input only: without it, nothing reruns for a change of params or code
-    off = overlay_file(root, "cache-off.yaml", {"teacher_cache": {"enabled": False}})
-    assert dry_run(root, "--configfile", SMOKE, off, "--rerun-triggers", "params", "code", "mtime").counts == {}

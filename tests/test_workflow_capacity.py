@@ -39,8 +39,7 @@ QUICK_COUNTS = {
     "fidelity_baseline": 12,  # resnet18 against 2 teachers, the others against 1, 3 seeds
     "train_stem": 6,  # resnet18, resnet34 x seeds 0..2
     "train_clip": 3,
-    "teacher_cache": 2,  # resnet50-w16 and resnet34-w16: each >= 3 logit-KD final runs
-    "all": 1,
+    "all": 1,  # no teacher_cache: 4-epoch runs would need 41 per teacher to repay a build (cache_worthwhile)
 }
 
 

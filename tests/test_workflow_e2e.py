@@ -16,10 +16,14 @@ from _workflow_tools import REPO, Plan, append_code, copy_workflow, dry_run, sna
 pytestmark = pytest.mark.slow
 
 SMOKE = "config/smoke.yaml"
+# the teacher-output cache on (under `auto`, 1-epoch runs never repay a build), so that it is exercised here
+CACHE_ON = "config/cache-on.yaml"
+CONFIGS = ("--configfile", SMOKE, CACHE_ON)
 TRAINING_RULES = {"train_teacher", "train_baseline", "train_select", "train_final", "train_stem", "train_clip"}
 FEATURE = "src/kdcore/methods/feature.py"
 ENGINE = "src/kdcore/engine.py"
 FIGURES = "src/kdcore/analysis/figures.py"
+CACHE_LOG_LINE = "teacher logits read from the cache"
 
 
 class Smoke:
@@ -40,8 +44,9 @@ class Smoke:
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory: pytest.TempPathFactory) -> Smoke:
     root = copy_workflow(tmp_path_factory.mktemp("smoke") / "wf")
-    plan = dry_run(root, "--configfile", SMOKE)
-    snakemake(root, "--configfile", SMOKE, "--cores", "2", timeout=900)
+    (root / CACHE_ON).write_text("teacher_cache: {enabled: true}\n", encoding="utf-8")
+    plan = dry_run(root, *CONFIGS)
+    snakemake(root, *CONFIGS, "--cores", "2", timeout=900)
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     overlay = yaml.safe_load((REPO / SMOKE).read_text())
     config = {**config, **overlay}  # top-level replacement is enough for the keys read below
@@ -102,14 +107,40 @@ def test_outputs_exist_and_carry_their_settings(smoke: Smoke) -> None:
     assert not list(runs.rglob("last.pt"))
 
 
+def test_teacher_cache_feeds_the_logit_runs_only(smoke: Smoke, tmp_path: Path) -> None:
+    """teacher_cache on (CACHE_ON): resnet34's logits are cached and read by its 4 logit runs; feature
+    runs forward the teacher themselves."""
+    root = smoke.root
+    assert [w["teacher"] for w in smoke.plan.of("teacher_cache")] == ["resnet34"]
+    cache_log = (root / "results/logs/cache/resnet34.log").read_text(encoding="utf-8")
+    assert "wrote results/cache/resnet34/logits.pt" in cache_log and "precision fp32" in cache_log
+    runs = sorted((root / "results/runs").glob("*/resnet34-resnet18/*/**/metrics.json"))
+    logit = [p for p in runs if "/logit/" in str(p)]
+    feature = [p for p in runs if "/feature/" in str(p)]
+    assert len(logit) == 4 and len(feature) == 5  # 2 grid + 2 final; 2 grid + 2 final + 1 clip
+    for path in logit + feature:
+        config = read_json(path)["config"]
+        run_log = (root / "results/logs" / f"{config['labels']['run_id']}.log").read_text(encoding="utf-8")
+        if path in logit:
+            assert config["runtime"]["teacher_cache"] == "results/cache/resnet34/logits.pt", path
+            assert CACHE_LOG_LINE in run_log, path
+        else:
+            assert not config["runtime"].get("teacher_cache") and CACHE_LOG_LINE not in run_log, path
+    # the cache path is an input only: without it, nothing reruns for a change of params or code
+    copy = smoke.copy(tmp_path / "wf")
+    (copy / "config/cache-off.yaml").write_text("teacher_cache: {enabled: false}\n", encoding="utf-8")
+    plan = dry_run(copy, "--configfile", SMOKE, "config/cache-off.yaml", "--rerun-triggers", "params", "code", "mtime")
+    assert plan.counts == {}
+
+
 def test_second_run_does_nothing(smoke: Smoke) -> None:
-    assert dry_run(smoke.root, "--configfile", SMOKE).counts == {}
+    assert dry_run(smoke.root, *CONFIGS).counts == {}
 
 
 def test_deleting_one_final_run_reruns_only_it_and_dependents(smoke: Smoke, tmp_path: Path) -> None:
     root = smoke.copy(tmp_path / "wf")
     (root / "results/runs/final/resnet34-resnet18/feature/seed1/metrics.json").unlink()
-    plan = dry_run(root, "--configfile", SMOKE)
+    plan = dry_run(root, *CONFIGS)
     assert without(plan.counts, *smoke.analysis_counts()) == {"train_final": 1, "fidelity_final": 1, "all": 1}
     wanted = {"teacher": "resnet34", "student": "resnet18", "method": "feature", "seed": "1"}
     assert plan.of("train_final") == [wanted] and plan.of("fidelity_final") == [wanted]
@@ -121,10 +152,10 @@ def test_deleting_one_final_run_reruns_only_it_and_dependents(smoke: Smoke, tmp_
         root / "results/runs/baselines/resnet18/seed1/fidelity-resnet34.json",
     ]
     before = {p: p.stat().st_mtime_ns for p in untouched}
-    snakemake(root, "--configfile", SMOKE, "--cores", "2", timeout=600)
+    snakemake(root, *CONFIGS, "--cores", "2", timeout=600)
     assert (root / "results/runs/final/resnet34-resnet18/feature/seed1/metrics.json").is_file()
     assert {p: p.stat().st_mtime_ns for p in untouched} == before
-    assert dry_run(root, "--configfile", SMOKE).counts == {}
+    assert dry_run(root, *CONFIGS).counts == {}
 
 
 @pytest.mark.xfail(
@@ -135,7 +166,7 @@ def test_deleting_one_final_run_reruns_only_it_and_dependents(smoke: Smoke, tmp_
 def test_feature_kd_edit_reruns_exactly_feature_kd_branches(smoke: Smoke, tmp_path: Path) -> None:
     root = smoke.copy(tmp_path / "wf")
     append_code(root / FEATURE, "FEATURE_KD_REVISION = 2")
-    plan = dry_run(root, "--configfile", SMOKE)
+    plan = dry_run(root, *CONFIGS)
     full = smoke.plan
     expected = {
         "train_select": len(full.of("train_select", method="feature")),
@@ -158,7 +189,7 @@ def test_feature_kd_edit_reruns_exactly_feature_kd_branches(smoke: Smoke, tmp_pa
 def test_training_loop_edit_reruns_every_training_job(smoke: Smoke, tmp_path: Path) -> None:
     root = smoke.copy(tmp_path / "wf")
     append_code(root / ENGINE, "ENGINE_REVISION = 2")
-    plan = dry_run(root, "--configfile", SMOKE)
+    plan = dry_run(root, *CONFIGS)
     for rule in TRAINING_RULES:
         assert plan.counts[rule] == smoke.plan.counts[rule], rule
     # the teacher-output cache does not run the training loop: it is kept
@@ -169,7 +200,7 @@ def test_training_loop_edit_reruns_every_training_job(smoke: Smoke, tmp_path: Pa
 def test_plotting_edit_reruns_only_figures(smoke: Smoke, tmp_path: Path) -> None:
     root = smoke.copy(tmp_path / "wf")
     append_code(root / FIGURES, "FIGURES_REVISION = 2")
-    plan = dry_run(root, "--configfile", SMOKE)
+    plan = dry_run(root, *CONFIGS)
     figure_rules = {r for r in smoke.analysis_counts() if "figure" in r}
     assert figure_rules
     assert dict(plan.counts) == {**{r: smoke.plan.counts[r] for r in figure_rules}, "all": 1}
@@ -181,7 +212,7 @@ def test_comment_and_format_changes_rerun_nothing(smoke: Smoke, tmp_path: Path) 
         path = root / rel
         text = path.read_text(encoding="utf-8")
         path.write_text("# reviewed\n\n" + text.replace("\n\n\n", "\n\n\n\n") + "\n# end of file\n", encoding="utf-8")
-    assert dry_run(root, "--configfile", SMOKE).counts == {}
+    assert dry_run(root, *CONFIGS).counts == {}
 
 
 def test_placement_settings_rerun_nothing(smoke: Smoke, tmp_path: Path) -> None:
@@ -196,4 +227,4 @@ def test_placement_settings_rerun_nothing(smoke: Smoke, tmp_path: Path) -> None:
         }
     }
     (root / "config/placement.yaml").write_text(yaml.safe_dump(overlay), encoding="utf-8")
-    assert dry_run(root, "--configfile", SMOKE, "config/placement.yaml").counts == {}
+    assert dry_run(root, *CONFIGS, "config/placement.yaml").counts == {}

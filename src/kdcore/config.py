@@ -244,12 +244,36 @@ def split_variant(label: str) -> tuple[str, int | None]:
     return match.group("arch"), None if width is None else int(width)
 
 
+def split_chain(label: str) -> tuple[str, str, str] | None:
+    """A chain teacher's parts, None for a plain network label.
+
+    A pair's teacher may be a student of the same study (a teacher assistant, Mirzadeh et al. 2020):
+    ``<teacher>.<method>.<student>`` names the final ``<method>`` runs of the pair ``<teacher> -> <student>``,
+    and the network distilled is that ``<student>``. ``<teacher>`` may itself be a chain, so
+    ``'resnet101.logit.resnet50'`` -> ``('resnet101', 'logit', 'resnet50')`` and
+    ``'resnet101.logit.resnet50.dkd.resnet34'`` -> ``('resnet101.logit.resnet50', 'dkd', 'resnet34')``. A
+    label names its whole ancestry, so a chain cannot refer back to itself."""
+    head, sep, student = label.rpartition(".")
+    if not sep:
+        return None
+    teacher, sep, method = head.rpartition(".")
+    if not sep or not teacher or not method or not student:
+        raise ConfigError(f"teacher {label!r}: expected <network> or <teacher>.<method>.<student>")
+    return teacher, method, student
+
+
+def chain_network(label: str) -> str:
+    """The network a teacher label distils from: the label itself, or the last student of a chain."""
+    return label.rpartition(".")[2]
+
+
 def network_spec(label: str, stem: str, study_width: int) -> dict[str, Any]:
     """The run config's network of a study's network label: its architecture and stem, and its width where
-    the family has one (the label's ``-w<width>``, else the study's ``model.width``); none otherwise."""
+    the family has one (the label's ``-w<width>``, else the study's ``model.width``); none otherwise.
+    A chain teacher's network is its last student (:func:`split_chain`)."""
     from kdcore.models import get_family
 
-    arch, width = split_variant(label)
+    arch, width = split_variant(chain_network(label))
     spec: dict[str, Any] = {"arch": arch, "stem": stem}
     if get_family(arch).default_width is not None:
         spec["width"] = study_width if width is None else width
@@ -289,9 +313,42 @@ def study_networks(study: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def check_study_networks(study: Mapping[str, Any]) -> None:
-    """Every network of a (defaults filled) study config against the model registry; ConfigError naming the key."""
+    """Every network of a (defaults filled) study config against the model registry, and every chain teacher
+    against the study's pairs and methods; ConfigError naming the key."""
     for key, label in study_networks(study):
-        check_network(label, key, study["model"]["width"])
+        for network in chain_networks(label):
+            check_network(network, key, study["model"]["width"])
+        check_chain(label, key, study)
+
+
+def chain_networks(label: str) -> list[str]:
+    """Every network of a teacher label, root first (one for a plain network)."""
+    return label.split(".")[::2]
+
+
+def check_chain(label: str, key: str, study: Mapping[str, Any]) -> None:
+    """A chain teacher (:func:`split_chain`) refers to final runs the study makes: its pair is a pair of the
+    study, its method one of the study's methods, and the distillation seed one of the final seeds (the
+    chain distils from that seed's final run, as a plain teacher from its ``teachers.distill_seed`` run)."""
+    parts = split_chain(label)
+    if parts is None:
+        return
+    teacher, method, student = parts
+    pairs = {(p["teacher"], p["student"]) for p in study["pairs"]}
+    if (teacher, student) not in pairs:
+        raise ConfigError(
+            f"config key '{key}': chain teacher {label!r} needs the pair {{teacher: {teacher}, student: {student}}}"
+            " in pairs (its final runs are the teacher)"
+        )
+    if method not in study["methods"]:
+        raise ConfigError(f"config key '{key}': chain teacher {label!r}: {method!r} is not a key of methods")
+    seed = study["teachers"]["distill_seed"]
+    if seed not in study["final"]["seeds"]:
+        raise ConfigError(
+            f"config key 'teachers.distill_seed': {seed} is not one of final.seeds, which chain teacher {label!r}"
+            f" ({key}) distils from"
+        )
+    check_chain(teacher, key, study)
 
 
 # ----------------------------------------------------------------------------- run configs

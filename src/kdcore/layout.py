@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kdcore.config import split_chain
 from kdcore.methods import grid_points
 
 STAGES = ("teachers", "baselines", "select", "final", "stem", "clip")
@@ -39,7 +40,8 @@ def _unique(items: list[str]) -> list[str]:
 def expected_runs(study: Mapping[str, Any]) -> list[ExpectedRun]:
     """Every training run of a (validated, defaults filled) study config, without duplicates."""
     pairs = [(p["teacher"], p["student"]) for p in study["pairs"]]
-    teachers, students = _unique([t for t, _ in pairs]), _unique([s for _, s in pairs])
+    teachers = _unique([t for t, _ in pairs if split_chain(t) is None])  # a chain teacher is a final run
+    students = _unique([s for _, s in pairs])
     e_teacher, e_student = study["epochs"]["teacher"], study["epochs"]["student"]
     final_seeds, methods = study["final"]["seeds"], list(study["methods"])
     runs = [

@@ -32,6 +32,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
+from kdcore.config import chain_network
 from kdcore.errors import ConfigError
 from kdcore.layout import STAGES, ExpectedRun, expected_runs
 
@@ -282,7 +283,8 @@ class BenchCost:
         return step / STUDENT_STEP_FORWARDS if step is not None else self.fallback.forward_seconds_per_image(arch, stem)
 
     def train_seconds_per_image(self, job: Job) -> tuple[float, str]:
-        key = (job.student, job.teacher, job.method)
+        teacher = None if job.teacher is None else chain_network(job.teacher)  # a chain teacher's network
+        key = (job.student, teacher, job.method)
         if job.stem == "cifar" and key in self.per_image:
             return self.per_image[key], "bench"
         return self.fallback.train_seconds_per_image(job)

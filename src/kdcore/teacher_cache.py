@@ -322,23 +322,26 @@ def cached_teacher_outputs(
 
 
 # ----------------------------------------------------------------------------- when it pays
-def cache_worthwhile(n_logit_runs: int, threshold: int = 3) -> bool:
-    """Whether to build a teacher's cache: when at least ``threshold`` logit-based runs use that teacher.
+def cache_worthwhile(n_logit_runs: int, threshold: int = 3, epochs: int = 100) -> bool:
+    """Whether to build a teacher's cache: when at least ``threshold`` logit-based runs of ``epochs`` epochs
+    use that teacher and together they would forward it more often than the build does.
 
     Break-even. A run of E epochs over N images costs E * N teacher forwards; the cache costs
     162 * N forwards once (every view of every image), after which a run pays only a table lookup
     (negligible: one gather of B x num_classes values per step). With the study's E = 100 the cache equals
     162 / 100 = 1.62 runs' worth of teacher forwards, so it breaks even at about 1.6 runs and saves
-    (k - 1.62) runs' worth for k runs. (The build runs in eval mode in large batches without the student,
-    so per forward it is somewhat cheaper than in training, which only lowers the break-even.) The default
-    threshold of 3 keeps a margin for what the count leaves out: the build is one more job that every
-    cached run must wait for, and the table's read and transfer to the device (146 MB for CIFAR-10).
+    (k - 1.62) runs' worth for k runs; short runs need many more (E = 4: 40.5 runs, :func:`break_even_runs`).
+    (The build runs in eval mode in large batches without the student, so per forward it is somewhat cheaper
+    than in training, which only lowers the break-even.) The default threshold of 3 keeps a margin for what
+    the count leaves out: the build is one more job that every cached run must wait for, and the table's
+    read and transfer to the device (146 MB for CIFAR-10).
     """
-    if isinstance(n_logit_runs, bool) or not isinstance(n_logit_runs, int) or n_logit_runs < 0:
-        raise ConfigError(f"number of logit-based runs must be an integer >= 0, got {n_logit_runs!r}")
-    if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
-        raise ConfigError(f"teacher cache threshold must be an integer >= 1, got {threshold!r}")
-    return n_logit_runs >= threshold
+    checks = (("number of logit-based runs", n_logit_runs, 0), ("teacher cache threshold", threshold, 1),
+              ("epochs per run", epochs, 1))  # fmt: skip
+    for name, value, least in checks:
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ConfigError(f"{name} must be an integer >= {least}, got {value!r}")
+    return n_logit_runs >= threshold and n_logit_runs > break_even_runs(epochs)
 
 
 def break_even_runs(epochs: int = 100, views: int = n_views(PAD)) -> float:

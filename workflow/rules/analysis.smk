@@ -253,7 +253,7 @@ rule analysis_reference:
     conda:
         "../envs/kdcore.yaml"
     params:
-        code=code_digest("kdcore.reference", "kdcore.analysis.table", scripts=("analysis_reference.py", "_common.py")),
+        code=code_digest("kdcore.analysis.imported", scripts=("analysis_reference.py", "_common.py")),
     script:
         "../scripts/analysis_reference.py"
 

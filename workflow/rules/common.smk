@@ -31,11 +31,14 @@ DATA_SPEC_STAMP = "results/data/dataset.spec.json"  # the data section the artef
 # A network is a registry architecture, optionally a width variant (`resnet18-w16`); the schema's
 # $defs/study_network. The variant suffix cannot be confused with the `-` between teacher and student.
 NETWORK = r"(resnet\d+(x4)?|wrn_\d+_\d+)(-w\d+)?"
+# A teacher is a network or a chain teacher `<teacher>.<method>.<student>` (a final run of the study; the
+# schema's $defs/study_teacher, kdcore.config.split_chain).
+TEACHER = rf"{NETWORK}(\.[a-z][a-z0-9_]*\.{NETWORK})*"
 
 
 wildcard_constraints:
     arch=NETWORK,
-    teacher=NETWORK,
+    teacher=TEACHER,
     student=NETWORK,
     seed=r"\d+",
     method=r"[a-z][a-z0-9_]*",
@@ -100,7 +103,10 @@ def unique(items) -> list:
 
 
 def teacher_archs() -> list[str]:
-    return unique(t for t, _ in pairs())
+    """The teachers trained by the teacher rule: every pair's teacher that is not a chain teacher."""
+    from kdcore.config import split_chain
+
+    return unique(t for t, _ in pairs() if split_chain(t) is None)
 
 
 def student_archs() -> list[str]:
@@ -206,8 +212,16 @@ def run_outputs(stage: str, **w) -> dict[str, str]:
 
 
 def teacher_checkpoint(teacher: str) -> str:
-    """best.pt of the teacher run used for distillation (seed teachers.distill_seed)."""
-    return run_outputs("teacher", arch=teacher, seed=config["teachers"]["distill_seed"])["best"]
+    """best.pt of the teacher run used for distillation (seed teachers.distill_seed): a teacher run, or for a
+    chain teacher `<teacher>.<method>.<student>` the final run of that pair and method."""
+    from kdcore.config import split_chain
+
+    seed = config["teachers"]["distill_seed"]
+    chain = split_chain(teacher)
+    if chain is None:
+        return run_outputs("teacher", arch=teacher, seed=seed)["best"]
+    parent, method, student = chain
+    return run_outputs("final", teacher=parent, student=student, method=method, seed=seed)["best"]
 
 
 def winner_file(teacher: str, student: str, method: str) -> str:
@@ -330,10 +344,11 @@ def code_digest(*module_names: str, scripts: tuple[str, ...] = ()) -> str:
 
 
 def network_arch(label: str) -> str:
-    """The registry architecture of a network label (`resnet18-w16` -> `resnet18`)."""
-    from kdcore.config import split_variant
+    """The registry architecture of a network or teacher label (`resnet18-w16` -> `resnet18`,
+    `resnet101.logit.resnet50` -> `resnet50`)."""
+    from kdcore.config import chain_network, split_variant
 
-    return split_variant(label)[0]
+    return split_variant(chain_network(label))[0]
 
 
 def family_modules(*networks: str) -> tuple[str, ...]:
@@ -552,7 +567,8 @@ def logit_run_counts() -> dict[str, int]:
 
 def cached_teachers() -> list[str]:
     """The teachers whose logits are cached (config key teacher_cache): with `auto`, those with at least
-    `min_runs` logit-based runs (kdcore.teacher_cache.cache_worthwhile); with `true`, every teacher with one."""
+    `min_runs` logit-based runs of `epochs.student` epochs that forward the teacher more often than the build
+    (kdcore.teacher_cache.cache_worthwhile); with `true`, every teacher with one."""
     if "teachers" not in _CACHED_TEACHERS:
         from kdcore.teacher_cache import cache_worthwhile
 
@@ -562,7 +578,8 @@ def cached_teachers() -> list[str]:
         elif setting is True:
             chosen = [t for t, n in counts.items() if n > 0]
         else:
-            chosen = [t for t, n in counts.items() if cache_worthwhile(n, config["teacher_cache"]["min_runs"])]
+            threshold, epochs = config["teacher_cache"]["min_runs"], config["epochs"]["student"]
+            chosen = [t for t, n in counts.items() if cache_worthwhile(n, threshold, epochs)]
         _CACHED_TEACHERS["teachers"] = chosen
     return _CACHED_TEACHERS["teachers"]
 
@@ -732,7 +749,11 @@ def job_benchmark(name: str) -> str:
 
 
 def minutes_per_epoch(network: str) -> float:
-    """compute.minutes_per_epoch of a network label, else of its architecture, else 1."""
+    """compute.minutes_per_epoch of a network label, else of its architecture, else 1 (a chain teacher's:
+    its network's)."""
+    from kdcore.config import chain_network
+
+    network = chain_network(network)
     per_epoch = config["compute"]["minutes_per_epoch"]
     return per_epoch.get(network, per_epoch.get(network_arch(network), 1.0))
 

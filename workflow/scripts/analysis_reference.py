@@ -1,21 +1,24 @@
-"""Workflow script: import the paper's per-run results zip and build its run tables.
+"""Workflow script: import the paper's per-run results archive and tabulate its runs, via
+kdcore.analysis.imported.write_imported_run_tables.
 
-Input: ``zip`` (paper-v2-runs.zip). Outputs: ``runs_dir`` (imported metrics/fidelity JSON files),
-``runs``, ``fidelity``, ``history`` (CSV tables of the paper's runs, in one folder).
+Input: ``zip`` (the archive). Outputs: ``runs_dir`` (the imported run folders), ``runs``, ``fidelity``,
+``history`` (the run tables of the imported runs).
 """
 
-from pathlib import Path
+# (no `from __future__` import: Snakemake prepends a preamble to scripts)
+from typing import Any
 
 from _common import setup
 
-log = setup(snakemake)
 
-from kdcore.analysis.table import write_run_tables  # noqa: E402
-from kdcore.reference import import_reference  # noqa: E402
+def main(snakemake: Any) -> None:
+    log = setup(snakemake)
+    from kdcore.analysis.imported import write_imported_run_tables
 
-runs_dir = Path(snakemake.output.runs_dir)
-n = import_reference(snakemake.input.zip, runs_dir)
-write_run_tables(
-    sorted(runs_dir.rglob("metrics.json")), sorted(runs_dir.rglob("fidelity.json")), Path(snakemake.output.runs).parent
-)
-log.info("imported %d paper runs from %s", n, snakemake.input.zip)
+    outputs = {name: getattr(snakemake.output, name) for name in ("runs", "fidelity", "history")}
+    n = write_imported_run_tables(snakemake.input.zip, snakemake.output.runs_dir, outputs)
+    log.info("imported %d paper runs from %s", n, snakemake.input.zip)
+
+
+if __name__ == "__main__" and "snakemake" in globals():
+    main(snakemake)

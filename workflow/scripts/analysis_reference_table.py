@@ -1,22 +1,26 @@
 """Workflow script: the run tables of an analysis-only study (``analysis.runs_from: reference``), from the
-imported runs' tables: the whole study's (params ``part`` empty) or one part's (kdcore.analysis.parts).
+imported runs' tables: the whole study's (params ``part`` empty) or one part's, via
+kdcore.analysis.parts.write_part_tables.
 
 Inputs: ``runs``, ``fidelity``, ``history`` (tables of the imported runs). Outputs: the same three tables.
 """
 
 # (no `from __future__` import: Snakemake prepends a preamble to scripts)
+from typing import Any
+
 from _common import setup
 
-log = setup(snakemake)
 
-from kdcore.analysis.parts import part_tables  # noqa: E402
-from kdcore.analysis.table import read_table, write_table  # noqa: E402
+def main(snakemake: Any) -> None:
+    log = setup(snakemake)
+    from kdcore.analysis.parts import write_part_tables
 
-part = snakemake.params.part
-tables = {key: read_table(getattr(snakemake.input, key)) for key in ("runs", "fidelity", "history")}
-imported = len(tables["runs"])
-if part:
-    tables = part_tables(tables["runs"], tables["fidelity"], tables["history"], part)
-for key, table in tables.items():
-    write_table(table, getattr(snakemake.output, key))
-log.info("part %s: %d runs of %d imported runs", part or "(whole study)", len(tables["runs"]), imported)
+    names = ("runs", "fidelity", "history")
+    inputs = {name: getattr(snakemake.input, name) for name in names}
+    outputs = {name: getattr(snakemake.output, name) for name in names}
+    tables = write_part_tables(inputs, outputs, snakemake.params.part)
+    log.info("part %s: %d runs", snakemake.params.part or "(whole study)", len(tables["runs"]))
+
+
+if __name__ == "__main__" and "snakemake" in globals():
+    main(snakemake)

@@ -1,30 +1,24 @@
-"""Workflow script: one statistics table of the study (CSV) from the run tables of the parts it reads.
+"""Workflow script: one statistics table of the study (CSV) via kdcore.analysis.stats.write_stat_table.
 
 Inputs: ``runs`` (the runs.csv of each part, kdcore.analysis.outputs.STAT_TABLES). Params: ``table`` (a
 name of STAT_TABLES), ``metric``, ``min_effect_pp`` (analysis.min_effect_pp: the a priori design figures of
 the comparisons and the moderation test). Output: ``table``.
 """
 
+# (no `from __future__` import: Snakemake prepends a preamble to scripts)
+from typing import Any
+
 from _common import setup
 
-log = setup(snakemake)
 
-from kdcore.analysis import stats  # noqa: E402
-from kdcore.analysis.moderation import moderation_table  # noqa: E402
-from kdcore.analysis.table import read_tables, write_table  # noqa: E402
+def main(snakemake: Any) -> None:
+    log = setup(snakemake)
+    from kdcore.analysis.stats import write_stat_table
 
-min_effect_pp = snakemake.params.min_effect_pp
+    p = snakemake.params
+    table = write_stat_table(p.table, list(snakemake.input.runs), snakemake.output.table, p.metric, p.min_effect_pp)
+    log.info("%s: %d rows", p.table, len(table))
 
-# the same calls as stats.write_statistics makes for the whole study
-STAT_FUNCTIONS = {
-    "comparisons": lambda runs, metric: stats.kd_comparisons(runs, metric, min_effect_pp=min_effect_pp),
-    "moderation": lambda runs, metric: moderation_table(runs, metric, min_effect_pp),
-    "selection": lambda runs, metric: stats.selection_table(runs),
-    "stem_ablation": stats.stem_ablation,
-    "clip_ablation": stats.clip_ablation,
-}
 
-runs = read_tables(snakemake.input.runs)
-table = STAT_FUNCTIONS[snakemake.params.table](runs, snakemake.params.metric)
-write_table(table, snakemake.output.table)
-log.info("%s: %d rows from %d runs", snakemake.params.table, len(table), len(runs))
+if __name__ == "__main__" and "snakemake" in globals():
+    main(snakemake)

@@ -1,23 +1,26 @@
-"""Workflow script: statistics of the whole study (summary.json and the per-cell table cells.csv).
+"""Workflow script: statistics of the whole study (summary.json and the per-cell table cells.csv), via
+kdcore.analysis.stats.write_summary.
 
 Input: ``runs`` (the whole study's runs.csv). Params: ``metric``, ``min_effect_pp`` (analysis.min_effect_pp,
 for the a priori design figures). Outputs: ``summary``, ``cells``.
 """
 
+# (no `from __future__` import: Snakemake prepends a preamble to scripts)
+from typing import Any
+
 from _common import setup
 
-log = setup(snakemake)
 
-from kdcore.analysis import stats  # noqa: E402
-from kdcore.analysis.table import read_table, write_table  # noqa: E402
-from kdcore.atomic import atomic_write_json  # noqa: E402
+def main(snakemake: Any) -> None:
+    log = setup(snakemake)
+    from kdcore.analysis.stats import write_summary
 
-runs = read_table(snakemake.input.runs)
-metric = snakemake.params.metric
-cells = stats.cell_summary(runs, metric)
-write_table(cells, snakemake.output.cells)
-summary = stats.build_summary(runs, metric, {"cells": cells}, snakemake.params.min_effect_pp)
-atomic_write_json(snakemake.output.summary, summary)
-for note in summary["notes"]:
-    log.warning("%s", note)
-log.info("statistics of %d runs written", len(runs))
+    p, out = snakemake.params, snakemake.output
+    summary = write_summary(snakemake.input.runs, out.cells, out.summary, p.metric, p.min_effect_pp)
+    for note in summary["notes"]:
+        log.warning("%s", note)
+    log.info("statistics of %d runs written", summary["n_runs"])
+
+
+if __name__ == "__main__" and "snakemake" in globals():
+    main(snakemake)

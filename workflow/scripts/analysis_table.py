@@ -1,22 +1,25 @@
-"""Workflow script: the tidy run table (runs.csv), the fidelity table and the per-epoch history table.
+"""Workflow script: the tidy run table (runs.csv), the fidelity table and the per-epoch history table, via
+kdcore.analysis.table.write_run_tables.
 
 Inputs: ``metrics`` (every metrics.json of the study), ``fidelity`` (every fidelity.json).
-Outputs: ``runs``, ``fidelity``, ``history`` (CSV, in one folder).
+Outputs: ``runs``, ``fidelity``, ``history`` (CSV).
 """
 
 # (no `from __future__` import: Snakemake prepends a preamble to scripts)
-from pathlib import Path
+from typing import Any
 
 from _common import setup
 
-log = setup(snakemake)
 
-from kdcore.analysis.table import write_run_tables  # noqa: E402
+def main(snakemake: Any) -> None:
+    log = setup(snakemake)
+    from kdcore.analysis.table import write_run_tables
 
-out_dir = Path(snakemake.output.runs).parent
-written = write_run_tables(list(snakemake.input.metrics), list(snakemake.input.fidelity), out_dir)
-for key, path in written.items():
-    expected = Path(getattr(snakemake.output, key))
-    if path != expected:
-        raise RuntimeError(f"output {key}: wrote {path}, the rule declares {expected}")
-log.info("run table: %d metrics files, %d fidelity files", len(snakemake.input.metrics), len(snakemake.input.fidelity))
+    metrics, fidelity = list(snakemake.input.metrics), list(snakemake.input.fidelity)
+    outputs = {name: getattr(snakemake.output, name) for name in ("runs", "fidelity", "history")}
+    write_run_tables(metrics, fidelity, outputs)
+    log.info("run table: %d metrics files, %d fidelity files", len(metrics), len(fidelity))
+
+
+if __name__ == "__main__" and "snakemake" in globals():
+    main(snakemake)

@@ -185,15 +185,18 @@ def compare_to_reference(ours: pd.DataFrame, paper: pd.DataFrame, metric: str = 
 
 
 def write_comparison(
-    ours_runs: pd.DataFrame,
-    paper_runs: pd.DataFrame,
+    ours_runs: pd.DataFrame | str | Path,
+    paper_runs: pd.DataFrame | str | Path,
     csv_path: str | Path,
     tex_path: str | Path,
     metric: str = "test_best",
 ) -> pd.DataFrame:
-    """Write the comparison table as CSV and LaTeX; return it."""
+    """Write the comparison table of two run tables (or their runs.csv files) as CSV and LaTeX; return it."""
     from kdcore.analysis.latex import tex_comparison
-    from kdcore.analysis.table import write_table
+    from kdcore.analysis.table import read_table, write_table
+
+    ours_runs = ours_runs if isinstance(ours_runs, pd.DataFrame) else read_table(ours_runs)
+    paper_runs = paper_runs if isinstance(paper_runs, pd.DataFrame) else read_table(paper_runs)
     from kdcore.atomic import atomic_write_text
 
     comp = compare_to_reference(ours_runs, paper_runs, metric)

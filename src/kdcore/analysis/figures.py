@@ -23,9 +23,12 @@ from matplotlib.ticker import MaxNLocator
 
 from kdcore.analysis.latex import arch_sort_key, short, split_pair
 from kdcore.analysis.methods import method_label
+from kdcore.analysis.moderation import gain_cells, gain_points
 from kdcore.analysis.outputs import FIGURES as FIGURE_READS
-from kdcore.analysis.table import stem_arms
+from kdcore.analysis.stats import teacher_runs
+from kdcore.analysis.table import read_inputs, stem_arms
 from kdcore.atomic import atomic_path
+from kdcore.errors import ConfigError
 
 OKABE_ITO = {
     "orange": "#E69F00",
@@ -136,112 +139,6 @@ def _sig_marks(row: pd.Series) -> str:
     if pd.notna(row.get("p_holm")) and row["p_holm"] < 0.05:
         marks += "\u2020"
     return marks
-
-
-def plot_gain_per_cell(
-    comparisons: pd.DataFrame, pdf_path: str | Path, metric_label: str = "test acc @ best val"
-) -> list[Path]:
-    """KD gain (pp, 95% Welch CI) of every pair and method against student parameters; teachers by colour+marker."""
-    _style()
-    methods = kd_methods(comparisons) or [""]
-    fig, axes = plt.subplots(1, len(methods), figsize=(5.2 * len(methods), 4.4), sharey=True, squeeze=False)
-    axes = axes[0]
-    if comparisons.empty:
-        for ax in axes:
-            _empty(ax, "no final KD runs")
-        return save_figure(fig, pdf_path)
-    students = comparisons.drop_duplicates("student").sort_values("student_params")
-    teachers = sorted(
-        comparisons["teacher"].unique(),
-        key=lambda t: comparisons.loc[comparisons["teacher"] == t, "teacher_params"].iloc[0],
-    )
-    span = float(students["student_params"].max() - students["student_params"].min()) / 1e6 or 10.0
-    offsets = {t: (i - (len(teachers) - 1) / 2) * 0.06 * span for i, t in enumerate(teachers)}
-    lo = np.nanmin(comparisons[["ci_low", "gain"]].to_numpy())
-    hi = np.nanmax(comparisons[["ci_high", "gain"]].to_numpy())
-    pad = 0.12 * (hi - lo if hi > lo else 1.0)
-    for ax, method in zip(axes, methods, strict=False):
-        sub = comparisons[comparisons["method"] == method]
-        ax.axhline(0, color="0.2", lw=1.0, zorder=1)
-        for teacher in teachers:
-            rows = sub[sub["teacher"] == teacher].sort_values("student_params")
-            if rows.empty:
-                continue
-            colour, marker = TEACHER_STYLE.get(teacher, (OKABE_ITO["grey"], "D"))
-            x = rows["student_params"].to_numpy() / 1e6 + offsets[teacher]
-            y = rows["gain"].to_numpy()
-            err = np.vstack([y - rows["ci_low"].to_numpy(), rows["ci_high"].to_numpy() - y])
-            err = np.where(np.isnan(err), 0.0, err)
-            if len(rows) > 1:
-                ax.plot(x, y, color=colour, lw=1.2, ls=":", zorder=2)
-            ax.errorbar(
-                x,
-                y,
-                yerr=err,
-                fmt=marker,
-                color=colour,
-                ms=8,
-                capsize=4,
-                lw=1.6,
-                markeredgecolor="black",
-                markeredgewidth=0.6,
-                zorder=3,
-            )
-            for xi, (_, r) in zip(x, rows.iterrows(), strict=False):
-                marks = _sig_marks(r)
-                top = r["ci_high"] if pd.notna(r["ci_high"]) else r["gain"]
-                if marks:
-                    ax.text(
-                        xi,
-                        top + 0.02 * (hi - lo + 1e-9),
-                        marks,
-                        ha="center",
-                        va="bottom",
-                        fontsize=14,
-                        fontweight="bold",
-                        color=colour,
-                    )
-        ax.set_title(method_label(method))
-        ax.set_xticks(students["student_params"].to_numpy() / 1e6)
-        ax.set_xticklabels(
-            [
-                f"{short(s)}\n{p / 1e6:.1f}M"
-                for s, p in zip(students["student"], students["student_params"], strict=False)
-            ]
-        )
-        ax.set_xlim(
-            students["student_params"].min() / 1e6 - 0.35 * span, students["student_params"].max() / 1e6 + 0.35 * span
-        )
-        ax.set_xlabel("student capacity (parameters)")
-        ax.set_ylim(lo - pad, hi + 2 * pad)
-    axes[0].set_ylabel(f"KD gain over baseline (pp, {metric_label})\nmean \u00b1 95% CI (Welch)")
-    handles = [
-        Line2D(
-            [],
-            [],
-            color=TEACHER_STYLE.get(t, (OKABE_ITO["grey"], "D"))[0],
-            marker=TEACHER_STYLE.get(t, (OKABE_ITO["grey"], "D"))[1],
-            ls=":",
-            ms=8,
-            markeredgecolor="black",
-            label=f"teacher {short(t)}",
-        )
-        for t in teachers
-    ]
-    fig.legend(handles=handles, loc="upper center", ncol=len(handles), bbox_to_anchor=(0.5, 1.06))
-    fig.text(
-        0.5,
-        -0.04,
-        sig_note(comparisons)
-        + "   (n seeds per cell: "
-        + ", ".join(sorted({f"{int(n)}" for n in comparisons["n_treated"]}))
-        + ")",
-        ha="center",
-        fontsize=9,
-        color="0.25",
-    )
-    fig.tight_layout()
-    return save_figure(fig, pdf_path)
 
 
 def _fit_band(row: pd.Series, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -367,7 +264,7 @@ def plot_convergence(
             _empty(ax, "no final KD runs")
         return save_figure(fig, pdf_path)
     base = runs[(runs["stage"] == "baseline") & (runs["stem"] == "cifar")]
-    teachers = runs[runs["stage"] == "teacher"]
+    teachers = teacher_runs(runs)
     methods = kd_methods(final)
     for j, pair in enumerate(pairs):
         teacher, student = split_pair(pair)
@@ -430,111 +327,88 @@ def plot_convergence(
     return save_figure(fig, pdf_path)
 
 
+FIDELITY_PANELS = (("agreement", "top-1 agreement with teacher (%)"), ("kl_t1", "KL(teacher \u2016 student), T = 1"))
+
+
+def _fidelity_means(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Mean and std over seeds of agreement and KL at T=1 per ``keys`` (columns ``agreement_mean``, ...)."""
+    agg = df.groupby(keys)[["agreement", "kl_t1"]].agg(["mean", "std"]).reset_index()
+    agg.columns = ["_".join(c).rstrip("_") for c in agg.columns]
+    return agg
+
+
+def _draw_fidelity_panel(
+    ax: plt.Axes, kd: pd.DataFrame, control: pd.DataFrame | None, column: str, methods: list[str]
+) -> None:
+    """One student's panel of ``column``: each KD cell at its gain (95% CI) and its mean (std over seeds),
+    coloured by teacher and filled by method; the baseline controls at gain 0 in grey."""
+    ax.axvline(0, color="0.2", lw=1.0)
+    for _, r in kd.iterrows():
+        colour, marker = TEACHER_STYLE.get(r["teacher"], (OKABE_ITO["grey"], "D"))
+        xerr = [[r["gain"] - r["ci_low"]], [r["ci_high"] - r["gain"]]] if pd.notna(r["ci_low"]) else None
+        yerr = None if pd.isna(r[f"{column}_std"]) else r[f"{column}_std"]
+        face = marker_face(methods.index(r["method"]), colour)
+        style = {"ms": 10, "mec": colour, "mew": 2.0, "capsize": 3, "lw": 1.0, "elinewidth": 0.9, "alpha": 0.9}
+        ax.errorbar(r["gain"], r[f"{column}_mean"], xerr=xerr, yerr=yerr, fmt=marker, color=colour, **face, **style,
+                    zorder=3)  # fmt: skip
+    for _, r in control.iterrows() if control is not None else ():
+        _, marker = TEACHER_STYLE.get(r["teacher"], (OKABE_ITO["grey"], "D"))
+        yerr = None if pd.isna(r[f"{column}_std"]) else r[f"{column}_std"]
+        ax.errorbar(0, r[f"{column}_mean"], yerr=yerr, fmt=marker, ms=10, color="0.45", mfc="0.8", mec="0.3",
+                    capsize=3, zorder=2)  # fmt: skip
+
+
+def _fidelity_legend(fig: plt.Figure, teachers: list[str], methods: list[str], control: bool) -> None:
+    """Teachers by colour and marker, methods by fill, and the control marker when drawn."""
+    handles = [
+        Line2D([], [], ls="", marker=TEACHER_STYLE.get(t, (None, "D"))[1], ms=9,
+               color=TEACHER_STYLE.get(t, (OKABE_ITO["grey"], "D"))[0], label=f"teacher {short(t)}")
+        for t in teachers
+    ]  # fmt: skip
+    for i, m in enumerate(methods):
+        fill = METHOD_FILLS[i % len(METHOD_FILLS)]
+        width = {"mew": 2.0} if fill[0] == "none" else {}
+        handles.append(Line2D([], [], ls="", marker="o", ms=9, color="0.3", **width, **marker_face(i, "0.3"),
+                              label=f"{method_label(m)} ({fill[1]})"))  # fmt: skip
+    if control:
+        handles.append(
+            Line2D([], [], ls="", marker="o", ms=9, color="0.45", mfc="0.8", label="baseline vs teacher (control)")
+        )
+    fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 4), bbox_to_anchor=(0.5, 1.07), fontsize=9)
+
+
 def plot_fidelity(comparisons: pd.DataFrame, fidelity_table: pd.DataFrame, pdf_path: str | Path) -> list[Path]:
     """Top-1 agreement with the teacher and KL(teacher||student) at T=1 against the KD gain, one column per
     student; baseline students measured against the same teachers are the control, drawn at gain 0 in grey."""
     _style()
-    kd = fidelity_table[~fidelity_table["control"].astype(bool)] if not fidelity_table.empty else fidelity_table
-    ctl = fidelity_table[fidelity_table["control"].astype(bool)] if not fidelity_table.empty else fidelity_table
+    control_rows = fidelity_table["control"].astype(bool) if not fidelity_table.empty else None
+    kd = fidelity_table[~control_rows] if control_rows is not None else fidelity_table
+    ctl = fidelity_table[control_rows] if control_rows is not None else fidelity_table
     if kd.empty or comparisons.empty:
         fig, ax = plt.subplots(figsize=(6, 3))
         _empty(ax, "no fidelity measurements")
         return save_figure(fig, pdf_path)
-
-    def summarise(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-        agg = df.groupby(keys)[["agreement", "kl_t1"]].agg(["mean", "std"]).reset_index()
-        agg.columns = ["_".join(c).rstrip("_") for c in agg.columns]
-        return agg
-
-    agg = summarise(kd, ["pair", "teacher", "student", "method"]).merge(
+    agg = _fidelity_means(kd, ["pair", "teacher", "student", "method"]).merge(
         comparisons[["pair", "method", "gain", "ci_low", "ci_high"]], on=["pair", "method"], how="left"
     )
-    cagg = summarise(ctl, ["pair", "teacher", "student"]) if not ctl.empty else None
+    cagg = _fidelity_means(ctl, ["pair", "teacher", "student"]) if not ctl.empty else None
     methods = kd_methods(agg)
     students = sorted(agg["student"].unique(), key=arch_sort_key)
     fig, axes = plt.subplots(
         2, len(students), figsize=(5.0 * len(students), 7.4), sharey="row", sharex=True, squeeze=False
     )
     for j, student in enumerate(students):
-        for i, (col, label) in enumerate(
-            (("agreement", "top-1 agreement with teacher (%)"), ("kl_t1", "KL(teacher \u2016 student), T = 1"))
-        ):
+        control = cagg[cagg["student"] == student] if cagg is not None else None
+        for i, (column, label) in enumerate(FIDELITY_PANELS):
             ax = axes[i, j]
-            ax.axvline(0, color="0.2", lw=1.0)
-            for _, r in agg[agg["student"] == student].iterrows():
-                colour, marker = TEACHER_STYLE.get(r["teacher"], (OKABE_ITO["grey"], "D"))
-                xerr = [[r["gain"] - r["ci_low"]], [r["ci_high"] - r["gain"]]] if pd.notna(r["ci_low"]) else None
-                yerr = None if pd.isna(r[f"{col}_std"]) else r[f"{col}_std"]
-                ax.errorbar(
-                    r["gain"],
-                    r[f"{col}_mean"],
-                    xerr=xerr,
-                    yerr=yerr,
-                    fmt=marker,
-                    ms=10,
-                    color=colour,
-                    **marker_face(methods.index(r["method"]), colour),
-                    mec=colour,
-                    mew=2.0,
-                    capsize=3,
-                    lw=1.0,
-                    elinewidth=0.9,
-                    alpha=0.9,
-                    zorder=3,
-                )
-            if cagg is not None:
-                for _, r in cagg[cagg["student"] == student].iterrows():
-                    _, marker = TEACHER_STYLE.get(r["teacher"], (OKABE_ITO["grey"], "D"))
-                    ax.errorbar(
-                        0,
-                        r[f"{col}_mean"],
-                        yerr=None if pd.isna(r[f"{col}_std"]) else r[f"{col}_std"],
-                        fmt=marker,
-                        ms=10,
-                        color="0.45",
-                        mfc="0.8",
-                        mec="0.3",
-                        capsize=3,
-                        zorder=2,
-                    )
+            _draw_fidelity_panel(ax, agg[agg["student"] == student], control, column, methods)
             if i == 0:
                 ax.set_title(f"student {short(student)}")
             else:
                 ax.set_xlabel("KD gain over baseline (pp), \u00b1 95% CI")
             if j == 0:
                 ax.set_ylabel(label)
-    teachers = sorted(set(agg["teacher"]), key=arch_sort_key)
-    handles = [
-        Line2D(
-            [],
-            [],
-            ls="",
-            marker=TEACHER_STYLE.get(t, (None, "D"))[1],
-            ms=9,
-            color=TEACHER_STYLE.get(t, (OKABE_ITO["grey"], "D"))[0],
-            label=f"teacher {short(t)}",
-        )
-        for t in teachers
-    ]
-    handles += [
-        Line2D(
-            [],
-            [],
-            ls="",
-            marker="o",
-            ms=9,
-            color="0.3",
-            **({"mew": 2.0} if METHOD_FILLS[i % len(METHOD_FILLS)][0] == "none" else {}),
-            **marker_face(i, "0.3"),
-            label=f"{method_label(m)} ({METHOD_FILLS[i % len(METHOD_FILLS)][1]})",
-        )
-        for i, m in enumerate(methods)
-    ]
-    if cagg is not None:
-        handles.append(
-            Line2D([], [], ls="", marker="o", ms=9, color="0.45", mfc="0.8", label="baseline vs teacher (control)")
-        )
-    fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 4), bbox_to_anchor=(0.5, 1.07), fontsize=9)
+    _fidelity_legend(fig, sorted(set(agg["teacher"]), key=arch_sort_key), methods, cagg is not None)
     note = "vertical bars: \u00b1 1 std over seeds; horizontal bars: 95% CI of the gain"
     if cagg is None:
         note += "\nno baseline-vs-teacher control measurements in these data"
@@ -697,38 +571,23 @@ def plot_clip_ablation(
 FIGURES = tuple(FIGURE_READS)  # the names, from the one list in kdcore.analysis.outputs
 
 
-def write_figure(name: str, tables_dir: str | Path, pdf_path: str | Path, metric: str = "test_best") -> list[Path]:
-    """Draw figure ``name`` (one of :data:`FIGURES`) from the CSV tables in ``tables_dir`` (runs, history,
-    fidelity, comparisons, moderation, stem_ablation, clip_ablation) into ``pdf_path`` and the PNG beside it."""
-    from kdcore.analysis.table import read_table
-    from kdcore.errors import ConfigError
-
+def write_figure(name: str, inputs: dict[str, Any], pdf_path: str | Path, metric: str = "test_best") -> list[Path]:
+    """Draw figure ``name`` (one of :data:`FIGURES`) from a job's named input files (runs, history, fidelity,
+    comparisons, moderation, stem_ablation, clip_ablation: kdcore.analysis.outputs.FIGURES; read by
+    kdcore.analysis.table.read_inputs) into ``pdf_path`` and the PNG beside it (:func:`save_figure`)."""
     if name not in FIGURES:
         raise ConfigError(f"figure {name!r} is not one of {', '.join(FIGURES)}")
-    tables_dir = Path(tables_dir)
+    t = read_inputs(inputs)
     label = {"test_best": "test acc @ best val", "test_final": "final test acc", "val_acc": "best val acc"}.get(
         metric, metric
     )
     if name == "gain_vs_capacity":
-        from kdcore.analysis.moderation import gain_cells, gain_points
-
-        runs = read_table(tables_dir / "runs.csv")
-        moderation = read_table(tables_dir / "moderation.csv")
-        return plot_gain_vs_capacity(gain_points(runs, metric), gain_cells(runs, metric), moderation, pdf_path, label)
+        points, cells = gain_points(t["runs"], metric), gain_cells(t["runs"], metric)
+        return plot_gain_vs_capacity(points, cells, t["moderation"], pdf_path, label)
     if name == "convergence":
-        return plot_convergence(read_table(tables_dir / "runs.csv"), read_table(tables_dir / "history.csv"), pdf_path)
+        return plot_convergence(t["runs"], t["history"], pdf_path)
     if name == "fidelity":
-        return plot_fidelity(
-            read_table(tables_dir / "comparisons.csv"), read_table(tables_dir / "fidelity.csv"), pdf_path
-        )
+        return plot_fidelity(t["comparisons"], t["fidelity"], pdf_path)
     if name == "stem_ablation":
-        return plot_stem_ablation(
-            read_table(tables_dir / "runs.csv"), read_table(tables_dir / "stem_ablation.csv"), pdf_path, metric
-        )
-    return plot_clip_ablation(
-        read_table(tables_dir / "runs.csv"),
-        read_table(tables_dir / "history.csv"),
-        read_table(tables_dir / "clip_ablation.csv"),
-        pdf_path,
-        metric,
-    )
+        return plot_stem_ablation(t["runs"], t["stem_ablation"], pdf_path, metric)
+    return plot_clip_ablation(t["runs"], t["history"], t["clip_ablation"], pdf_path, metric)

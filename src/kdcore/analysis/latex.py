@@ -18,8 +18,11 @@ import pandas as pd
 
 from kdcore.analysis.methods import hyperparameter_tex, method_tex
 from kdcore.analysis.outputs import TEX_TABLES
-from kdcore.analysis.table import hyperparameter_columns
+from kdcore.analysis.stats import METRIC_LABELS, STAT_TABLES, cell_summary, teacher_runs
+from kdcore.analysis.table import hyperparameter_columns, read_inputs, read_table
 from kdcore.atomic import atomic_write_text
+from kdcore.config import split_chain
+from kdcore.errors import ConfigError
 
 BOLD = "textbf:--rwrap;"
 
@@ -42,7 +45,7 @@ def premise_note(cells: pd.DataFrame, pairs: list[str]) -> str:
         b = _cell(cells, stage="baseline", student=student, stem="cifar")
         if t is not None and b is not None and not t["mean"] > b["mean"]:
             out.append(
-                f"Warning: teacher {short(teacher)} ({t['mean']:.2f}\\%) does not beat the {short(student)} "
+                f"Warning: teacher {tex_short(teacher)} ({t['mean']:.2f}\\%) does not beat the {short(student)} "
                 f"baseline ({b['mean']:.2f}\\%); KD from a weaker teacher is not the paper's setting."
             )
     return " ".join(out)
@@ -52,15 +55,25 @@ _NETWORK = re.compile(r"(?P<family>resnet|wrn_)(?P<depth>\d+)(?:_(?P<widen>\d+))
 _PAIR = re.compile(r"(?P<teacher>.+?-?(?!w\d)[^-]*)-(?P<student>(?:resnet|wrn_).*)")
 
 
-def short(arch: str) -> str:
+def short(arch: str, arrow: str = "\u2192") -> str:
     """'resnet50' -> 'R50', 'resnet8x4' -> 'R8x4', 'resnet18-w16' -> 'R18-w16', 'wrn_40_2' -> 'WRN-40-2'
-    (the labels of figures and tables)."""
+    (the labels of figures and tables); a chain teacher 'resnet101.logit.resnet50' -> 'R101→R50 (logit)'
+    with ``arrow`` between its networks (:func:`tex_short` for LaTeX)."""
     if not isinstance(arch, str):
         return str(arch)
+    chain = split_chain(arch)
+    if chain is not None:
+        parent, method, student = chain
+        return f"{short(parent, arrow)}{arrow}{short(student)} ({method})"
     if arch.startswith("wrn_"):
         base, sep, width = arch.partition("-w")
         return "WRN-" + base[4:].replace("_", "-") + (f"-w{width}" if sep else "")
     return arch.replace("resnet", "R")
+
+
+def tex_short(label: str) -> str:
+    """:func:`short` for LaTeX text (the arrow of a chain teacher in math mode)."""
+    return short(label, arrow=r"$\rightarrow$").replace("_", r"\_")
 
 
 def arch_sort_key(network: str) -> tuple:
@@ -96,7 +109,7 @@ def split_pair(pair: str) -> tuple[str, str]:
 
 def pair_tex(pair: str) -> str:
     t, s = split_pair(pair)
-    return rf"{short(t)}$\rightarrow${short(s)}"
+    return rf"{tex_short(t)}$\rightarrow${short(s)}"
 
 
 def pm(mean: float, std: float, digits: int = 2) -> str:
@@ -261,13 +274,14 @@ def tex_kd_statistics(comparisons: pd.DataFrame) -> str:
 def tex_teachers(cells: pd.DataFrame, runs: pd.DataFrame) -> str:
     """Teacher accuracies (test and val) per architecture; best test accuracy bold."""
     t = cells[cells["stage"] == "teacher"].copy()
-    t["params"] = t["student"].map(runs[runs["stage"] == "teacher"].groupby("student")["params"].first())
-    t["epochs"] = t["student"].map(runs[runs["stage"] == "teacher"].groupby("student")["epochs"].max())
-    val = runs[runs["stage"] == "teacher"].groupby("student")["val_acc"].agg(["mean", "std"])
+    teachers = teacher_runs(runs)
+    t["params"] = t["student"].map(teachers.groupby("student")["params"].first())
+    t["epochs"] = t["student"].map(teachers.groupby("student")["epochs"].max())
+    val = teachers.groupby("student")["val_acc"].agg(["mean", "std"])
     t = t.sort_values("params")
     df = pd.DataFrame(
         {
-            "Teacher": [short(a) for a in t["student"]],
+            "Teacher": [tex_short(a) for a in t["student"]],
             "Params (M)": [num(p / 1e6, "{:.1f}") for p in t["params"]],
             "Epochs": [str(int(e)) for e in t["epochs"]],
             "n": [str(int(n)) for n in t["n"]],
@@ -501,7 +515,7 @@ def tex_moderation(moderation: pd.DataFrame, metric_label: str) -> str:
     for _, r in moderation.iterrows():
         rows.append(
             {
-                "Teacher": short(r["teacher"]),
+                "Teacher": tex_short(r["teacher"]),
                 "Method": method_tex(r["method"]),
                 "Students": ", ".join(short(s) for s in str(r["students"]).split()),
                 "n": str(int(r["seeds_per_group"])),
@@ -525,7 +539,7 @@ def tex_moderation(moderation: pd.DataFrame, metric_label: str) -> str:
         f"Holm-adjusted $p$ over the {m} teacher $\\times$ method families (bold when $<0.05$). A priori design: "
         "the smallest change of the gain across the students' capacity range detectable with 80\\% power at "
         f"the study's seeds and observed SD, and the seeds per group needed to detect a {effect:g} pp change. "
-        + " ".join(f"{short(r['teacher'])} {r['method']}: {r['conclusion']}." for _, r in moderation.iterrows())
+        + " ".join(f"{tex_short(r['teacher'])} {r['method']}: {r['conclusion']}." for _, r in moderation.iterrows())
     )
     return _styled(df, bold, caption, "tab:moderation", "lll" + "c" * (df.shape[1] - 3))
 
@@ -533,21 +547,38 @@ def tex_moderation(moderation: pd.DataFrame, metric_label: str) -> str:
 TABLE_NAMES = tuple(TEX_TABLES)  # the names, from the one list in kdcore.analysis.outputs
 
 
-def write_tables(tables: dict[str, pd.DataFrame], out_dir: str | Path, metric_label: str) -> list[Path]:
-    """Write every LaTeX table of the study from the analysis tables (runs, cells, comparisons, fidelity,
-    stem, clip, selection, moderation) into ``out_dir/<name>.tex``."""
-    out_dir = Path(out_dir)
-    texts = {
-        "main_results": tex_main_results(tables["comparisons"], tables["cells"], tables["runs"], metric_label),
-        "kd_statistics": tex_kd_statistics(tables["comparisons"]),
-        "teachers": tex_teachers(tables["cells"], tables["runs"]),
-        "fidelity": tex_fidelity(tables["fidelity"]),
-        "stem_ablation": tex_stem_ablation(tables["stem"], metric_label),
-        "clip_ablation": tex_clip_ablation(tables["clip"], metric_label),
-        "selection": tex_selection(tables["selection"]),
-        "moderation": tex_moderation(tables["moderation"], metric_label),
+def tex_table(name: str, tables: dict[str, pd.DataFrame], metric_label: str) -> str:
+    """LaTeX table ``name`` (one of :data:`TABLE_NAMES`) from the analysis tables it reads (runs, cells,
+    comparisons, fidelity and the statistics tables by name: kdcore.analysis.outputs.TEX_TABLES)."""
+    builders = {
+        "main_results": lambda: tex_main_results(tables["comparisons"], tables["cells"], tables["runs"], metric_label),
+        "kd_statistics": lambda: tex_kd_statistics(tables["comparisons"]),
+        "teachers": lambda: tex_teachers(tables["cells"], tables["runs"]),
+        "fidelity": lambda: tex_fidelity(tables["fidelity"]),
+        "stem_ablation": lambda: tex_stem_ablation(tables["stem_ablation"], metric_label),
+        "clip_ablation": lambda: tex_clip_ablation(tables["clip_ablation"], metric_label),
+        "selection": lambda: tex_selection(tables["selection"]),
+        "moderation": lambda: tex_moderation(tables["moderation"], metric_label),
     }
-    return [atomic_write_text(out_dir / f"{name}.tex", text) for name, text in texts.items()]
+    if name not in builders:
+        raise ConfigError(f"LaTeX table {name!r} is not one of {', '.join(TABLE_NAMES)}")
+    return builders[name]()
+
+
+def write_tex_table(name: str, inputs: dict[str, Any], out_path: str | Path, metric: str = "test_best") -> Path:
+    """LaTeX table ``name`` from a job's named input files (kdcore.analysis.table.read_inputs; the cells are
+    computed from the runs read), written to ``out_path``."""
+    tables = read_inputs(inputs)
+    if "runs" in tables:
+        tables["cells"] = cell_summary(tables["runs"], metric)
+    return atomic_write_text(out_path, tex_table(name, tables, METRIC_LABELS[metric]))
+
+
+def write_tables(tables: dict[str, pd.DataFrame], out_dir: str | Path, metric_label: str) -> list[Path]:
+    """Write every LaTeX table of the study from the analysis tables (runs, cells, comparisons, fidelity and
+    the statistics tables) into ``out_dir/<name>.tex``."""
+    out_dir = Path(out_dir)
+    return [atomic_write_text(out_dir / f"{name}.tex", tex_table(name, tables, metric_label)) for name in TABLE_NAMES]
 
 
 def document(table_files: list[str | Path]) -> str:
@@ -560,18 +591,8 @@ def document(table_files: list[str | Path]) -> str:
 
 
 def write_all(tables_dir: str | Path, out_dir: str | Path, metric_label: str) -> list[Path]:
-    """Read the CSV tables of ``tables_dir`` and write every LaTeX table into ``out_dir``."""
-    from kdcore.analysis.table import read_table
-
+    """Read the CSV tables of ``tables_dir`` (runs, cells, fidelity and every statistics table) and write every
+    LaTeX table into ``out_dir``."""
     tables_dir = Path(tables_dir)
-    names = {
-        "runs": "runs",
-        "cells": "cells",
-        "comparisons": "comparisons",
-        "fidelity": "fidelity",
-        "stem": "stem_ablation",
-        "clip": "clip_ablation",
-        "selection": "selection",
-        "moderation": "moderation",
-    }
-    return write_tables({k: read_table(tables_dir / f"{v}.csv") for k, v in names.items()}, out_dir, metric_label)
+    names = ("runs", "fidelity", *STAT_TABLES)
+    return write_tables({name: read_table(tables_dir / f"{name}.csv") for name in names}, out_dir, metric_label)

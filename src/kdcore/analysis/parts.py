@@ -17,10 +17,13 @@ fidelity file.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from pathlib import Path
+
 import pandas as pd
 
 from kdcore.analysis.outputs import PARTS
-from kdcore.analysis.table import stem_arms
+from kdcore.analysis.table import RUN_TABLES, read_table, stem_arms, write_table
 from kdcore.errors import DataError
 
 _STAGES_OF_PART = {"teachers": ("teacher",), "kd": ("baseline", "final"), "selection": ("select", "final")}
@@ -62,3 +65,16 @@ def part_tables(
         "fidelity": fid.reset_index(drop=True),
         "history": history[history["run_id"].isin(rows["run_id"])].reset_index(drop=True),
     }
+
+
+def write_part_tables(
+    inputs: Mapping[str, str | Path], outputs: Mapping[str, str | Path], part: str | None
+) -> dict[str, pd.DataFrame]:
+    """The run, fidelity and history tables at ``inputs`` (each a path), restricted to ``part`` (all rows when
+    ``part`` is empty), written to ``outputs`` (the same names)."""
+    tables = {name: read_table(inputs[name]) for name in RUN_TABLES}
+    if part:
+        tables = part_tables(tables["runs"], tables["fidelity"], tables["history"], part)
+    for name, table in tables.items():
+        write_table(table, outputs[name])
+    return tables

@@ -23,8 +23,10 @@ from scipy import stats
 from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestIndPower
 
+from kdcore.analysis.outputs import STAT_TABLES as OUTPUT_STAT_TABLES
 from kdcore.analysis.table import hyperparameter_columns, stem_arms
-from kdcore.errors import DataError
+from kdcore.config import split_chain
+from kdcore.errors import ConfigError, DataError
 from kdcore.selection import candidate_score, choose_winner
 
 METRICS = ("test_best", "test_final", "val_acc")
@@ -215,9 +217,37 @@ def cell_keys(runs: pd.DataFrame) -> list[str]:
     return [*CELL_KEYS, *hyperparameter_columns(runs)]
 
 
+def chain_teacher_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs behind each chain teacher ``<teacher>.<method>.<student>`` of a run table
+    (kdcore.config.split_chain): the final runs of that pair and method, as teacher-stage rows whose
+    ``student`` is the chain label (their accuracy is the chain teacher's)."""
+    chains = []
+    for label in runs["teacher"].dropna().unique():
+        parts = split_chain(str(label)) if label else None
+        if parts is None:
+            continue
+        parent, method, student = parts
+        source = runs[(runs["stage"] == "final") & (runs["pair"] == f"{parent}-{student}") & (runs["method"] == method)]
+        hps = {hp: math.nan for hp in hyperparameter_columns(runs)}
+        chains.append(source.assign(stage="teacher", student=label, teacher="", pair="", method="baseline", **hps))
+    return pd.concat(chains, ignore_index=True) if chains else runs.iloc[0:0]
+
+
+def teacher_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs behind every teacher of a run table as teacher-stage rows (``student`` = the teacher label):
+    the teacher runs and those of the chain teachers (:func:`chain_teacher_runs`)."""
+    return _append(runs[runs["stage"] == "teacher"], chain_teacher_runs(runs))
+
+
+def _append(df: pd.DataFrame, more: pd.DataFrame) -> pd.DataFrame:
+    return pd.concat([df, more], ignore_index=True) if not more.empty else df
+
+
 def cell_summary(runs: pd.DataFrame, metric: str = "test_best") -> pd.DataFrame:
-    """Mean, std, n, min, max of ``metric`` per cell (stage x teacher x student x method x hyper-parameters)."""
+    """Mean, std, n, min, max of ``metric`` per cell (stage x teacher x student x method x hyper-parameters);
+    a chain teacher's teacher cell holds the final runs it is taken from (:func:`chain_teacher_runs`)."""
     check_metric(metric)
+    runs = _append(runs, chain_teacher_runs(runs))
     keys = cell_keys(runs)
     rows = []
     for key, grp in runs.groupby(keys, dropna=False, sort=True):
@@ -423,7 +453,7 @@ def teacher_premise(runs: pd.DataFrame, metric: str = "test_best") -> pd.DataFra
     teacher that does not beat the student is not the paper's setting; ``holds`` is False for such pairs."""
     check_metric(metric)
     final = runs[(runs["stage"] == "final") & (runs["method"] != "baseline")]
-    teach, base = runs[runs["stage"] == "teacher"], baselines(runs)
+    teach, base = teacher_runs(runs), baselines(runs)
     rows = []
     for pair, grp in final.groupby("pair", sort=True):
         teacher, student = grp["teacher"].iloc[0], grp["student"].iloc[0]
@@ -484,7 +514,7 @@ def build_summary(
     min_effect_pp: float = MIN_EFFECT_PP,
 ) -> dict[str, Any]:
     """All statistics of the study as one JSON-ready dict (the content of summary.json); ``tables`` are
-    already computed statistics tables (keys of :data:`STAT_TABLES`, or ``moderation``) to reuse."""
+    already computed statistics tables (names of :data:`STAT_TABLES`) to reuse."""
     from kdcore.analysis.moderation import moderation_summary, moderation_table
 
     check_metric(metric)
@@ -532,28 +562,72 @@ def build_summary(
     }
 
 
-STAT_TABLES = ("cells", "comparisons", "selection", "stem_ablation", "clip_ablation")
+#: Every statistics table: the cell summary and those of kdcore.analysis.outputs.STAT_TABLES (each computed
+#: from the runs of the parts listed there).
+STAT_TABLES = ("cells", *OUTPUT_STAT_TABLES)
+
+
+def stat_table(
+    name: str, runs: pd.DataFrame, metric: str = "test_best", min_effect_pp: float = MIN_EFFECT_PP
+) -> pd.DataFrame:
+    """Statistics table ``name`` (one of :data:`STAT_TABLES`) of a run table."""
+    from kdcore.analysis.moderation import moderation_table
+
+    check_metric(metric)
+    builders = {
+        "cells": lambda: cell_summary(runs, metric),
+        "comparisons": lambda: kd_comparisons(runs, metric, min_effect_pp=min_effect_pp),
+        "selection": lambda: selection_table(runs),
+        "stem_ablation": lambda: stem_ablation(runs, metric),
+        "clip_ablation": lambda: clip_ablation(runs, metric),
+        "moderation": lambda: moderation_table(runs, metric, min_effect_pp),
+    }
+    if name not in builders:
+        raise ConfigError(f"statistics table {name!r} is not one of {', '.join(STAT_TABLES)}")
+    return builders[name]()
+
+
+def write_stat_table(
+    name: str,
+    runs_paths: list[str | Path],
+    out_path: str | Path,
+    metric: str = "test_best",
+    min_effect_pp: float = MIN_EFFECT_PP,
+) -> pd.DataFrame:
+    """Statistics table ``name`` of the runs in ``runs_paths`` (read as one run table), written to ``out_path``."""
+    from kdcore.analysis.table import read_tables, write_table
+
+    table = stat_table(name, read_tables(runs_paths), metric, min_effect_pp)
+    write_table(table, out_path)
+    return table
+
+
+def write_summary(
+    runs_path: str | Path, cells_path: str | Path, summary_path: str | Path, metric: str, min_effect_pp: float
+) -> dict[str, Any]:
+    """The cell table and summary.json of the run table ``runs_path``, written to the paths given."""
+    from kdcore.analysis.table import read_table, write_table
+    from kdcore.atomic import atomic_write_json
+
+    runs = read_table(runs_path)
+    cells = cell_summary(runs, metric)
+    write_table(cells, cells_path)
+    summary = build_summary(runs, metric, {"cells": cells}, min_effect_pp)
+    atomic_write_json(summary_path, summary)
+    return summary
 
 
 def write_statistics(
     runs: pd.DataFrame, out_dir: str | Path, metric: str = "test_best", min_effect_pp: float = MIN_EFFECT_PP
 ) -> dict[str, Path]:
-    """Write summary.json and the CSV of every statistics table (cells, comparisons, selection,
-    stem_ablation, clip_ablation, moderation) into ``out_dir``; return their paths."""
-    from kdcore.analysis.moderation import moderation_table
+    """Write summary.json and the CSV of every statistics table (:data:`STAT_TABLES`) into ``out_dir``;
+    return their paths (a whole study at once, outside the workflow)."""
     from kdcore.analysis.table import write_table
     from kdcore.atomic import atomic_write_json
 
     check_metric(metric)
     out_dir = Path(out_dir)
-    tables = {
-        "cells": cell_summary(runs, metric),
-        "comparisons": kd_comparisons(runs, metric, min_effect_pp=min_effect_pp),
-        "selection": selection_table(runs),
-        "stem_ablation": stem_ablation(runs, metric),
-        "clip_ablation": clip_ablation(runs, metric),
-        "moderation": moderation_table(runs, metric, min_effect_pp),
-    }
+    tables = {name: stat_table(name, runs, metric, min_effect_pp) for name in STAT_TABLES}
     paths = {name: write_table(df, out_dir / f"{name}.csv") for name, df in tables.items()}
     summary = build_summary(runs, metric, tables, min_effect_pp)
     paths["summary"] = atomic_write_json(out_dir / "summary.json", summary)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -410,17 +410,28 @@ def write_table(df: pd.DataFrame, path: str | Path) -> Path:
     return atomic_write_text(path, df.to_csv(index=False))
 
 
+RUN_TABLES = ("runs", "fidelity", "history")
+
+
 def write_run_tables(
-    metrics_paths: Iterable[str | Path], fidelity_paths: Iterable[str | Path], out_dir: str | Path
+    metrics_paths: Iterable[str | Path], fidelity_paths: Iterable[str | Path], outputs: Mapping[str, str | Path]
 ) -> dict[str, Path]:
-    """Build and write runs.csv, fidelity.csv and history.csv into ``out_dir``; return their paths."""
+    """Build the run, fidelity and history tables and write each to ``outputs[name]`` (names: :data:`RUN_TABLES`)."""
+    missing = [name for name in RUN_TABLES if name not in outputs]
+    if missing:
+        raise DataError(f"write_run_tables: no output path for {', '.join(missing)}")
     metrics_paths, fidelity_paths = list(metrics_paths), list(fidelity_paths)
     runs = build_run_table(metrics_paths, fidelity_paths)
-    fid = build_fidelity_table(fidelity_paths, runs)
-    history = build_history_table(metrics_paths)
-    out_dir = Path(out_dir)
-    return {
-        "runs": write_table(runs, out_dir / "runs.csv"),
-        "fidelity": write_table(fid, out_dir / "fidelity.csv"),
-        "history": write_table(history, out_dir / "history.csv"),
+    tables = {
+        "runs": runs,
+        "fidelity": build_fidelity_table(fidelity_paths, runs),
+        "history": build_history_table(metrics_paths),
     }
+    return {name: write_table(df, outputs[name]) for name, df in tables.items()}
+
+
+def read_inputs(inputs: Mapping[str, str | Path | Sequence[str | Path]]) -> dict[str, pd.DataFrame]:
+    """The tables of a job's named inputs: a name given several files (the runs.csv of each part of a study)
+    is read as one table (:func:`read_tables`), a single file as itself; a name given no file is left out."""
+    files = {name: [paths] if isinstance(paths, (str, Path)) else list(paths) for name, paths in inputs.items()}
+    return {name: read_tables(paths) for name, paths in files.items() if paths}

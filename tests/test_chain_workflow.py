@@ -1,0 +1,60 @@
+"""A distillation chain end to end: config/smoke-chain.yaml (ResNet-101 -> ResNet-50 (logit) -> ResNet-18, next to
+ResNet-101 -> ResNet-18) runs in a copy of the workflow, from data to tables and figures; the chain's runs
+distil from the final run they name, and the analysis reports the chain teacher by that run's accuracy."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from _workflow_tools import copy_workflow, dry_run, snakemake
+
+pytestmark = pytest.mark.slow
+
+CONFIGS = ("--configfile", "config/smoke.yaml", "config/smoke-chain.yaml")
+CHAIN = "resnet101.logit.resnet50"
+ASSISTANT = "results/runs/final/resnet101-resnet50/logit/seed0"
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = copy_workflow(tmp_path_factory.mktemp("chain") / "wf")
+    snakemake(root, *CONFIGS, "--cores", "2", timeout=1200)
+    return root
+
+
+def test_chain_runs_distil_from_the_assistant_final_run(study: Path) -> None:
+    runs = study / "results/runs"
+    assert not (runs / "teachers" / CHAIN).exists()
+    for seed in (0, 1):
+        metrics = read_json(runs / f"final/{CHAIN}-resnet18/logit/seed{seed}/metrics.json")
+        teacher = metrics["config"]["teacher"]
+        assert teacher["checkpoint"] == f"{ASSISTANT}/best.pt" and teacher["arch"] == "resnet50"
+        assert metrics["labels"]["teacher"] == CHAIN and metrics["labels"]["pair"] == f"{CHAIN}-resnet18"
+    fidelity = read_json(runs / f"final/{CHAIN}-resnet18/logit/seed1/fidelity.json")
+    assistant = read_json(study / ASSISTANT / "metrics.json")
+    assert fidelity["teacher_test_acc"] == pytest.approx(assistant["results"]["test_acc_best"])
+    assert (runs / f"baselines/resnet18/seed0/fidelity-{CHAIN}.json").is_file()
+
+
+def test_analysis_reports_the_chain_teacher(study: Path) -> None:
+    tables = study / "results/tables"
+    runs = pd.read_csv(tables / "runs.csv")
+    assert set(runs["pair"].dropna()) >= {f"{CHAIN}-resnet18", "resnet101-resnet18", "resnet101-resnet50"}
+    assistant = runs[(runs["stage"] == "final") & (runs["pair"] == "resnet101-resnet50")]["test_best"]
+    premise = {r["pair"]: r for r in read_json(tables / "summary.json")["teacher_premise"]}
+    assert premise[f"{CHAIN}-resnet18"]["teacher_mean"] == pytest.approx(assistant.mean())
+    assert premise[f"{CHAIN}-resnet18"]["teacher_n"] == 2
+    main = (tables / "main_results.tex").read_text(encoding="utf-8")
+    assert r"R101$\rightarrow$R50 (logit)$\rightarrow$R18" in main
+    assert (study / "results/figures/gain_vs_capacity.pdf").stat().st_size > 0
+
+
+def test_finished_chain_study_is_up_to_date(study: Path) -> None:
+    assert dry_run(study, *CONFIGS).counts == {}
