@@ -152,6 +152,30 @@ def _fit_band(row: pd.Series, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
     return fit, fit - half, fit + half
 
 
+def _draw_teacher_gains(
+    ax: plt.Axes, points: pd.DataFrame, cells: pd.DataFrame, row: pd.DataFrame, teacher: str, shift: float
+) -> None:
+    """One teacher's series in a method's panel: per-seed gains, cell means with 95% CIs and, when the
+    moderation test has a slope (``row``), the fitted line with its 95% band; the legend entry states it.
+    ``shift`` multiplies the parameter axis so that teachers at the same student do not overlap."""
+    colour, marker = TEACHER_STYLE.get(teacher, (OKABE_ITO["grey"], "D"))
+    ax.scatter(points["params"] * shift, points["gain"], s=16, marker=marker, facecolors="none", edgecolors=colour,
+               lw=0.8, alpha=0.7, zorder=2)  # fmt: skip
+    err = np.vstack([cells["gain"] - cells["ci_low"], cells["ci_high"] - cells["gain"]])
+    style = {"color": colour, "ms": 8, "capsize": 4, "lw": 1.6, "markeredgecolor": "black", "markeredgewidth": 0.6}
+    x = cells["params"].to_numpy() * shift
+    ax.errorbar(x, cells["gain"], yerr=np.where(np.isnan(err), 0.0, err), fmt=marker, **style, zorder=4)
+    label = f"teacher {short(teacher)}"
+    if len(row) and pd.notna(row.iloc[0]["slope"]):
+        r = row.iloc[0]
+        grid = np.geomspace(cells["params"].min(), cells["params"].max(), 50)
+        fit, lo, hi = _fit_band(r, grid)
+        ax.plot(grid * shift, fit, color=colour, lw=1.4, ls="--", zorder=3)
+        ax.fill_between(grid * shift, lo, hi, color=colour, alpha=0.15, lw=0, zorder=1)
+        label += f": {r['slope']:+.2f} pp/doubling [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}], Holm p {r['p_holm']:.2f}"
+    ax.plot([], [], color=colour, marker=marker, ls="--", label=label)
+
+
 def plot_gain_vs_capacity(
     points: pd.DataFrame,
     cells: pd.DataFrame,
@@ -176,48 +200,12 @@ def plot_gain_vs_capacity(
     for ax, method in zip(axes, methods, strict=False):
         ax.axhline(0, color="0.2", lw=1.0, zorder=1)
         for teacher in teachers:
-            colour, marker = TEACHER_STYLE.get(teacher, (OKABE_ITO["grey"], "D"))
             c = cells[(cells["teacher"] == teacher) & (cells["method"] == method)].sort_values("params")
             if c.empty:
                 continue
             pts = points[(points["teacher"] == teacher) & (points["method"] == method)]
-            ax.scatter(
-                pts["params"] * offset[teacher],
-                pts["gain"],
-                s=16,
-                marker=marker,
-                facecolors="none",
-                edgecolors=colour,
-                lw=0.8,
-                alpha=0.7,
-                zorder=2,
-            )
-            x = c["params"].to_numpy() * offset[teacher]
-            err = np.vstack([c["gain"] - c["ci_low"], c["ci_high"] - c["gain"]])
-            ax.errorbar(
-                x,
-                c["gain"],
-                yerr=np.where(np.isnan(err), 0.0, err),
-                fmt=marker,
-                color=colour,
-                ms=8,
-                capsize=4,
-                lw=1.6,
-                markeredgecolor="black",
-                markeredgewidth=0.6,
-                zorder=4,
-            )
             row = moderation[(moderation["teacher"] == teacher) & (moderation["method"] == method)]
-            label = f"teacher {short(teacher)}"
-            if len(row) and pd.notna(row.iloc[0]["slope"]):
-                r = row.iloc[0]
-                grid = np.geomspace(c["params"].min(), c["params"].max(), 50)
-                fit, lo, hi = _fit_band(r, grid)
-                ax.plot(grid * offset[teacher], fit, color=colour, lw=1.4, ls="--", zorder=3)
-                ax.fill_between(grid * offset[teacher], lo, hi, color=colour, alpha=0.15, lw=0, zorder=1)
-                ci = f"[{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
-                label += f": {r['slope']:+.2f} pp/doubling {ci}, Holm p {r['p_holm']:.2f}"
-            ax.plot([], [], color=colour, marker=marker, ls="--", label=label)
+            _draw_teacher_gains(ax, pts, c, row, teacher, offset[teacher])
         ax.set_xscale("log", base=2)
         ticks = sorted(cells["params"].unique())
         ax.set_xticks(ticks)
@@ -227,16 +215,11 @@ def plot_gain_vs_capacity(
         ax.set_xlabel("student parameters (log scale)")
         ax.legend(loc="best", fontsize=8)
     axes[0].set_ylabel(f"KD gain over baseline (pp, {metric_label})")
-    fig.text(
-        0.5,
-        -0.04,
+    note = (
         "open markers: per-seed gains; filled: cell mean \u00b1 95% CI; dashed line and band: WLS slope on "
-        "log2(parameters) with 95% CI (Welch-Satterthwaite df); Holm over teacher \u00d7 method families",
-        ha="center",
-        fontsize=8,
-        color="0.25",
-        wrap=True,
+        "log2(parameters) with 95% CI (Welch-Satterthwaite df); Holm over teacher \u00d7 method families"
     )
+    fig.text(0.5, -0.04, note, ha="center", fontsize=8, color="0.25", wrap=True)
     fig.tight_layout()
     return save_figure(fig, pdf_path)
 
@@ -244,6 +227,32 @@ def plot_gain_vs_capacity(
 def _curve(history: pd.DataFrame, run_ids: Any, column: str = "val_acc") -> pd.DataFrame:
     h = history[history["run_id"].isin(list(run_ids))]
     return h.groupby("epoch")[column].agg(["mean", "std", "count"]).reset_index()
+
+
+def _draw_curves(ax: plt.Axes, history: pd.DataFrame, series: dict[str, Any], methods: list[str]) -> int:
+    """Each series' val accuracy per epoch (mean \u00b1 std over its runs); returns the last epoch drawn."""
+    last = 1
+    for m, ids in series.items():
+        c = _curve(history, ids)
+        if c.empty:
+            continue
+        last = max(last, int(c["epoch"].max()))
+        colour, ls, _ = method_style(m, methods)
+        n = int(c["count"].max())
+        ax.plot(c["epoch"], c["mean"], color=colour, ls=ls, lw=1.5, label=f"{method_label(m)} (n={n})")
+        if n > 1:
+            ax.fill_between(c["epoch"], c["mean"] - c["std"], c["mean"] + c["std"], color=colour, alpha=0.18, lw=0)
+    return last
+
+
+def _zoom(ax: plt.Axes, history: pd.DataFrame, run_ids: pd.Series, t_val: pd.Series, start: int, last: int) -> None:
+    """Limit ``ax`` to epochs ``start``..``last`` and to the accuracies the runs (and the teacher) reach there."""
+    ax.set_xlim(start, last)
+    h = history[history["run_id"].isin(run_ids) & (history["epoch"] >= start)]
+    if not h.empty:
+        lo = float(h["val_acc"].quantile(0.02))
+        hi = max(float(h["val_acc"].max()), float(t_val.max()) if len(t_val) else -np.inf)
+        ax.set_ylim(lo - 0.3, hi + 0.3)
 
 
 def plot_convergence(
@@ -269,48 +278,22 @@ def plot_convergence(
     for j, pair in enumerate(pairs):
         teacher, student = split_pair(pair)
         series = {"baseline": base[base["student"] == student]["run_id"]}
-        for m in methods:
-            series[m] = final[(final["pair"] == pair) & (final["method"] == m)]["run_id"]
+        series.update({m: final[(final["pair"] == pair) & (final["method"] == m)]["run_id"] for m in methods})
         t_val = teachers[teachers["student"] == teacher]["val_acc"]
-        last = 1
         for row in range(2):
             ax = axes[row, j]
-            for m, ids in series.items():
-                c = _curve(history, ids)
-                if c.empty:
-                    continue
-                last = max(last, int(c["epoch"].max()))
-                colour, ls, _ = method_style(m, methods)
-                n = int(c["count"].max())
-                ax.plot(c["epoch"], c["mean"], color=colour, ls=ls, lw=1.5, label=f"{method_label(m)} (n={n})")
-                if n > 1:
-                    ax.fill_between(
-                        c["epoch"], c["mean"] - c["std"], c["mean"] + c["std"], color=colour, alpha=0.18, lw=0
-                    )
+            last = _draw_curves(ax, history, series, methods)
             if len(t_val):
                 ax.axhline(t_val.mean(), color="0.35", ls=":", lw=1.6)
-                if row == 1:
-                    ax.annotate(
-                        f"teacher {short(teacher)} (n={len(t_val)})",
-                        (0.02, t_val.mean()),
-                        xycoords=("axes fraction", "data"),
-                        xytext=(0, 3),
-                        textcoords="offset points",
-                        fontsize=8,
-                        color="0.3",
-                        va="bottom",
-                    )
             if row == 0:
                 ax.set_title(pair_label(pair))
-            else:
-                start = max(int(last * (1 - zoom_fraction)), 1)
-                ax.set_xlim(start, last)
-                h = history[history["run_id"].isin(pd.concat(series.values())) & (history["epoch"] >= start)]
-                if not h.empty:
-                    lo = float(h["val_acc"].quantile(0.02))
-                    hi = max(float(h["val_acc"].max()), float(t_val.max()) if len(t_val) else -np.inf)
-                    ax.set_ylim(lo - 0.3, hi + 0.3)
-                ax.set_xlabel("epoch")
+                continue
+            if len(t_val):
+                ax.annotate(f"teacher {short(teacher)} (n={len(t_val)})", (0.02, t_val.mean()),
+                            xycoords=("axes fraction", "data"), xytext=(0, 3), textcoords="offset points", fontsize=8,
+                            color="0.3", va="bottom")  # fmt: skip
+            _zoom(ax, history, pd.concat(series.values()), t_val, max(int(last * (1 - zoom_fraction)), 1), last)
+            ax.set_xlabel("epoch")
         axes[0, j].set_xlabel("")
     axes[0, 0].set_ylabel("val accuracy (%)")
     axes[1, 0].set_ylabel(f"val accuracy (%)\nlast {int(zoom_fraction * 100)}% of epochs")
@@ -475,6 +458,66 @@ def plot_stem_ablation(
     return save_figure(fig, pdf_path)
 
 
+ClipArm = tuple[str, pd.DataFrame, Any, str]  # (label, runs, colour, marker)
+
+
+def _draw_clip_accuracy(ax: plt.Axes, arms: list[ClipArm], stats_row: pd.Series, metric: str) -> None:
+    """Panel (a): each arm's runs (jittered points) and mean, titled with the pair and method, and the
+    corrected-minus-bugged difference with its Welch CI and p below."""
+    for i, (_label, df, colour, marker) in enumerate(arms):
+        v = df[metric].to_numpy()
+        if v.size == 0:
+            continue
+        jitter = np.linspace(-0.08, 0.08, v.size) if v.size > 1 else np.zeros(1)
+        ax.scatter(i + jitter, v, color=colour, marker=marker, s=45, edgecolor="black", lw=0.5, zorder=3)
+        ax.hlines(v.mean(), i - 0.2, i + 0.2, color=colour, lw=3)
+    ax.set_xticks([0, 1])
+    ax.set_xticklabels([a[0] for a in arms])
+    ax.set_xlim(-0.6, 1.6)
+    ax.set_ylabel("test accuracy (%)")
+    r = stats_row
+    ci = (
+        f", 95% CI [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}], Welch p = {r['p_welch']:.2f}"
+        if pd.notna(r.get("ci_low"))
+        else ""
+    )
+    diff = f"corrected \u2212 bugged = {r['diff']:+.2f} pp" if pd.notna(r.get("diff")) else ""
+    ax.set_title(f"{pair_label(r['pair'])} {method_label(r['method'])}", fontsize=11)
+    ax.text(0.5, -0.28, diff + ci, transform=ax.transAxes, ha="center", fontsize=9, color="0.25")
+
+
+def _draw_projection_norms(ax: plt.Axes, arms: list[ClipArm], history: pd.DataFrame, clip_norm: pd.Series) -> None:
+    """Panel (b): each arm's maximum pre-clip projection gradient norm per epoch (mean \u00b1 std over seeds)
+    and the clip threshold; says which arm did not record it."""
+    drawn = []
+    for label, df, colour, marker in arms:
+        c = _curve(history, df["run_id"], "proj_grad_norm_max")
+        c = c[c["mean"].notna()]
+        if c.empty:
+            continue
+        style = {"color": colour, "lw": 1.5, "marker": marker, "markevery": max(len(c) // 10, 1)}
+        ax.plot(c["epoch"], c["mean"], **style, label=label.replace("\n", " "))
+        if c["count"].max() > 1:
+            ax.fill_between(c["epoch"], c["mean"] - c["std"], c["mean"] + c["std"], color=colour, alpha=0.2, lw=0)
+        drawn.append(label)
+    ax.set_title("Projection gradient norm per epoch (mean \u00b1 std)", fontsize=11)
+    if not drawn:
+        _empty(ax, "projection gradient norms not recorded")
+        return
+    if len(clip_norm):
+        threshold = float(clip_norm.iloc[0])
+        ax.axhline(threshold, color="0.2", ls="--", lw=1.2, label=f"clip threshold ({threshold:g})")
+    ax.legend(loc="best", fontsize=9)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
+    ax.set_ylabel("max pre-clip projection grad norm")
+    ax.set_ylim(bottom=0)
+    missing = [a[0].split("\n")[0] for a in arms if a[0] not in drawn]
+    if missing:
+        ax.text(0.98, 0.04, f"not recorded for the {' / '.join(missing)} arm", transform=ax.transAxes, ha="right",
+                fontsize=9, color="0.3")  # fmt: skip
+
+
 def plot_clip_ablation(
     runs: pd.DataFrame, history: pd.DataFrame, clip_stats: pd.DataFrame, pdf_path: str | Path, metric: str = "test_best"
 ) -> list[Path]:
@@ -487,83 +530,16 @@ def plot_clip_ablation(
             _empty(ax, "no clip-ablation runs")
         return save_figure(fig, pdf_path)
     r = clip_stats.iloc[0]
-    pair, method = r["pair"], r["method"]
-    bug = runs[(runs["stage"] == "clip") & (runs["pair"] == pair) & (runs["method"] == method)]
-    fix = runs[
-        (runs["stage"] == "final") & (runs["pair"] == pair) & (runs["method"] == method) & (runs["clip_scope"] == "all")
-    ]
+    same_cell = (runs["pair"] == r["pair"]) & (runs["method"] == r["method"])
+    bug = runs[(runs["stage"] == "clip") & same_cell]
+    fix = runs[(runs["stage"] == "final") & same_cell & (runs["clip_scope"] == "all")]
     arms = [
         ("bugged\n(student-only clip)", bug, OKABE_ITO["vermillion"], "s"),
         ("corrected\n(clip all params)", fix, OKABE_ITO["blue"], "o"),
     ]
-    ax = axes[0]
-    for i, (_label, df, colour, marker) in enumerate(arms):
-        v = df[metric].to_numpy()
-        if v.size == 0:
-            continue
-        jitter = np.linspace(-0.08, 0.08, v.size) if v.size > 1 else np.zeros(1)
-        ax.scatter(i + jitter, v, color=colour, marker=marker, s=45, edgecolor="black", lw=0.5, zorder=3)
-        ax.hlines(v.mean(), i - 0.2, i + 0.2, color=colour, lw=3)
-    ax.set_xticks([0, 1])
-    ax.set_xticklabels([a[0] for a in arms])
-    ax.set_xlim(-0.6, 1.6)
-    ax.set_ylabel("test accuracy (%)")
-    ci = (
-        f", 95% CI [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}], Welch p = {r['p_welch']:.2f}"
-        if pd.notna(r.get("ci_low"))
-        else ""
-    )
-    diff = f"corrected \u2212 bugged = {r['diff']:+.2f} pp" if pd.notna(r.get("diff")) else ""
-    ax.set_title(f"{pair_label(pair)} {method_label(method)}", fontsize=11)
-    ax.text(0.5, -0.28, diff + ci, transform=ax.transAxes, ha="center", fontsize=9, color="0.25")
-    ax = axes[1]
-    drawn = []
-    for label, df, colour, marker in arms:
-        c = _curve(history, df["run_id"], "proj_grad_norm_max")
-        c = c[c["mean"].notna()]
-        if c.empty:
-            continue
-        ax.plot(
-            c["epoch"],
-            c["mean"],
-            color=colour,
-            lw=1.5,
-            marker=marker,
-            markevery=max(len(c) // 10, 1),
-            label=label.replace("\n", " "),
-        )
-        if c["count"].max() > 1:
-            ax.fill_between(c["epoch"], c["mean"] - c["std"], c["mean"] + c["std"], color=colour, alpha=0.2, lw=0)
-        drawn.append(label)
-    missing = [a[0].split("\n")[0] for a in arms if a[0] not in drawn]
+    _draw_clip_accuracy(axes[0], arms, r, metric)
     clip_norm = pd.concat([bug, fix]).get("clip_norm", pd.Series(dtype=float)).dropna()
-    if drawn and len(clip_norm):
-        ax.axhline(
-            float(clip_norm.iloc[0]),
-            color="0.2",
-            ls="--",
-            lw=1.2,
-            label=f"clip threshold ({float(clip_norm.iloc[0]):g})",
-        )
-    if drawn:
-        ax.legend(loc="best", fontsize=9)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True, steps=[1, 2, 5, 10]))
-        ax.set_ylabel("max pre-clip projection grad norm")
-        ax.set_ylim(bottom=0)
-        if missing:
-            ax.text(
-                0.98,
-                0.04,
-                f"not recorded for the {' / '.join(missing)} arm",
-                transform=ax.transAxes,
-                ha="right",
-                fontsize=9,
-                color="0.3",
-            )
-    else:
-        _empty(ax, "projection gradient norms not recorded")
-    ax.set_title("Projection gradient norm per epoch (mean \u00b1 std)", fontsize=11)
+    _draw_projection_norms(axes[1], arms, history, clip_norm)
     fig.tight_layout()
     return save_figure(fig, pdf_path)
 
