@@ -15,9 +15,11 @@ from _workflow_tools import REPO, copy_workflow, dry_run, snakemake
 from kdcore.analysis.latex import pair_tex, short, split_pair, tex_short
 from kdcore.analysis.stats import cell_summary, teacher_premise, teacher_runs
 from kdcore.analysis.table import RUN_COLUMNS
-from kdcore.config import chain_network, merge_config, network_spec, split_chain, validate_study_config
+from kdcore.config import merge_config, network_spec, validate_study_config
 from kdcore.errors import ConfigError
+from kdcore.labels import chain_network, split_chain
 from kdcore.layout import expected_runs
+from kdcore.plan import plan_study, render_text
 
 CHAIN = "resnet101.logit.resnet50"
 
@@ -181,3 +183,16 @@ def test_a_chain_to_a_pair_the_study_lacks_fails_before_any_job(tmp_path: Path) 
     output = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "pairs[0].teacher" in output and "needs the pair" in output
     assert "Job stats" not in output
+
+
+def test_plan_costs_a_chain_teacher_as_its_network() -> None:
+    study = validate_study_config(chain_study())
+    plan = plan_study(study)
+    chained = [e for e in plan.jobs if e.job.teacher == CHAIN]
+    direct = {e.job.path: e for e in plan.jobs if e.job.teacher == "resnet101"}
+    assert len(chained) == 3  # 1 grid point + 2 final seeds
+    # the chain teacher forwards a ResNet-50, cheaper than the ResNet-101 teaching the same student directly
+    chain_final = next(e for e in chained if e.job.stage == "final")
+    direct_final = direct[chain_final.job.path.replace(CHAIN, "resnet101")]
+    assert 0 < chain_final.gpu_hours < direct_final.gpu_hours
+    assert any(CHAIN in line and "final" in line for line in render_text(plan).splitlines())

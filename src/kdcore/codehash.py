@@ -48,6 +48,25 @@ def _tree(path: Path) -> ast.Module:
     return _parse(path.read_text(encoding="utf-8"), str(path))
 
 
+@cache
+def _dump(text: str, filename: str) -> str:
+    """``ast.dump`` of Python source (cached by content: a workflow hashes the same modules for many rules)."""
+    return ast.dump(_parse(text, filename))
+
+
+@cache
+def _import_statements(text: str, filename: str) -> tuple[tuple[str | None, int, tuple[str, ...]], ...]:
+    """Every import of Python source, anywhere in its body, as (``from`` module or None for ``import``, level,
+    names); cached by content."""
+    found = []
+    for node in ast.walk(_parse(text, filename)):
+        if isinstance(node, ast.Import):
+            found.append((None, 0, tuple(alias.name for alias in node.names)))
+        elif isinstance(node, ast.ImportFrom):
+            found.append((node.module, node.level, tuple(alias.name for alias in node.names)))
+    return tuple(found)
+
+
 def _with_parents(module: str) -> list[str]:
     """``a.b.c`` -> ``[a, a.b, a.b.c]``: importing a submodule runs its parent packages too."""
     parts = module.split(".")
@@ -80,20 +99,20 @@ def direct_imports(module: str, src_root: str | os.PathLike[str]) -> list[str]:
             if module_path(candidate, root) is not None:
                 found.add(candidate)
 
-    for node in ast.walk(_tree(path)):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                add(alias.name)
-        elif isinstance(node, ast.ImportFrom):
-            base = _resolve_relative(module, is_package, node.level, node.module) if node.level else node.module or ""
-            if not base:
-                continue
-            add(base)
-            for alias in node.names:
-                if alias.name != "*":
-                    submodule = f"{base}.{alias.name}"
-                    if module_path(submodule, root) is not None:
-                        add(submodule)
+    for source, level, names in _import_statements(path.read_text(encoding="utf-8"), str(path)):
+        if source is None and not level:  # import a.b, c
+            for name in names:
+                add(name)
+            continue
+        base = _resolve_relative(module, is_package, level, source) if level else source or ""
+        if not base:
+            continue
+        add(base)
+        for name in names:
+            if name != "*":
+                submodule = f"{base}.{name}"
+                if module_path(submodule, root) is not None:
+                    add(submodule)
     found.discard(module)
     return sorted(found)
 
@@ -118,7 +137,7 @@ def normalised_source(path: str | os.PathLike[str]) -> str:
     """What a file contributes to a digest: ``ast.dump`` for Python files, the raw text otherwise."""
     path = Path(path)
     if path.suffix == ".py":
-        return ast.dump(_tree(path))
+        return _dump(path.read_text(encoding="utf-8"), str(path))
     return path.read_bytes().decode("utf-8", errors="replace")
 
 

@@ -32,6 +32,7 @@ from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from kdcore.errors import ConfigError
+from kdcore.labels import chain_network, chain_networks, split_chain
 
 SCHEMA_URI = "urn:kdcore:config-schema"
 RUN_CONFIG_REF = f"{SCHEMA_URI}#/$defs/run_config"
@@ -244,29 +245,6 @@ def split_variant(label: str) -> tuple[str, int | None]:
     return match.group("arch"), None if width is None else int(width)
 
 
-def split_chain(label: str) -> tuple[str, str, str] | None:
-    """A chain teacher's parts, None for a plain network label.
-
-    A pair's teacher may be a student of the same study (a teacher assistant, Mirzadeh et al. 2020):
-    ``<teacher>.<method>.<student>`` names the final ``<method>`` runs of the pair ``<teacher> -> <student>``,
-    and the network distilled is that ``<student>``. ``<teacher>`` may itself be a chain, so
-    ``'resnet101.logit.resnet50'`` -> ``('resnet101', 'logit', 'resnet50')`` and
-    ``'resnet101.logit.resnet50.dkd.resnet34'`` -> ``('resnet101.logit.resnet50', 'dkd', 'resnet34')``. A
-    label names its whole ancestry, so a chain cannot refer back to itself."""
-    head, sep, student = label.rpartition(".")
-    if not sep:
-        return None
-    teacher, sep, method = head.rpartition(".")
-    if not sep or not teacher or not method or not student:
-        raise ConfigError(f"teacher {label!r}: expected <network> or <teacher>.<method>.<student>")
-    return teacher, method, student
-
-
-def chain_network(label: str) -> str:
-    """The network a teacher label distils from: the label itself, or the last student of a chain."""
-    return label.rpartition(".")[2]
-
-
 def network_spec(label: str, stem: str, study_width: int) -> dict[str, Any]:
     """The run config's network of a study's network label: its architecture and stem, and its width where
     the family has one (the label's ``-w<width>``, else the study's ``model.width``); none otherwise.
@@ -319,11 +297,6 @@ def check_study_networks(study: Mapping[str, Any]) -> None:
         for network in chain_networks(label):
             check_network(network, key, study["model"]["width"])
         check_chain(label, key, study)
-
-
-def chain_networks(label: str) -> list[str]:
-    """Every network of a teacher label, root first (one for a plain network)."""
-    return label.split(".")[::2]
 
 
 def check_chain(label: str, key: str, study: Mapping[str, Any]) -> None:

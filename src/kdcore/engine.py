@@ -36,7 +36,16 @@ from kdcore.methods import get_method
 from kdcore.methods.base import ForwardOutputs, Method
 from kdcore.models import build_model, model_profile
 from kdcore.provenance import environment_info, file_sha256, run_code_digest
-from kdcore.runfolder import RESUME_FILE, claim_run_folder, clear_run_files, lock_run_folder, move_aside
+from kdcore.runfolder import (
+    BEST_FILE,
+    FINAL_FILE,
+    METRICS_FILE,
+    RESUME_FILE,
+    claim_run_folder,
+    clear_run_files,
+    lock_run_folder,
+    move_aside,
+)
 from kdcore.seeds import derive_seed, generator
 from kdcore.teacher_cache import TeacherCache, cached_teacher_outputs, expected_header, load_teacher_cache
 
@@ -329,7 +338,7 @@ class Run:
 
     @property
     def best_path(self) -> Path:
-        return self.out_dir / "best.pt"
+        return self.out_dir / BEST_FILE
 
 
 def run_archs(cfg: dict[str, Any]) -> list[str]:
@@ -535,7 +544,7 @@ def evaluate(run: Run) -> tuple[float, float]:
     """Write final.pt and return (test@best, test@final): the run's only two looks at the test set."""
     cfg, placement = run.cfg, run.placement
     eval_bs = cfg["runtime"]["eval_batch_size"]
-    save_model_checkpoint(run.out_dir / "final.pt", run.state.student, cfg["model"], epoch=cfg["train"]["epochs"])
+    save_model_checkpoint(run.out_dir / FINAL_FILE, run.state.student, cfg["model"], epoch=cfg["train"]["epochs"])
     test_images = run.data.test_images.to(placement.device)
     test_labels = run.data.test_labels.to(placement.device)
     norm = run.data.normalisation
@@ -578,7 +587,7 @@ def record(run: Run, test_best: float, test_final: float) -> dict[str, Any]:
             "train_seconds": sum(h["seconds"] for h in history),
         },
     }
-    atomic_write_json(run.out_dir / "metrics.json", metrics)
+    atomic_write_json(run.out_dir / METRICS_FILE, metrics)
     run.resume_path.unlink(missing_ok=True)
     log.info(
         "done: best val %.2f%% (epoch %d), test@best %.2f%%, test@final %.2f%%",

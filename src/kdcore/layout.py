@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kdcore.config import split_chain
+from kdcore.labels import split_chain
 from kdcore.methods import grid_points
 
 STAGES = ("teachers", "baselines", "select", "final", "stem", "clip")

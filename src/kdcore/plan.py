@@ -32,8 +32,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Protocol
 
-from kdcore.config import chain_network
 from kdcore.errors import ConfigError
+from kdcore.labels import chain_network
 from kdcore.layout import STAGES, ExpectedRun, expected_runs
 
 DEFAULT_THROUGHPUT_TFLOPS = 100.0
@@ -353,15 +353,17 @@ def job_groups(plan: StudyPlan) -> list[dict[str, Any]]:
 def render_text(plan: StudyPlan) -> str:
     """The plain-text report of ``kdcore plan``."""
     d = plan.data
+    groups = job_groups(plan)
+    tw = max([11, *(len(g["teacher"] or "") + 2 for g in groups)])  # chain teachers are long labels
     lines = [
         f"training images {d.train:,} (validation {d.val:,}, test {d.test:,}); width {plan.width}",
         f"GPU-hours from {plan.basis}",
         "",
-        f"{'stage':<10}{'student':<26}{'teacher':<11}{'method':<9}{'epochs':>7}{'jobs':>6}{'GPU-h':>9}",
+        f"{'stage':<10}{'student':<26}{'teacher':<{tw}}{'method':<9}{'epochs':>7}{'jobs':>6}{'GPU-h':>9}",
     ]
-    for g in job_groups(plan):
+    for g in groups:
         lines.append(
-            f"{g['stage']:<10}{g['student']:<26}{g['teacher'] or '-':<11}{g['method']:<9}"
+            f"{g['stage']:<10}{g['student']:<26}{g['teacher'] or '-':<{tw}}{g['method']:<9}"
             f"{g['epochs']:>7}{g['count']:>6}{g['gpu_hours']:>9.2f}"
         )
     lines += ["", f"{'stage':<10}{'jobs':>6}{'model-epochs':>14}{'images (M)':>12}{'GPU-h':>9}"]

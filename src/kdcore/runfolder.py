@@ -23,11 +23,16 @@ from kdcore.errors import KDCoreError
 
 log = logging.getLogger("kdcore.train")
 
-METRICS_FILE = "metrics.json"
-RESUME_FILE = "last.pt"
+# A run's output is its folder: kdcore.engine.train_run writes these names into the folder it is given (the
+# resume, lock and fresh-start logic below needs to know them), and the workflow declares its outputs with
+# the same constants (workflow/rules/common.smk, run_outputs), so the names live here only.
+METRICS_FILE = "metrics.json"  # written last: marks a finished run
+BEST_FILE = "best.pt"  # weights at the best validation epoch
+FINAL_FILE = "final.pt"  # weights after the last epoch
+RESUME_FILE = "last.pt"  # resume state, removed when the run finishes
 LOCK_FILE = ".kdcore-run.lock"
 #: What a run leaves in its folder, removed in this order on a fresh start (metrics.json, the marker, first).
-RUN_FILES: tuple[str, ...] = (METRICS_FILE, "best.pt", "final.pt", RESUME_FILE)
+RUN_FILES: tuple[str, ...] = (METRICS_FILE, BEST_FILE, FINAL_FILE, RESUME_FILE)
 
 
 class RunFolderError(KDCoreError):

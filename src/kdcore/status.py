@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from kdcore.layout import STAGES, ExpectedRun, expected_runs
+from kdcore.runfolder import BEST_FILE, METRICS_FILE, RESUME_FILE
 
 EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+) .*? val ([\d.]+)% .*? ETA (?:(\d+) days?, )?(\d+):(\d\d):(\d\d)")
 FAILURE = re.compile(r"Traceback \(most recent call last\)|\b(ERROR|CRITICAL)\b")
@@ -122,13 +123,13 @@ def run_status(results: Path, stage: str, path: str, epochs: int | None, now: fl
     """The state of one run folder ``results/runs/<path>`` (with its log ``results/logs/<path>.log``)."""
     folder, log = results / "runs" / path, results / "logs" / f"{path}.log"
     status = RunStatus(stage, path, "pending", epochs=epochs)
-    if (folder / "metrics.json").is_file():
+    if (folder / METRICS_FILE).is_file():
         status.state = "done"
-        _from_metrics(status, folder / "metrics.json")
+        _from_metrics(status, folder / METRICS_FILE)
         return status
     if log.is_file():
         _from_log(status, log, now)
-    last_pt = folder / "last.pt"
+    last_pt = folder / RESUME_FILE
     if status.epoch is None and last_pt.is_file():
         _from_last_pt(status, last_pt, epochs)
     if status.state == "failed" or (status.epoch is None and not log.is_file()):
@@ -143,7 +144,7 @@ def runs_on_disk(results: Path) -> dict[str, str]:
     """``{path: stage}`` of every run with a folder or a log under ``results``."""
     found: dict[str, str] = {}
     for stage in STAGES:
-        for marker in ("metrics.json", "last.pt", "best.pt"):
+        for marker in (METRICS_FILE, RESUME_FILE, BEST_FILE):
             for file in (results / "runs" / stage).glob(f"**/{marker}"):
                 found[file.parent.relative_to(results / "runs").as_posix()] = stage
         for file in (results / "logs" / stage).glob("**/*.log"):

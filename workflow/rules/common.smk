@@ -32,7 +32,7 @@ DATA_SPEC_STAMP = "results/data/dataset.spec.json"  # the data section the artef
 # $defs/study_network. The variant suffix cannot be confused with the `-` between teacher and student.
 NETWORK = r"(resnet\d+(x4)?|wrn_\d+_\d+)(-w\d+)?"
 # A teacher is a network or a chain teacher `<teacher>.<method>.<student>` (a final run of the study; the
-# schema's $defs/study_teacher, kdcore.config.split_chain).
+# schema's $defs/study_teacher, kdcore.labels.split_chain).
 TEACHER = rf"{NETWORK}(\.[a-z][a-z0-9_]*\.{NETWORK})*"
 
 
@@ -104,7 +104,7 @@ def unique(items) -> list:
 
 def teacher_archs() -> list[str]:
     """The teachers trained by the teacher rule: every pair's teacher that is not a chain teacher."""
-    from kdcore.config import split_chain
+    from kdcore.labels import split_chain
 
     return unique(t for t, _ in pairs() if split_chain(t) is None)
 
@@ -207,14 +207,18 @@ def run_file(stage: str, name: str, **w) -> str:
 
 
 def run_outputs(stage: str, **w) -> dict[str, str]:
+    """The declared outputs of one training job: the files kdcore.engine.train_run writes into its run folder
+    (names from kdcore.runfolder, the one place that knows them)."""
+    from kdcore.runfolder import BEST_FILE, FINAL_FILE, METRICS_FILE
+
     base = run_dir(stage, **w)
-    return {"metrics": f"{base}/metrics.json", "best": f"{base}/best.pt", "final": f"{base}/final.pt"}
+    return {"metrics": f"{base}/{METRICS_FILE}", "best": f"{base}/{BEST_FILE}", "final": f"{base}/{FINAL_FILE}"}
 
 
 def teacher_checkpoint(teacher: str) -> str:
     """best.pt of the teacher run used for distillation (seed teachers.distill_seed): a teacher run, or for a
     chain teacher `<teacher>.<method>.<student>` the final run of that pair and method."""
-    from kdcore.config import split_chain
+    from kdcore.labels import split_chain
 
     seed = config["teachers"]["distill_seed"]
     chain = split_chain(teacher)
@@ -346,7 +350,8 @@ def code_digest(*module_names: str, scripts: tuple[str, ...] = ()) -> str:
 def network_arch(label: str) -> str:
     """The registry architecture of a network or teacher label (`resnet18-w16` -> `resnet18`,
     `resnet101.logit.resnet50` -> `resnet50`)."""
-    from kdcore.config import chain_network, split_variant
+    from kdcore.config import split_variant
+    from kdcore.labels import chain_network
 
     return split_variant(chain_network(label))[0]
 
@@ -751,7 +756,7 @@ def job_benchmark(name: str) -> str:
 def minutes_per_epoch(network: str) -> float:
     """compute.minutes_per_epoch of a network label, else of its architecture, else 1 (a chain teacher's:
     its network's)."""
-    from kdcore.config import chain_network
+    from kdcore.labels import chain_network
 
     network = chain_network(network)
     per_epoch = config["compute"]["minutes_per_epoch"]

@@ -21,8 +21,8 @@ from kdcore.analysis.outputs import TEX_TABLES
 from kdcore.analysis.stats import METRIC_LABELS, STAT_TABLES, cell_summary, teacher_runs
 from kdcore.analysis.table import hyperparameter_columns, read_inputs, read_table
 from kdcore.atomic import atomic_write_text
-from kdcore.config import split_chain
 from kdcore.errors import ConfigError
+from kdcore.labels import split_chain
 
 BOLD = "textbf:--rwrap;"
 

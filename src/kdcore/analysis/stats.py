@@ -25,8 +25,8 @@ from statsmodels.stats.power import TTestIndPower
 
 from kdcore.analysis.outputs import STAT_TABLES as OUTPUT_STAT_TABLES
 from kdcore.analysis.table import hyperparameter_columns, stem_arms
-from kdcore.config import split_chain
 from kdcore.errors import ConfigError, DataError
+from kdcore.labels import split_chain
 from kdcore.selection import candidate_score, choose_winner
 
 METRICS = ("test_best", "test_final", "val_acc")
@@ -219,7 +219,7 @@ def cell_keys(runs: pd.DataFrame) -> list[str]:
 
 def chain_teacher_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """The runs behind each chain teacher ``<teacher>.<method>.<student>`` of a run table
-    (kdcore.config.split_chain): the final runs of that pair and method, as teacher-stage rows whose
+    (kdcore.labels.split_chain): the final runs of that pair and method, as teacher-stage rows whose
     ``student`` is the chain label (their accuracy is the chain teacher's)."""
     chains = []
     for label in runs["teacher"].dropna().unique():
