@@ -217,11 +217,12 @@ def test_cli_refuses_a_finished_run_and_force_retrains(tmp_path, data, capsys):
 def test_a_fresh_start_removes_stale_outputs_and_temporaries_of_an_older_run(tmp_path, data):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "final.pt").write_bytes(b"old final")
-    (out / "best.pt").write_bytes(b"old best")
+    make_teacher(out / "final.pt", seed=1)  # checkpoints of an older kdcore run in this folder
+    make_teacher(out / "best.pt", seed=2)
+    old = {name: (out / name).read_bytes() for name in ("best.pt", "final.pt")}
     (out / ".last.pt.x1y2z3.tmp").write_bytes(b"half a file from a write killed mid-way")
     engine.train_run(run_config(data, epochs=1), out)
-    assert (out / "final.pt").read_bytes() != b"old final" and (out / "best.pt").read_bytes() != b"old best"
+    assert all((out / name).read_bytes() != old[name] for name in old)
     assert sorted(p.name for p in out.iterdir()) == ["best.pt", "final.pt", "metrics.json"]
 
 

@@ -4,20 +4,29 @@ After a crash or power loss at any point, ``target`` is either its previous cont
 content, never a mix: the data is fsync'ed before the rename, and the folder after it (so the rename
 itself is durable). A failed write (full disk, read-only folder, a folder where the file should be) is
 one :class:`WriteError` line naming the file and the cause, and leaves the previous file intact.
+
+Nothing a command did not make is overwritten: before any work, each writing command passes its outputs to
+:func:`claim_outputs`, which refuses an existing file that another command (or no kdcore command) made,
+unless the caller asked for it (``--force``). Every kdcore output says what made it in its own content
+(:func:`file_maker`: a JSON file's ``kind`` and ``labels.source``, a torch file's ``format`` tag), so the
+check needs no marker files beside the outputs.
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
 from kdcore.errors import KDCoreError
+
+log = logging.getLogger("kdcore.io")
 
 # a folder fsync that the file system does not support is not an error
 _DIR_FSYNC_UNSUPPORTED = {errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES}
@@ -25,6 +34,79 @@ _DIR_FSYNC_UNSUPPORTED = {errno.EINVAL, errno.ENOTSUP, errno.EBADF, errno.EACCES
 
 class WriteError(KDCoreError, OSError):
     """An output file could not be written; the message names it, the cause, and what is left."""
+
+
+class OutputExistsError(KDCoreError):
+    """An output path holds a file that the writing command did not make (and ``--force`` was not given)."""
+
+
+#: The kdcore command behind each format tag of a torch file (kdcore.data, kdcore.checkpoint, kdcore.engine).
+TORCH_FORMAT_MAKERS: dict[str, str] = {
+    "kdcore-dataset/": "prepare-data",
+    "kdcore-checkpoint/": "train",
+    "kdcore-resume/": "train",
+}
+#: ``labels.source`` of the runs that kdcore.reference imports from the paper's zip.
+IMPORT_SOURCE = "paper-reference"
+
+
+def _json_maker(path: Path) -> str | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    labels = data.get("labels") if isinstance(data.get("labels"), dict) else {}
+    if labels.get("source") == IMPORT_SOURCE:
+        return "import-reference"
+    return {"train": "train", "fidelity": "fidelity"}.get(str(data.get("kind")))
+
+
+def _torch_maker(path: Path) -> str | None:
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # any file torch cannot read is not a kdcore output
+        return None
+    tag = obj.get("format") if isinstance(obj, dict) else None
+    if not isinstance(tag, str):
+        return None
+    return next((maker for prefix, maker in TORCH_FORMAT_MAKERS.items() if tag.startswith(prefix)), None)
+
+
+def file_maker(path: str | os.PathLike[str]) -> str | None:
+    """The kdcore command that made the file at ``path``, read from its content: ``train`` (metrics.json,
+    best.pt, final.pt, last.pt), ``fidelity``, ``prepare-data`` (dataset.pt) or ``import-reference`` (the
+    paper's runs); None for a file no kdcore command makes."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    if path.suffix == ".json":
+        return _json_maker(path)
+    return _torch_maker(path)
+
+
+def claim_outputs(targets: Iterable[str | os.PathLike[str]], command: str, force: bool = False) -> None:
+    """Refuse, before any work, to overwrite an existing file among ``targets`` that ``kdcore <command>``
+    did not make (:func:`file_maker`); with ``force`` such a file is overwritten, and a warning logs it.
+
+    Raises OutputExistsError naming the file and what made it."""
+    for target in map(Path, targets):
+        if not target.is_file():
+            continue  # a missing file is written; a folder fails at the write with one line
+        maker = file_maker(target)
+        if maker == command:
+            continue
+        made = f"it was made by `kdcore {maker}`" if maker else "it is not a file that kdcore makes"
+        if force:
+            log.warning("--force: overwriting %s (%s)", target, made)
+            continue
+        raise OutputExistsError(
+            f"{target} exists and {made}, not by `kdcore {command}`; refusing to overwrite it "
+            "(choose another output path, or use --force to replace it)"
+        )
 
 
 def describe_write_failure(exc: OSError, target: Path, existed: bool) -> str:

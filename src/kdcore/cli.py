@@ -4,11 +4,14 @@
     train             train one run from a run config (YAML)
     fidelity          measure a student's fidelity to its teacher on the test set
     import-reference  convert the paper's results zip into our per-run metrics files
+    accept-edit       accept a metrics.json edited on purpose (recorded in the file, logged)
     status            runs done / running / pending of a study, ETAs, failures
     plan              a study's training jobs, model-epochs and estimated GPU-hours, before it runs
 
 Bad input is reported as one line on stderr and exit status 2; a failing file system (full disk, read-only
 folder, a folder where a file should be) as one line naming the path and the cause, and exit status 1.
+No command overwrites an existing output that it did not make unless given ``--force``
+(kdcore.atomic.claim_outputs); the importer writes only into an empty folder or one it filled.
 """
 
 from __future__ import annotations
@@ -30,9 +33,11 @@ def _set_threads(threads: int | None) -> None:
 
 
 def cmd_prepare_data(args: argparse.Namespace) -> int:
+    from kdcore.atomic import claim_outputs
     from kdcore.config import load_config_file
     from kdcore.data import prepare_dataset
 
+    claim_outputs([args.out], "prepare-data", args.force)
     spec = load_config_file(args.config) if args.config else {}
     for key in ("source", "path"):
         if getattr(args, key) is not None:
@@ -45,8 +50,13 @@ def cmd_prepare_data(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from kdcore.config import load_config_file
     from kdcore.engine import train_run
+    from kdcore.runfolder import check_inputs_are_not_outputs
 
     config = load_config_file(args.config)
+    teacher = config.get("teacher") if isinstance(config.get("teacher"), dict) else {}
+    check_inputs_are_not_outputs(
+        args.out, {"data": config.get("data"), "teacher.checkpoint": teacher.get("checkpoint")}
+    )
     if args.device or args.threads:
         runtime = dict(config.get("runtime") or {})
         if args.device:
@@ -60,8 +70,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_fidelity(args: argparse.Namespace) -> int:
+    from kdcore.atomic import claim_outputs
     from kdcore.fidelity import evaluate_fidelity, write_fidelity
 
+    claim_outputs([args.out], "fidelity", args.force)
     _set_threads(args.threads)
     record = evaluate_fidelity(args.student, args.teacher, args.data, device=args.device, precision=args.precision)
     write_fidelity(record, args.out)
@@ -82,6 +94,15 @@ def cmd_import_reference(args: argparse.Namespace) -> int:
     if missing:
         print(f"missing ({len(missing)}), imported without them (--allow-partial):")
         print("\n".join(f"  {m}" for m in missing))
+    return 0
+
+
+def cmd_accept_edit(args: argparse.Namespace) -> int:
+    from kdcore.runfolder import METRICS_FILE, accept_edit
+
+    path = args.metrics / METRICS_FILE if args.metrics.is_dir() else args.metrics
+    override = accept_edit(path, args.reason)
+    print(f"accepted the edit of {path} ({override['time']}, {override['user']}): {override['reason']}")
     return 0
 
 
@@ -133,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", choices=["synthetic", "folder", "torchvision"], help="overrides the spec's source")
     p.add_argument("--path", help="folder/.tar.gz (folder) or root dir (torchvision); overrides the spec")
     p.add_argument("--out", type=Path, required=True, help="dataset file to write (e.g. results/data/dataset.pt)")
+    p.add_argument("--force", action="store_true", help="overwrite --out even if it is not a dataset kdcore made")
     p.set_defaults(func=cmd_prepare_data)
 
     p = sub.add_parser("train", help="train one run")
@@ -151,17 +173,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--threads", type=int)
+    p.add_argument("--force", action="store_true", help="overwrite --out even if it is not a fidelity.json")
     p.set_defaults(func=cmd_fidelity)
 
     p = sub.add_parser("import-reference", help="convert the paper's results zip into our run files")
     p.add_argument("zip", type=Path, help="the paper's raw_results_json.zip")
-    p.add_argument("outdir", type=Path, help="folder to write runs/<...>/metrics.json into")
+    p.add_argument(
+        "outdir", type=Path, help="folder to write <run_id>/metrics.json into: empty, or holding an earlier import only"
+    )
     p.add_argument(
         "--allow-partial",
         action="store_true",
         help="import even when runs or fidelity files the paper's layout expects are missing (they are listed)",
     )
     p.set_defaults(func=cmd_import_reference)
+
+    p = sub.add_parser("accept-edit", help="accept a metrics.json edited on purpose (recorded in the file, logged)")
+    p.add_argument("metrics", type=Path, help="the edited metrics.json, or its run folder")
+    p.add_argument("--reason", required=True, help="why the file was edited (recorded with the time and user)")
+    p.set_defaults(func=cmd_accept_edit)
 
     p = sub.add_parser("status", help="where a study stands: runs done / running / pending, ETAs, failures")
     p.add_argument("results", nargs="?", type=Path, default=Path("results"), help="results folder (default: results)")

@@ -587,6 +587,9 @@ def record(run: Run, test_best: float, test_final: float) -> dict[str, Any]:
             "train_seconds": sum(h["seconds"] for h in history),
         },
     }
+    from kdcore.runfolder import seal_record
+
+    metrics = seal_record(metrics, run.out_dir)
     atomic_write_json(run.out_dir / METRICS_FILE, metrics)
     run.resume_path.unlink(missing_ok=True)
     log.info(

@@ -14,6 +14,10 @@ The paper's repository publishes ``raw_results_json.zip``: one ``results.json`` 
 ``fidelity.json``) under ``out_dir/<run_id>/`` so that the whole analysis runs on the paper's numbers.
 Runs are marked ``labels.source = "paper-reference"``. Facts the paper's files do not record (wall time,
 ECE, per-class teacher accuracy, the projection gradient norm of runs that clipped it) are ``null``.
+
+The importer writes only into an empty folder or one that holds an earlier import and nothing else
+(:func:`claim_import_folder`), so it never overwrites a run of ours. A zip with two members of one name, or
+a member larger than :data:`MAX_MEMBER_BYTES`, is refused before anything is decompressed in full.
 """
 
 from __future__ import annotations
@@ -26,12 +30,15 @@ from functools import cache
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from kdcore.atomic import atomic_write_json
+from kdcore.atomic import IMPORT_SOURCE, OutputExistsError, atomic_write_json, file_maker
 from kdcore.errors import DataError
+from kdcore.runfolder import seal_record
 
 log = logging.getLogger("kdcore.reference")
 
-SOURCE_LABEL = "paper-reference"
+SOURCE_LABEL = IMPORT_SOURCE
+#: Largest member the importer reads (the paper's largest results.json is about 60 kB).
+MAX_MEMBER_BYTES = 8 * 1024 * 1024
 PAPER_DEVICE = "A100 (paper)"
 #: The paper trains on torchvision's CIFAR-10 with a 45k/5k train/val split of the 50k training images.
 PAPER_DATA = {
@@ -335,23 +342,71 @@ def convert_fidelity(raw: Any, member: str, metrics: dict[str, Any]) -> dict[str
     }
 
 
+def _too_large(member: str, size: str) -> DataError:
+    return DataError(
+        f"paper zip member {member!r}: {size}, more than the {MAX_MEMBER_BYTES} bytes a results file may have"
+    )
+
+
+def read_member(zf: zipfile.ZipFile, member: str, limit: int = MAX_MEMBER_BYTES) -> bytes:
+    """The bytes of ``member``, decompressing at most ``limit`` + 1 bytes whatever its header claims."""
+    info = zf.getinfo(member)
+    if info.file_size > limit:
+        raise _too_large(member, f"{info.file_size} bytes uncompressed")
+    with zf.open(info) as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise _too_large(member, "it decompresses to more than its header says")
+    return data
+
+
 def _read_json(zf: zipfile.ZipFile, member: str) -> Any:
     try:
-        return json.loads(zf.read(member).decode("utf-8"))
+        return json.loads(read_member(zf, member).decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"paper zip member {member!r}: not valid JSON ({exc})") from exc
+
+
+def check_unique_members(zip_path: Path, names: list[str]) -> None:
+    """DataError naming a member the zip holds twice (which of the two is meant cannot be known)."""
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise DataError(f"paper results zip {str(zip_path)!r} holds two members named {name!r}; refusing it")
+        seen.add(name)
+
+
+def claim_import_folder(out_dir: Path) -> None:
+    """OutputExistsError unless ``out_dir`` is missing, empty, or holds only files an earlier import made
+    (kdcore.atomic.file_maker): the importer never writes among runs of ours or other files."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise OutputExistsError(f"{out_dir} is a file; the importer writes into a folder")
+    for path in sorted(out_dir.rglob("*")):
+        if path.is_dir() or (path.name.startswith(".") and path.name.endswith(".tmp")):
+            continue
+        maker = file_maker(path)
+        if maker != "import-reference":
+            made = f"made by `kdcore {maker}`" if maker else "not made by kdcore"
+            raise OutputExistsError(
+                f"{out_dir} holds files the importer did not make (first: {path}, {made}); the importer writes "
+                "only into an empty folder or one it filled itself: choose another folder"
+            )
 
 
 def import_reference(zip_path: str | Path, out_dir: str | Path, *, allow_partial: bool = False) -> int:
     """Convert the paper's results zip into ``out_dir/<run_id>/{metrics,fidelity}.json``; return the run count.
 
-    Every member is read and validated before anything is written, so bad input leaves ``out_dir`` as it was.
+    Every member is read and validated before anything is written, so bad input leaves ``out_dir`` as it was;
+    ``out_dir`` must be empty or hold an earlier import only (:func:`claim_import_folder`).
     A zip that lacks any run or fidelity file of the paper's layout is a DataError listing them, unless
     ``allow_partial`` (then a warning lists them and the rest is imported).
     """
     zip_path, out_dir = Path(zip_path), Path(out_dir)
     if not zip_path.is_file():
         raise DataError(f"paper results zip {str(zip_path)!r} does not exist")
+    claim_import_folder(out_dir)
     try:
         zf = zipfile.ZipFile(zip_path)
     except zipfile.BadZipFile as exc:
@@ -359,6 +414,7 @@ def import_reference(zip_path: str | Path, out_dir: str | Path, *, allow_partial
     metrics_by_dir: dict[str, dict[str, Any]] = {}
     fidelity_members: list[str] = []
     with zf:
+        check_unique_members(zip_path, zf.namelist())
         names = sorted(n for n in zf.namelist() if not n.endswith("/"))
         for member in names:
             if member.endswith("/results.json"):
@@ -382,7 +438,7 @@ def import_reference(zip_path: str | Path, out_dir: str | Path, *, allow_partial
         seen[run_id] = run_dir
     for run_dir, metrics in metrics_by_dir.items():
         target = out_dir / metrics["labels"]["run_id"]
-        atomic_write_json(target / "metrics.json", metrics)
+        atomic_write_json(target / "metrics.json", seal_record(metrics, None))
         if run_dir in fidelities:
             atomic_write_json(target / "fidelity.json", fidelities[run_dir])
     return len(metrics_by_dir)

@@ -6,20 +6,32 @@ finished, consistent set; such a folder is never touched again unless the caller
 its old results are removed first. While a run is going, an exclusive ``fcntl.flock`` on a lock file in the
 folder keeps every other process out; the file names its holder, and the operating system drops the lock
 when the holder exits or is killed.
+
+A finished run's metrics.json carries an ``integrity`` block, written in the same atomic write: the sha256
+of the record itself (everything but that block) and of best.pt and final.pt as they were when the run
+finished. :func:`verify_run_record` checks the record (the analysis reads no metrics.json that was edited
+afterwards), :func:`verify_run_file` a checkpoint; :func:`accept_edit` is the explicit, logged way to keep
+an edit made on purpose.
 """
 
 from __future__ import annotations
 
+import copy
 import fcntl
+import getpass
+import hashlib
+import json
 import logging
 import os
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
-from kdcore.errors import KDCoreError
+from kdcore.atomic import atomic_write_text, claim_outputs
+from kdcore.errors import ConfigError, DataError, KDCoreError
 
 log = logging.getLogger("kdcore.train")
 
@@ -115,10 +127,12 @@ def remove_stale_temporaries(out_dir: str | os.PathLike[str]) -> list[str]:
 
 
 def claim_run_folder(out_dir: str | os.PathLike[str], force: bool) -> None:
-    """Refuse a folder that holds a finished run, unless ``force``: then remove its results first.
+    """Refuse a folder that holds a finished run, or a metrics.json, best.pt or final.pt that no kdcore
+    training made (kdcore.atomic.claim_outputs), unless ``force``: then remove them first.
 
     Temporary files of writes interrupted by a crash are removed either way.
     """
+    claim_outputs([Path(out_dir) / name for name in (METRICS_FILE, BEST_FILE, FINAL_FILE)], "train", force)
     remove_stale_temporaries(out_dir)
     if not is_finished(out_dir):
         return
@@ -137,3 +151,140 @@ def move_aside(path: str | os.PathLike[str]) -> Path:
     target = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
     os.replace(path, target)
     return target
+
+
+def check_inputs_are_not_outputs(out_dir: str | os.PathLike[str], inputs: Mapping[str, Any]) -> None:
+    """ConfigError when an input of a run (``{config key: path}``, e.g. its teacher checkpoint) is one of the
+    files the run writes into ``out_dir``: training would overwrite what it reads."""
+    outputs = {(Path(out_dir) / name).resolve(): name for name in RUN_FILES}
+    for key, value in inputs.items():
+        if value is None:
+            continue
+        name = outputs.get(Path(value).resolve())
+        if name is not None:
+            raise ConfigError(
+                f"config key '{key}': {value} is the {name} this run writes into {out_dir}; "
+                "training would overwrite its own input (choose another --out)"
+            )
+
+
+# ----------------------------------------------------------------------------- integrity of finished runs
+INTEGRITY_KEY = "integrity"
+#: The checkpoints whose sha256 a finished run records (metrics.json's ``integrity.files``).
+SEALED_FILES: tuple[str, ...] = (BEST_FILE, FINAL_FILE)
+ACCEPT_EDIT_HINT = "python -m kdcore accept-edit {path} --reason '<why it was edited>'"
+
+
+def file_digest(path: str | os.PathLike[str]) -> str:
+    """sha256 hex digest of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record_digest(record: Mapping[str, Any]) -> str:
+    """sha256 of a metrics record without its integrity block, as canonical JSON (sorted keys)."""
+    body = {k: v for k, v in record.items() if k != INTEGRITY_KEY}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def metrics_text(record: Mapping[str, Any]) -> str:
+    """The text of a metrics.json file (as kdcore.atomic.atomic_write_json writes it)."""
+    return json.dumps(record, indent=2, sort_keys=False, allow_nan=True) + "\n"
+
+
+def seal_record(record: Mapping[str, Any], out_dir: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """``record`` with its integrity block: the digest of the record and of the run's checkpoints in
+    ``out_dir`` (those that exist; none for ``out_dir`` None, e.g. an imported run)."""
+    plain = json.loads(metrics_text({k: v for k, v in record.items() if k != INTEGRITY_KEY}))
+    files = {}
+    if out_dir is not None:
+        files = {name: file_digest(Path(out_dir) / name) for name in SEALED_FILES if (Path(out_dir) / name).is_file()}
+    integrity = {"algorithm": "sha256", "record": record_digest(plain), "files": files, "overrides": []}
+    return {**plain, INTEGRITY_KEY: integrity}
+
+
+def write_run_record(out_dir: str | os.PathLike[str], record: Mapping[str, Any]) -> dict[str, Any]:
+    """Seal ``record`` (:func:`seal_record`) and write it as ``out_dir/metrics.json`` (atomically, one write:
+    a metrics.json never exists without its digests). Returns the record written."""
+    sealed = seal_record(record, out_dir)
+    atomic_write_text(Path(out_dir) / METRICS_FILE, metrics_text(sealed))
+    return sealed
+
+
+def _edited_message(path: Path, what: str) -> str:
+    return f"{path}: {what}; to use it anyway, accept the edit explicitly: {ACCEPT_EDIT_HINT.format(path=path)}"
+
+
+def verify_run_record(path: str | os.PathLike[str], record: Mapping[str, Any]) -> None:
+    """DataError naming ``path`` when a metrics record was changed after its run finished (its digest differs
+    from the one recorded in its integrity block), or when a record written by kdcore's engine lacks the
+    block. Edits accepted with :func:`accept_edit` pass and are logged as a warning."""
+    path = Path(path)
+    integrity = record.get(INTEGRITY_KEY)
+    if not isinstance(integrity, Mapping):
+        if isinstance(record.get("environment"), Mapping) and record["environment"].get("code_digest"):
+            raise DataError(_edited_message(path, "written by kdcore's engine but has no integrity digest"))
+        return  # a record not written by kdcore's engine (made by hand or by a test)
+    if record_digest(record) != integrity.get("record"):
+        raise DataError(
+            _edited_message(path, "edited after its run finished (its content differs from the sha256 recorded then)")
+        )
+    for override in integrity.get("overrides") or []:
+        log.warning("%s: edited by hand, accepted on %s: %s", path, override.get("time"), override.get("reason"))
+
+
+def verify_run_file(path: str | os.PathLike[str]) -> None:
+    """DataError when a checkpoint of a finished run is missing or differs from the sha256 its metrics.json
+    recorded when the run finished (no record of it: nothing to check)."""
+    path = Path(path)
+    metrics = path.parent / METRICS_FILE
+    try:
+        recorded = json.loads(metrics.read_text(encoding="utf-8")).get(INTEGRITY_KEY, {}).get("files", {})
+    except (OSError, ValueError, AttributeError):
+        return
+    if not isinstance(recorded, Mapping) or path.name not in recorded:
+        return
+    if not path.is_file():
+        raise DataError(f"{path} is missing, but its run finished ({metrics} records it); restore it, "
+                        f"or remove {metrics} to train the run again")  # fmt: skip
+    if file_digest(path) != recorded[path.name]:
+        raise DataError(
+            f"{path} changed after its run finished (its sha256 differs from the one {metrics} recorded): "
+            f"the file is corrupted or was replaced; restore it, or remove {metrics} to train the run again"
+        )
+
+
+def accept_edit(path: str | os.PathLike[str], reason: str) -> dict[str, Any]:
+    """Accept a metrics.json edited on purpose: record the new digest with who, when and why in its
+    integrity block (``overrides``), log it, and return the override. ConfigError without a reason."""
+    path = Path(path)
+    if not reason.strip():
+        raise ConfigError("accept-edit: --reason must say why the file was edited")
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable metrics.json ({exc})") from exc
+    if not isinstance(record, dict) or record.get("kind") != "train":
+        raise DataError(f"{path}: not a metrics.json of a training run (kind 'train')")
+    before = copy.deepcopy(record.get(INTEGRITY_KEY)) if isinstance(record.get(INTEGRITY_KEY), dict) else None
+    sealed = seal_record(record, None)
+    override = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "reason": reason.strip(),
+        "user": getpass.getuser(),
+        "host": socket.gethostname(),
+        "recorded": before.get("record") if before else None,
+        "accepted": sealed[INTEGRITY_KEY]["record"],
+    }
+    if before:
+        sealed[INTEGRITY_KEY]["files"] = before.get("files", {})
+        sealed[INTEGRITY_KEY]["overrides"] = [*before.get("overrides", []), override]
+    else:
+        sealed[INTEGRITY_KEY]["overrides"] = [override]
+    atomic_write_text(path, metrics_text(sealed))
+    log.warning("%s: edit accepted by %s: %s", path, override["user"], override["reason"])
+    return override

@@ -16,6 +16,7 @@ import pandas as pd
 
 from kdcore.analysis import methods as method_catalog
 from kdcore.errors import DataError
+from kdcore.runfolder import verify_run_record
 
 STAGES = ("teacher", "baseline", "select", "final", "stem", "clip")
 #: Columns of runs.csv before its hyper-parameter columns, in order.
@@ -106,7 +107,11 @@ _STRING_COLUMNS = (
 
 
 def load_json(path: str | Path, kind: str) -> dict[str, Any]:
-    """Read a metrics/fidelity JSON file and check its ``kind``; DataError naming the file otherwise."""
+    """Read a metrics/fidelity JSON file and check its ``kind``; DataError naming the file otherwise.
+
+    A metrics.json (kind ``train``) must also match the digest recorded when its run finished
+    (kdcore.runfolder.verify_run_record): a hand-edited file is an error naming it, unless the edit was
+    accepted explicitly (``python -m kdcore accept-edit``)."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -118,6 +123,8 @@ def load_json(path: str | Path, kind: str) -> dict[str, Any]:
         raise DataError(f"{path}: expected a JSON object")
     if data.get("kind") != kind:
         raise DataError(f"{path}: field kind={data.get('kind')!r}, expected {kind!r}")
+    if kind == "train":
+        verify_run_record(path, data)
     return data
 
 
