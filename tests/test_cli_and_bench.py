@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 
@@ -102,4 +103,37 @@ def test_benchmark_quick_mode_runs_and_writes_parsable_json(tmp_path):
         assert row["fast_images_per_s"] > 0 and row["standard_images_per_s"] > 0
         assert row["speedup"] == pytest.approx(row["fast_images_per_s"] / row["standard_images_per_s"])
         assert row["step_gflops"] > 0
+        assert row["precision"] in ("bf16", "fp32") and row["standard_precision"] == "fp32"
+        assert row["host_sync_in_steps"] is None  # checked on CUDA only
     assert "ratio" in done.stdout and "resnet50->resnet34 feature" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "precision", "peak"),
+    [
+        ("NVIDIA H100 80GB HBM3", "bf16", 989e12),
+        ("NVIDIA H100 PCIe", "bf16", 756e12),
+        ("NVIDIA H100 NVL", "tf32", 418e12),
+        ("NVIDIA H200", "fp32", 67e12),
+        ("NVIDIA H200 NVL", "bf16", 835e12),
+        ("NVIDIA A100-SXM4-80GB", "tf32", 156e12),
+        ("Intel(R) Xeon(R)", "bf16", None),
+    ],
+)
+def test_bench_peak_depends_on_the_gpu_variant(name, precision, peak):
+    from kdcore.bench import device_peak
+
+    assert device_peak(name, precision) == peak
+
+
+def test_bench_names_tf32_for_what_it_is(monkeypatch):
+    from kdcore.bench import compute_precision
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    assert compute_precision(torch.float32, cuda) == "tf32"
+    assert compute_precision(torch.float32, cpu) == "fp32"
+    assert compute_precision(torch.bfloat16, cuda) == "bf16"
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    assert compute_precision(torch.float32, cuda) == "fp32"

@@ -33,6 +33,7 @@ renders given view indices of given images (used to precompute a frozen teacher'
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal, overload
 
@@ -129,6 +130,20 @@ def crop_flip(images: torch.Tensor, params: AugmentParams, pad: int = PAD) -> to
     return padded.reshape(b, c, -1).gather(2, flat).reshape(b, c, h, w)
 
 
+@functools.lru_cache(maxsize=64)
+def channel_stats(
+    mean: tuple[float, ...], std: tuple[float, ...], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mean`` and ``std`` as float32 ``[1,C,1,1]`` tensors on ``device``, built once per (values, device).
+
+    Building them per batch would be a blocking host-to-device copy on CUDA at every step; the cached
+    tensors are only read (normalisation divides a new tensor by them), never written.
+    """
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+    return mean_t, std_t
+
+
 def normalize(
     images: torch.Tensor,
     dtype: torch.dtype = torch.float32,
@@ -141,9 +156,7 @@ def normalize(
     Evaluation path: no augmentation.
     """
     _check_batch(images)
-    dev = images.device
-    mean_t = torch.tensor(mean, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32, device=dev).view(1, -1, 1, 1)
+    mean_t, std_t = channel_stats(tuple(mean), tuple(std), images.device)
     x = images.to(torch.float32).div_(255.0).sub_(mean_t).div_(std_t)
     return x.to(dtype=dtype, memory_format=memory_format)
 

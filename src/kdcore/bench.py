@@ -50,13 +50,19 @@ from kdcore.teacher_cache import STORAGE_DTYPES, TeacherCache
 
 EPOCH_IMAGES = 45_000
 
-# Dense peak throughput (FLOP/s) of the training precision, by device-name fragment.
-PEAK_FLOPS = {
-    "H200": {"bf16": 989e12, "fp32": 67e12},
-    "H100": {"bf16": 989e12, "fp32": 67e12},
-    "A100": {"bf16": 312e12, "fp32": 19.5e12},
-    "L40S": {"bf16": 362e12, "fp32": 91.6e12},
-}
+# Dense peak throughput (FLOP/s) by device-name fragment, most specific first (the first fragment found in the
+# device's name wins): bf16 tensor cores, TF32 tensor cores (fp32 training with TF32 allowed, as the fast path
+# and PyTorch's default convolutions run on CUDA) and plain fp32. H100/H200 SXM, PCIe and NVL differ in clocks
+# and SM count; NVIDIA's data sheets, dense (no sparsity).
+PEAK_FLOPS: tuple[tuple[str, dict[str, float]], ...] = (
+    ("H100 PCIe", {"bf16": 756e12, "tf32": 378e12, "fp32": 51e12}),
+    ("H100 NVL", {"bf16": 835e12, "tf32": 418e12, "fp32": 60e12}),
+    ("H200 NVL", {"bf16": 835e12, "tf32": 418e12, "fp32": 60e12}),
+    ("H100", {"bf16": 989e12, "tf32": 495e12, "fp32": 67e12}),  # SXM5 (e.g. "NVIDIA H100 80GB HBM3")
+    ("H200", {"bf16": 989e12, "tf32": 495e12, "fp32": 67e12}),  # SXM
+    ("A100", {"bf16": 312e12, "tf32": 156e12, "fp32": 19.5e12}),
+    ("L40S", {"bf16": 362e12, "tf32": 183e12, "fp32": 91.6e12}),
+)
 
 #: Methods that read only the teacher's logits, which a teacher cache can serve.
 CACHEABLE_METHODS = ("logit",)
@@ -94,10 +100,35 @@ def synthetic_images(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]
 
 
 def device_peak(device_name: str, precision: str) -> float | None:
-    for fragment, peaks in PEAK_FLOPS.items():
+    """Dense peak FLOP/s of ``precision`` (bf16, tf32, fp32) on the named device, None where unknown."""
+    for fragment, peaks in PEAK_FLOPS:
         if fragment in device_name:
             return peaks.get(precision)
     return None
+
+
+def compute_precision(dtype: torch.dtype, device: torch.device) -> str:
+    """What a training step computes in: bf16 under bf16 autocast; on CUDA without it, TF32 when the
+    process allows TF32 matmuls and convolutions (kdcore.devices.configure_backend does), else fp32."""
+    if dtype == torch.bfloat16:
+        return "bf16"
+    tf32 = torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    return "tf32" if device.type == "cuda" and tf32 else "fp32"
+
+
+def host_sync_check(run_epoch: Any, device: torch.device) -> str | None:
+    """Run one epoch with ``torch.cuda.set_sync_debug_mode("error")`` over its step loop (CUDA only).
+
+    Returns ``"none"`` when no step synchronised with the host, the error's first line when one did, and
+    None on a device that has no such check (the CPU).
+    """
+    if device.type != "cuda":
+        return None
+    try:
+        run_epoch("error")
+    except RuntimeError as exc:
+        return str(exc).strip().splitlines()[0][:300]
+    return "none"
 
 
 def synchronize(device: torch.device) -> None:
@@ -198,26 +229,28 @@ def time_fast_path(
     state = RunState(student, trainable, optimizer, history=[])
     flops = step_flops(student, teacher, case.method, batch_size, placement.device)
 
-    def epoch_of(n_steps: int) -> float:
+    def epoch_of(n_steps: int, sync_debug: str | None = None) -> float:
         images, labels = synthetic_images(n_steps * batch_size)
         images, labels = images.to(placement.device), labels.to(placement.device)
         synchronize(placement.device)
         start = time.perf_counter()
-        train_one_epoch(0, state, step_fn, images, labels, cfg, placement)  # reads results once, at the end
+        # reads its results once, at the end
+        train_one_epoch(0, state, step_fn, images, labels, cfg, placement, sync_debug=sync_debug)
         synchronize(placement.device)
         return time.perf_counter() - start
 
     epoch_of(max(warmup, 1))
+    host_sync = host_sync_check(lambda mode: epoch_of(2, mode), placement.device)
     reset_peak_memory(placement.device)
     seconds = epoch_of(steps)
-    precision = "bf16" if placement.dtype == torch.bfloat16 else "fp32"
     return {
         "images_per_s": steps * batch_size / seconds,
         "step_flops": flops,
         "peak_memory_mb": peak_memory_mb(placement.device),
-        "precision": precision,
+        "precision": compute_precision(placement.dtype, placement.device),
         "channels_last": placement.channels_last,
         "device": str(placement.device),
+        "host_sync_in_steps": host_sync,
     }
 
 
@@ -241,7 +274,10 @@ class UInt8ImageDataset(torch.utils.data.Dataset):
 def time_standard_recipe(
     case: Case, width: int, batch_size: int, steps: int, warmup: int, device: torch.device, workers: int
 ) -> dict[str, Any]:
-    """Images/s of the standard recipe: DataLoader + PIL transforms, fp32, a host sync per step."""
+    """Images/s of the standard recipe: DataLoader + PIL transforms, fp32, a host sync per step.
+
+    Its arithmetic is PyTorch's default: on CUDA, convolutions in TF32 (``cudnn.allow_tf32`` defaults to
+    True) and matmuls in full fp32; the row's ``standard_precision`` says which ran."""
     import torchvision.transforms as T
 
     _cfg, method, student, teacher, trainable = build_case(
@@ -250,6 +286,9 @@ def time_standard_recipe(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = False
         torch.backends.cudnn.deterministic = True
+        torch.backends.cuda.matmul.allow_tf32 = False  # PyTorch's defaults (the fast path sets both True)
+        torch.backends.cudnn.allow_tf32 = True
+    precision = "fp32, TF32 convolutions (PyTorch default)" if device.type == "cuda" else "fp32"
     for module in (student, teacher, trainable):
         if module is not None:
             module.to(device)
@@ -296,7 +335,12 @@ def time_standard_recipe(
             done += 1
     synchronize(device)
     seconds = time.perf_counter() - start if start is not None else float("nan")
-    return {"images_per_s": done * batch_size / seconds, "peak_memory_mb": peak_memory_mb(device), "workers": workers}
+    return {
+        "images_per_s": done * batch_size / seconds,
+        "peak_memory_mb": peak_memory_mb(device),
+        "workers": workers,
+        "precision": precision,
+    }
 
 
 def run_benchmark(
@@ -353,7 +397,9 @@ def run_benchmark(
                 "achieved_tflops": achieved / 1e12,
                 "utilisation": achieved / peak if peak else None,
                 "precision": fast["precision"],
+                "standard_precision": standard["precision"],
                 "channels_last": fast["channels_last"],
+                "host_sync_in_steps": fast["host_sync_in_steps"],
             }
         )
         print(format_row(rows[-1]), flush=True)

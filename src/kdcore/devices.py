@@ -252,6 +252,9 @@ def configure_backend(runtime: dict[str, Any], device: torch.device) -> None:
     if runtime["threads"]:
         torch.set_num_threads(runtime["threads"])
     if device.type == "cuda":
+        # the leased GPU becomes the current device: kernels, allocations and streams without an explicit
+        # device (library workspaces, torch.cuda.* helpers) go to it, not to GPU 0
+        torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = not runtime["deterministic"]
         torch.backends.cudnn.deterministic = runtime["deterministic"]
         torch.backends.cuda.matmul.allow_tf32 = True

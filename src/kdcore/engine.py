@@ -17,6 +17,8 @@ import bisect
 import logging
 import math
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -120,6 +122,7 @@ class EpochAccumulator:
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
     maxima: dict[str, torch.Tensor] = field(default_factory=dict)
     first_bad_step: torch.Tensor | None = None
+    step_counter: torch.Tensor | None = None  # the current step's index, counted on the device
     steps: int = 0
 
     def add(self, name: str, value: torch.Tensor) -> None:
@@ -131,12 +134,15 @@ class EpochAccumulator:
             self.sums[name] = value.clone()
             self.maxima[name] = value.clone()
 
-    def check_finite(self, loss: torch.Tensor, step: int) -> None:
-        if self.first_bad_step is None:
-            self.first_bad_step = torch.tensor(-1, device=self.device)
+    def check_finite(self, loss: torch.Tensor) -> None:
+        """Remember the index of the first step whose loss is not finite (device-side: no host copy per step)."""
+        if self.first_bad_step is None or self.step_counter is None:
+            self.first_bad_step = torch.full((), -1, dtype=torch.int64, device=self.device)
+            self.step_counter = torch.zeros((), dtype=torch.int64, device=self.device)
+        else:
+            self.step_counter.add_(1)
         bad = ~torch.isfinite(loss.detach())
-        step_t = torch.tensor(step, device=self.device)
-        self.first_bad_step = torch.where(bad & (self.first_bad_step < 0), step_t, self.first_bad_step)
+        self.first_bad_step = torch.where(bad & (self.first_bad_step < 0), self.step_counter, self.first_bad_step)
 
     def summary(self) -> tuple[dict[str, float], dict[str, float], int]:
         names = list(self.sums)
@@ -200,6 +206,20 @@ class RunState:
     best_state: dict[str, torch.Tensor] | None = None  # CPU copy of the best-val weights
 
 
+@contextmanager
+def cuda_sync_debug(device: torch.device, mode: str | None) -> Iterator[None]:
+    """``torch.cuda.set_sync_debug_mode(mode)`` inside the block on a CUDA device; nothing otherwise."""
+    if mode is None or device.type != "cuda":
+        yield
+        return
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(mode)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+
+
 def train_one_epoch(
     epoch: int,
     state: RunState,
@@ -209,11 +229,14 @@ def train_one_epoch(
     cfg: dict[str, Any],
     placement: Placement,
     normalisation: Normalisation = NORMALISATION["cifar10"],
+    sync_debug: str | None = None,
 ) -> dict[str, Any]:
     """One pass over the training set; returns the epoch's history entry (without val acc).
 
     ``normalisation`` is the dataset's ``(mean, std)``: a run passes its artefact's; the CIFAR-10 default
-    serves the throughput benchmarks, which time random images."""
+    serves the throughput benchmarks, which time random images. ``sync_debug`` (``"warn"`` or ``"error"``)
+    runs the step loop, not the epoch's one read of its sums, under ``torch.cuda.set_sync_debug_mode`` on
+    a CUDA device (the bench and the tests check with it that no step waits for the GPU)."""
     train = cfg["train"]
     seed, batch_size = train["seed"], train["batch_size"]
     n = train_images.shape[0]
@@ -226,26 +249,27 @@ def train_one_epoch(
     state.student.train()
     acc = EpochAccumulator(placement.device)
     start = time.perf_counter()
-    for step, first in enumerate(range(0, n, batch_size)):
-        idx = order[first : first + batch_size]
-        images, views = augment_batch(
-            train_images[idx],
-            aug_gen,
-            memory_format=placement.memory_format,
-            return_views=True,
-            mean=normalisation[0],
-            std=normalisation[1],
-        )
-        targets = train_labels[idx]
-        loss, parts, correct, norms = step_fn(images, targets, idx, views)
-        acc.check_finite(loss, step)
-        acc.add("loss", loss * targets.shape[0])
-        for name, value in parts.items():
-            acc.add(f"loss_{name}", value * targets.shape[0])
-        acc.add("correct", correct)
-        acc.add("grad_norm", norms[0])
-        acc.add("proj_grad_norm", norms[1])
-        acc.steps += 1
+    with cuda_sync_debug(placement.device, sync_debug):
+        for first in range(0, n, batch_size):
+            idx = order[first : first + batch_size]
+            images, views = augment_batch(
+                train_images[idx],
+                aug_gen,
+                memory_format=placement.memory_format,
+                return_views=True,
+                mean=normalisation[0],
+                std=normalisation[1],
+            )
+            targets = train_labels[idx]
+            loss, parts, correct, norms = step_fn(images, targets, idx, views)
+            acc.check_finite(loss)
+            acc.add("loss", loss * targets.shape[0])
+            for name, value in parts.items():
+                acc.add(f"loss_{name}", value * targets.shape[0])
+            acc.add("correct", correct)
+            acc.add("grad_norm", norms[0])
+            acc.add("proj_grad_norm", norms[1])
+            acc.steps += 1
     sums, maxima, bad_step = acc.summary()
     seconds = time.perf_counter() - start
     if bad_step >= 0:
