@@ -97,9 +97,9 @@ def by_path(status) -> dict[str, Any]:
 def test_status_of_a_study_interrupted_part_way(results):
     status = study_status(results, validate_study_config(STUDY))
     assert status.counts == {
-        "teachers": {"done": 1, "running": 0, "interrupted": 0, "failed": 0, "pending": 0},
-        "baselines": {"done": 1, "running": 1, "interrupted": 0, "failed": 0, "pending": 0},
-        "final": {"done": 0, "running": 0, "interrupted": 0, "failed": 1, "pending": 1},
+        "teachers": {"done": 1, "damaged": 0, "running": 0, "interrupted": 0, "failed": 0, "pending": 0},
+        "baselines": {"done": 1, "damaged": 0, "running": 1, "interrupted": 0, "failed": 0, "pending": 0},
+        "final": {"done": 0, "damaged": 0, "running": 0, "interrupted": 0, "failed": 1, "pending": 1},
     }
     runs = by_path(status)
     running = runs["baselines/resnet18/seed1"]
@@ -126,7 +126,14 @@ def test_a_run_without_progress_for_long_is_interrupted_and_the_time_left_assume
 def test_without_a_config_only_what_is_on_disk_is_listed(results):
     status = study_status(results)
     assert "final/resnet34-resnet18/logit/seed1" not in by_path(status)
-    assert status.counts["final"] == {"done": 0, "running": 0, "interrupted": 0, "failed": 1, "pending": 0}
+    assert status.counts["final"] == {
+        "done": 0,
+        "damaged": 0,
+        "running": 0,
+        "interrupted": 0,
+        "failed": 1,
+        "pending": 0,
+    }
 
 
 def test_progress_from_last_pt_when_the_log_is_gone(results, tmp_path):
@@ -164,3 +171,31 @@ def test_format_duration_uses_timedelta():
     assert format_duration(3725.4) == "1:02:05"
     assert format_duration(90061) == "1 day, 1:01:01"
     assert format_duration(None) == "?"
+
+
+def test_a_finished_teacher_whose_checkpoint_was_deleted_is_damaged_not_done(results, tmp_path, capsys):
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    (copy / "runs" / "teachers" / "resnet34" / "seed0" / "best.pt").unlink()
+    run = by_path(study_status(copy))["teachers/resnet34/seed0"]
+    assert run.state == "damaged" and run.problem.startswith("best.pt missing")
+    assert main(["-q", "status", str(copy)]) == 0
+    text = capsys.readouterr().out
+    assert "teachers/resnet34/seed0  best.pt missing (restore it, or remove metrics.json" in text
+
+
+def test_an_edited_metrics_json_is_damaged(results, tmp_path):
+    copy = tmp_path / "results"
+    shutil.copytree(results, copy)
+    metrics = copy / "runs" / "baselines" / "resnet18" / "seed0" / "metrics.json"
+    record = json.loads(metrics.read_text())
+    record["results"]["test_acc_best"] = 0.99
+    metrics.write_text(json.dumps(record))
+    run = by_path(study_status(copy))["baselines/resnet18/seed0"]
+    assert run.state == "damaged" and "edited after the run finished" in run.problem
+
+
+def test_status_of_a_folder_that_does_not_exist_is_one_error_line(tmp_path, capsys):
+    assert main(["-q", "status", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: results folder {tmp_path / 'nope'} does not exist (give the study's results folder)"]

@@ -1,8 +1,9 @@
 """``kdcore status``: where a study stands, read from its results folder while it runs.
 
-A run is ``done`` when its metrics.json exists; ``failed`` when its log holds a traceback or an ERROR
-record; ``running`` when it has made progress (an epoch line in its log, or a last.pt) and its log or
-last.pt changed within ``stale_after`` seconds; ``interrupted`` when it made progress but nothing changed
+A run is ``done`` when its metrics.json exists, and ``damaged`` when it finished but best.pt or final.pt is
+missing or its metrics.json was edited afterwards (kdcore.runfolder's digests); ``failed`` when its log
+holds a traceback or an ERROR record; ``running`` when it has made progress (an epoch line in its log, or
+a last.pt) and its log or last.pt changed within ``stale_after`` seconds; ``interrupted`` when it made progress but nothing changed
 for longer (a killed job: the next run of the study resumes it from last.pt); ``pending`` when the study
 config expects it and it has not started. Progress comes from the engine's per-epoch log line
 (``epoch k/N ... val x% ... ETA ...``), else from last.pt.
@@ -23,12 +24,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from kdcore.errors import DataError
 from kdcore.layout import STAGES, ExpectedRun, expected_runs
-from kdcore.runfolder import BEST_FILE, METRICS_FILE, RESUME_FILE
+from kdcore.runfolder import BEST_FILE, FINAL_FILE, METRICS_FILE, RESUME_FILE, verify_run_record
 
 EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+) .*? val ([\d.]+)% .*? ETA (?:(\d+) days?, )?(\d+):(\d\d):(\d\d)")
 FAILURE = re.compile(r"Traceback \(most recent call last\)|\b(ERROR|CRITICAL)\b")
-STATES = ("done", "running", "interrupted", "failed", "pending")
+STATES = ("done", "damaged", "running", "interrupted", "failed", "pending")
 MIN_STALE_AFTER = 600.0
 
 
@@ -46,6 +48,7 @@ class RunStatus:
     seconds_per_epoch: float | None = None
     last_line: str | None = None
     log: str | None = None
+    problem: str | None = None
 
 
 @dataclass
@@ -108,7 +111,22 @@ def _from_last_pt(status: RunStatus, last_pt: Path, epochs: int | None) -> None:
             status.eta_s = status.seconds_per_epoch * max(epochs - status.epoch, 0)
 
 
+def finished_run_problem(folder: Path, record: Any) -> str | None:
+    """What is wrong with a finished run folder: a missing checkpoint, or a metrics.json edited after the run
+    finished; None when nothing is."""
+    missing = [name for name in (BEST_FILE, FINAL_FILE) if not (folder / name).is_file()]
+    if missing:
+        return f"{' and '.join(missing)} missing (restore it, or remove {METRICS_FILE} to train the run again)"
+    if isinstance(record, dict):
+        try:
+            verify_run_record(folder / METRICS_FILE, record)
+        except DataError:
+            return f"{METRICS_FILE} was edited after the run finished (python -m kdcore accept-edit to keep the edit)"
+    return None
+
+
 def _from_metrics(status: RunStatus, metrics: Path) -> None:
+    record = None
     try:
         record = json.loads(metrics.read_text(encoding="utf-8"))
         results = record["results"]
@@ -117,6 +135,9 @@ def _from_metrics(status: RunStatus, metrics: Path) -> None:
         status.seconds_per_epoch = float(results["train_seconds"]) / max(status.epochs, 1)
     except (OSError, ValueError, KeyError, TypeError):
         pass  # a metrics.json being written or foreign: the run counts as done all the same
+    status.problem = finished_run_problem(metrics.parent, record)
+    if status.problem is not None:
+        status.state = "damaged"
 
 
 def run_status(results: Path, stage: str, path: str, epochs: int | None, now: float, stale_after: float) -> RunStatus:
@@ -184,6 +205,8 @@ def study_status(
     """The state of every run of the study in ``results``; ``study`` (a validated study config) adds
     the runs not started yet."""
     results = Path(results)
+    if not results.is_dir():
+        raise DataError(f"results folder {results} does not exist (give the study's results folder)")
     now = time.time() if now is None else now
     expected: dict[str, ExpectedRun] = {run.path: run for run in expected_runs(study)} if study else {}
     paths = {path: run.stage for path, run in expected.items()} | runs_on_disk(results)
@@ -214,6 +237,7 @@ def render_text(status: StudyStatus) -> str:
     for stage, counts in status.counts.items():
         lines.append(f"{stage:<10}" + "".join(f"{counts[s]:>13}" for s in STATES))
     sections = (
+        ("damaged", "damaged (finished, but a result file is missing or was changed):", lambda r: r.problem or ""),
         ("running", "running:", _progress),
         (
             "interrupted",
@@ -226,7 +250,7 @@ def render_text(status: StudyStatus) -> str:
         chosen = [r for r in status.runs if r.state == state]
         if chosen:
             lines += ["", title, *(f"  {r.path}  {describe(r)}" for r in chosen)]
-    if not any(r.state == "pending" for r in status.runs) and not any(c["done"] for c in status.counts.values()):
+    if not status.runs:
         lines += ["", "no runs found"]
     running = sum(r.state == "running" for r in status.runs)
     lines += ["", f"estimated time left: {format_duration(status.time_left_s)} ({running} running)"]
