@@ -153,6 +153,42 @@ def test_missing_or_broken_zip(tmp_path):
         import_reference(tmp_path / "bad.zip", tmp_path / "out")
 
 
+def test_zip_with_two_members_of_one_name_is_refused(tmp_path):
+    path = _zip(tmp_path / "r.zip", _members())
+    member = "runs/final/baseline/resnet18/seed0/results.json"
+    with pytest.warns(UserWarning, match="Duplicate name"), zipfile.ZipFile(path, "a") as zf:
+        zf.writestr(member, json.dumps(_result("resnet18", 0, acc=0.10)))
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=rf"holds two members named '{member}'; refusing it"):
+        import_reference(path, out, allow_partial=True)
+    assert not out.exists()
+
+
+def test_oversized_member_is_refused_before_it_is_decompressed(tmp_path, monkeypatch):
+    members = _members()
+    member = "runs/final/baseline/resnet18/seed0/results.json"
+    members[member] = " " * (2 << 20) + json.dumps(_result("resnet18", 0))  # 2 MB of blanks, valid JSON
+    path = tmp_path / "r.zip"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data if isinstance(data, str) else json.dumps(data))
+    assert path.stat().st_size < 64 << 10
+    monkeypatch.setattr("kdcore.reference.MAX_MEMBER_BYTES", 1 << 20)
+    read: list[int] = []
+    original = zipfile.ZipExtFile.read
+
+    def counting_read(self, n=-1):
+        data = original(self, n)
+        read.append(len(data))
+        return data
+
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", counting_read)
+    with pytest.raises(DataError, match=rf"'{member}': \d+ bytes uncompressed, more than the 1048576 bytes"):
+        import_reference(path, tmp_path / "out", allow_partial=True)
+    assert max(read, default=0) <= (1 << 20) + 1
+    assert not (tmp_path / "out").exists()
+
+
 def _paper_zip() -> Path | None:
     for root in (Path(__file__).resolve().parents[1].parent / "shared", Path("/work/shared")):
         candidate = root / "data" / "paper-v2-runs.zip"

@@ -342,21 +342,21 @@ def convert_fidelity(raw: Any, member: str, metrics: dict[str, Any]) -> dict[str
     }
 
 
-def _too_large(member: str, size: str) -> DataError:
-    return DataError(
-        f"paper zip member {member!r}: {size}, more than the {MAX_MEMBER_BYTES} bytes a results file may have"
-    )
+def _too_large(member: str, size: str, limit: int) -> DataError:
+    return DataError(f"paper zip member {member!r}: {size}, more than the {limit} bytes a results file may have")
 
 
-def read_member(zf: zipfile.ZipFile, member: str, limit: int = MAX_MEMBER_BYTES) -> bytes:
-    """The bytes of ``member``, decompressing at most ``limit`` + 1 bytes whatever its header claims."""
+def read_member(zf: zipfile.ZipFile, member: str, limit: int | None = None) -> bytes:
+    """The bytes of ``member``, decompressing at most ``limit`` (default :data:`MAX_MEMBER_BYTES`) + 1 bytes
+    whatever its header claims."""
+    limit = MAX_MEMBER_BYTES if limit is None else limit
     info = zf.getinfo(member)
     if info.file_size > limit:
-        raise _too_large(member, f"{info.file_size} bytes uncompressed")
+        raise _too_large(member, f"{info.file_size} bytes uncompressed", limit)
     with zf.open(info) as fh:
         data = fh.read(limit + 1)
     if len(data) > limit:
-        raise _too_large(member, "it decompresses to more than its header says")
+        raise _too_large(member, "it decompresses to more than its header says", limit)
     return data
 
 
