@@ -267,6 +267,8 @@ def test_folder_converts_modes_to_rgb(tmp_path: Path) -> None:
         ("unreadable", "ant/005.png: unreadable image"),
         ("wrong_size", "cat/002.png: image is 33x32, expected 32x32"),
         ("stray_file", "outside a class folder"),
+        ("val_folder", "holds a val/ folder, which is not used: the validation split is drawn from train/"),
+        ("stray_top_level", "README.txt is a stray top-level entry; a folder source holds only train/ and test/"),
     ],
 )
 def test_folder_errors(tmp_path: Path, image_tree, damage: str, needle: str) -> None:
@@ -289,6 +291,11 @@ def test_folder_errors(tmp_path: Path, image_tree, damage: str, needle: str) -> 
         Image.fromarray(np.zeros((32, 33, 3), np.uint8)).save(root / "train" / "cat" / "002.png")
     elif damage == "stray_file":
         (root / "train" / "labels.csv").write_text("x")
+    elif damage == "val_folder":
+        (root / "val" / "ant").mkdir(parents=True)
+        Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(root / "val" / "ant" / "0.png")
+    elif damage == "stray_top_level":
+        (root / "README.txt").write_text("x")
     out = tmp_path / "bad.pt"
     with pytest.raises(DataError, match=needle.replace("[", r"\[").replace("]", r"\]").replace(".", r"\.")):
         prepare_dataset(folder_spec(root), out)

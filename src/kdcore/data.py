@@ -23,7 +23,8 @@ Sources
     (optionally under one top-level folder such as ``cifar10-jpeg/``). Archives are read member by member
     without extracting to disk. Images may be any format PIL reads; they are converted to RGB and must
     be 32x32. Classes are the sorted class-folder names; images are ordered class by class, files
-    sorted by name. Files whose name starts with ``.`` are ignored.
+    sorted by name. Files whose name starts with ``.`` are ignored; any other top-level entry than train/
+    and test/ is an error (a ``val/`` folder too: the validation split is always drawn from train/).
     ``synthetic``: deterministic, learnable 32x32 RGB data from a seed with ``num_classes`` classes (10 for
     cifar10, 100 for cifar100; see :func:`synthetic_images`).
 
@@ -420,6 +421,17 @@ def _tree_root(entries: list[tuple[str, Any]]) -> tuple[str, int]:
     return "", 0
 
 
+def stray_top_level_message(path: Path, root_name: str, name: str) -> str:
+    """The error for a top-level entry other than train/ and test/ (a val/ folder gets its own reason)."""
+    where = f"{path}/{root_name}" if root_name else str(path)
+    if name == "val":
+        return (
+            f"{where}: holds a val/ folder, which is not used: the validation split is drawn from train/ "
+            "(data spec keys val_size and split_seed); merge val/ into train/ or remove it"
+        )
+    return f"{where}: {name} is a stray top-level entry; a folder source holds only train/ and test/"
+
+
 def _class_files(
     entries: list[tuple[str, Any]], path: Path, root_name: str, depth: int
 ) -> dict[str, dict[str, list[tuple[str, Any]]]]:
@@ -427,8 +439,10 @@ def _class_files(
     files: dict[str, dict[str, list[tuple[str, Any]]]] = {"train": {}, "test": {}}
     for name, payload in entries:
         parts = [p for p in name.split("/") if p]
-        if len(parts) <= depth or (depth and parts[0] != root_name) or parts[depth] not in files:
+        if len(parts) <= depth or (depth and parts[0] != root_name) or parts[depth].startswith("."):
             continue
+        if parts[depth] not in files:
+            raise DataError(stray_top_level_message(path, root_name, parts[depth]))
         rel = parts[depth:]
         if any(p.startswith(".") for p in rel):
             continue
