@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 from _analysis_study import make_study
 from scipy import stats
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
 
 from kdcore.analysis import stats as S
 from kdcore.analysis.table import build_run_table
@@ -216,3 +218,46 @@ def test_duplicate_seed_is_an_error(runs):
 def test_unknown_metric():
     with pytest.raises(DataError, match="metric"):
         S.check_metric("accuracy")
+
+
+def test_welch_interval_reaches_nominal_coverage_and_the_bootstrap_does_not():
+    """Seeded simulation, 5 seeds per arm of normal data with unequal SDs: compare_arms' primary interval
+    (Welch t) covers the true difference about 95% of the time; its BCa interval clearly less."""
+    rng = np.random.default_rng(20240601)
+    sims, truth = 400, 0.3
+    welch = bca = 0
+    for _ in range(sims):
+        x = pd.Series(rng.normal(truth, 0.2, 5))
+        y = pd.Series(rng.normal(0.0, 0.1, 5))
+        r = S.compare_arms(x, y, n_resamples=999, boot_seed=int(rng.integers(1 << 31)))
+        welch += r["ci_low"] <= truth <= r["ci_high"]
+        bca += r["bca_low"] <= truth <= r["bca_high"]
+    assert 0.93 <= welch / sims <= 0.97
+    assert bca / sims < 0.91  # about 0.87: the bootstrap is no check on the Welch interval at 5 seeds
+    assert "87%" in S.BOOT_COVERAGE_NOTE
+
+
+def test_each_holm_family_counts_its_own_p_values(runs):
+    keep = ~((runs["stage"] == "final") & (runs["pair"] == "resnet50-resnet34") & (runs["method"] == "feature"))
+    shifted = runs[(runs["stage"] == "final") & ~keep].assign(seed=lambda d: d["seed"] + 100)  # no shared seeds
+    comp = S.kd_comparisons(pd.concat([runs[keep], shifted], ignore_index=True))
+    assert comp["p_welch"].notna().sum() == 6 and comp["p_paired"].notna().sum() == 5
+    assert (comp["holm_m"] == 6).all() and (comp["holm_m_paired"] == 5).all()
+    finite = comp["p_paired"].notna()
+    expect = multipletests(comp.loc[finite, "p_paired"], method="holm")[1]
+    assert comp.loc[finite, "p_holm_paired"].to_numpy() == pytest.approx(expect)
+    assert comp.loc[~finite, "p_holm_paired"].isna().all()
+
+
+def test_paired_power_uses_the_sd_of_the_differences_and_its_upper_limit():
+    x = pd.Series([90.5, 90.6, 91.0, 90.7, 90.9])
+    y = pd.Series([90.0, 90.4, 90.2, 90.3, 90.6])
+    r = S.compare_arms(x, y, n_resamples=99, min_effect_pp=0.2)
+    sd = float(np.std(x - y, ddof=1))
+    assert r["sd_diff"] == pytest.approx(sd)
+    n = r["pairs_for_min_effect"]
+    assert TTestPower().power(0.2 / sd, n, 0.05) >= 0.8 > TTestPower().power(0.2 / sd, n - 1, 0.05)
+    upper = sd * math.sqrt(4 / stats.chi2.ppf(0.05, 4))
+    assert S.sd_upper_limit(sd, 4) == pytest.approx(upper)
+    assert r["pairs_for_min_effect_upper"] == S.pairs_to_detect(0.2, upper) > n
+    assert r["seeds_for_min_effect_upper"] == S.seeds_to_detect(0.2, S.sd_upper_limit(float(y.std()), 4))

@@ -45,7 +45,18 @@ import pandas as pd
 from scipy import optimize, stats
 from statsmodels.stats.power import TTestPower
 
-from kdcore.analysis.stats import ALPHA, CONFIDENCE, MAX_POWER_N, MIN_EFFECT_PP, POWER, check_metric, holm, records
+from kdcore.analysis.stats import (
+    ALPHA,
+    CONFIDENCE,
+    MAX_POWER_N,
+    MIN_EFFECT_PP,
+    POWER,
+    SD_UPPER_CONFIDENCE,
+    check_metric,
+    holm,
+    records,
+    sd_upper_limit,
+)
 from kdcore.errors import DataError
 
 #: Student parameter counts (CIFAR stem, width 64, 10 classes) for run tables that lack them.
@@ -55,8 +66,6 @@ TEST_NAME = (
     "equal-weight least-squares slope of the per-student KD gain on log2(student parameters), each cell's own "
     "variance, Welch-Satterthwaite df; two capacities: difference in gains"
 )
-#: One-sided confidence of the SD's upper limit used for the pessimistic seed count.
-SD_UPPER_CONFIDENCE = 0.95
 MODERATION_COLUMNS = [
     "teacher",
     "method",
@@ -309,14 +318,6 @@ def pooled_sd(runs: pd.DataFrame, cells: pd.DataFrame, metric: str = "test_best"
     ss = sum(float(((g - g.mean()) ** 2).sum()) for g in groups)
     dof = sum(len(g) - 1 for g in groups)
     return (math.sqrt(ss / dof) if dof > 0 else math.nan), int(dof)
-
-
-def sd_upper_limit(sd: float, df: int, confidence: float = SD_UPPER_CONFIDENCE) -> float:
-    """One-sided upper confidence limit of an SD estimated on ``df`` degrees of freedom:
-    sd sqrt(df / chi2_{1-confidence}(df)) (assumes normal runs, so df s^2 / sigma^2 is chi-square)."""
-    if not (np.isfinite(sd) and df > 0):
-        return math.nan
-    return float(sd * math.sqrt(df / stats.chi2.ppf(1 - confidence, df)))
 
 
 def slope_power(slope: float, sd: float, log2_params: Any, n: int, alpha: float = ALPHA, paired: bool = False) -> float:

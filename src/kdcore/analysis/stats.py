@@ -1,10 +1,19 @@
 """Statistics of the study from the tidy run table (all accuracies in percent, differences in pp).
 
 Tests and intervals come from scipy: the primary CI is the Welch t-interval (``ttest_ind(equal_var=False)``),
-the paired test uses ``ttest_rel``, and a BCa ``bootstrap`` interval is reported as a secondary check (the
-percentile bootstrap under-covers with 5 seeds). Holm's correction and the a priori power figures come from
-statsmodels (``multipletests``, ``TTestIndPower``). No post-hoc ("observed") power is reported: the design
-figure is the number of seeds per arm needed to detect ``min_effect_pp`` at the observed baseline SD.
+the paired test uses ``ttest_rel``, and a BCa ``bootstrap`` interval is reported beside them. The bootstrap
+is not a check on the Welch interval at these sample sizes: with 5 seeds per arm of normal data both the BCa
+and the percentile bootstrap cover the true difference only about 87 % of the time at a nominal 95 %, while
+the Welch interval covers about 95 % (measured in tests/test_analysis_stats.py); it is kept as a
+distribution-free description, not as evidence. Holm's correction and the a priori power figures come from
+statsmodels (``multipletests``, ``TTestIndPower``, ``TTestPower``); each Holm family counts its own finite
+p-values (``holm_m`` for the Welch p-values, ``holm_m_paired`` for the paired ones). No post-hoc ("observed")
+power is reported: the design figures are the seeds needed to detect ``min_effect_pp`` at the observed SD,
+for the Welch test (seeds per arm, baseline SD) and for the paired test (pairs, SD of the per-seed
+differences), each also at the SD's one-sided 95 % upper confidence limit.
+
+Every test assumes independent seeds and roughly normal run-to-run noise; what else each assumes is in its
+docstring.
 
 Whatever needs more seeds than a cell has yields ``None`` (NaN in tables) plus a note saying why, so
 that a one-seed study still renders.
@@ -14,6 +23,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +31,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.power import TTestIndPower
+from statsmodels.stats.power import TTestIndPower, TTestPower
 
 from kdcore.analysis.outputs import STAT_TABLES as OUTPUT_STAT_TABLES
 from kdcore.analysis.table import hyperparameter_columns, stem_arms
@@ -44,6 +54,10 @@ MAX_POWER_N = 100_000
 #: Default smallest effect of interest (pp); the study config's ``analysis.min_effect_pp`` overrides it.
 MIN_EFFECT_PP = 0.2
 BOOT_METHOD = "BCa"
+#: Coverage of the 95 % BCa interval measured on 5-vs-5 normal samples (tests/test_analysis_stats.py).
+BOOT_COVERAGE_NOTE = "the 95% BCa interval covers about 87% with 5 seeds per arm (Welch t: about 95%)"
+#: One-sided confidence of the SD's upper limit used for the pessimistic seed counts.
+SD_UPPER_CONFIDENCE = 0.95
 HOLM_FAMILY = "final pair x method KD cells vs their student's baseline"
 #: Keys of a cell of the run table, followed by its hyper-parameter columns (:func:`cell_keys`).
 CELL_KEYS = ["stage", "teacher", "student", "pair", "method", "stem", "clip_scope"]
@@ -60,7 +74,8 @@ def check_metric(metric: str) -> str:
 
 
 def describe(values: Any) -> dict[str, Any]:
-    """n, mean, sample std (ddof=1), SEM, min, max of a sample; std/SEM NaN when n < 2."""
+    """n, mean, sample std (ddof=1), SEM, min, max of a sample; std/SEM NaN when n < 2. The SEM assumes
+    independent values."""
     x = np.asarray(values, dtype=float)
     x = x[~np.isnan(x)]
     n = int(x.size)
@@ -79,7 +94,7 @@ def describe(values: Any) -> dict[str, Any]:
 
 def holm(pvalues: Any) -> np.ndarray:
     """Holm (1979) step-down adjusted p-values (statsmodels ``multipletests``); NaN entries stay NaN and do
-    not count in the family."""
+    not count in the family. Controls the family-wise error rate under any dependence of the tests."""
     p = np.asarray(pvalues, dtype=float)
     out = np.full(p.shape, np.nan)
     finite = ~np.isnan(p)
@@ -98,18 +113,53 @@ def significance_legend(m: int, family: str = HOLM_FAMILY) -> str:
     return f"* Welch p < {ALPHA:g}, no correction; \u2020 Holm-adjusted p < {ALPHA:g} over {m} {family}"
 
 
+def smallest_n(power_at: Callable[[int], float], power: float = POWER, max_n: int = MAX_POWER_N) -> int | None:
+    """The smallest n >= 2 with ``power_at(n) >= power`` (power grows with n: bisection); None above ``max_n``.
+    A power that scipy cannot evaluate (NaN: the noncentral t far in its tail, a huge effect) counts as reached."""
+
+    def enough(n: int) -> bool:
+        value = float(power_at(n))
+        return value >= power or np.isnan(value)
+
+    if not enough(max_n):
+        return None
+    lo, hi = 2, max_n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if enough(mid) else (mid + 1, hi)
+    return lo
+
+
 def seeds_to_detect(
     effect_pp: float, sd_pp: float, power: float = POWER, alpha: float = ALPHA, max_n: int = MAX_POWER_N
 ) -> int | None:
     """A priori: seeds per arm for a two-sided two-sample t-test to detect ``effect_pp`` with ``power`` when
-    the run-to-run SD is ``sd_pp`` (statsmodels ``TTestIndPower``); None when undefined or above ``max_n``."""
+    the run-to-run SD is ``sd_pp`` (statsmodels ``TTestIndPower``); None when undefined or above ``max_n``.
+    Assumes equal SDs and seeds in both arms (the pooled t-test; Welch's test needs about as many)."""
     if not (np.isfinite(effect_pp) and np.isfinite(sd_pp)) or effect_pp == 0 or sd_pp <= 0:
         return None
     d = abs(effect_pp) / sd_pp
-    if TTestIndPower().power(d, max_n, alpha) < power:
+    return smallest_n(lambda n: TTestIndPower().power(d, n, alpha), power, max_n)
+
+
+def pairs_to_detect(
+    effect_pp: float, sd_diff_pp: float, power: float = POWER, alpha: float = ALPHA, max_n: int = MAX_POWER_N
+) -> int | None:
+    """A priori: seeds (pairs) for a two-sided paired t-test to detect ``effect_pp`` with ``power`` when the
+    per-seed differences have SD ``sd_diff_pp`` (statsmodels ``TTestPower``, one-sample t on the differences);
+    None when undefined or above ``max_n``. Assumes independent, normal per-seed differences."""
+    if not (np.isfinite(effect_pp) and np.isfinite(sd_diff_pp)) or effect_pp == 0 or sd_diff_pp <= 0:
         return None
-    n = TTestIndPower().solve_power(effect_size=d, nobs1=None, alpha=alpha, power=power)
-    return max(2, math.ceil(float(np.asarray(n).item()) - 1e-9))
+    d = abs(effect_pp) / sd_diff_pp
+    return smallest_n(lambda n: TTestPower().power(d, n, alpha), power, max_n)
+
+
+def sd_upper_limit(sd: float, df: float, confidence: float = SD_UPPER_CONFIDENCE) -> float:
+    """One-sided upper confidence limit of an SD estimated on ``df`` degrees of freedom:
+    sd sqrt(df / chi2_{1-confidence}(df)). Assumes normal data, so that df s^2 / sigma^2 is chi-square."""
+    if not (np.isfinite(sd) and np.isfinite(df) and df > 0):
+        return math.nan
+    return float(sd * math.sqrt(df / stats.chi2.ppf(1 - confidence, df)))
 
 
 def _mean_diff(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -127,10 +177,17 @@ def compare_arms(
     """Difference ``treated - control`` of two samples indexed by seed, with every statistic of the study.
 
     Keys: n_treated, n_control, mean_treated, std_treated, mean_control, std_control, diff, se, df,
-    ci_low, ci_high (Welch t, the primary interval), bca_low, bca_high (BCa bootstrap, secondary), p_welch,
-    n_paired, paired_diff, paired_ci_low, paired_ci_high, p_paired, cohen_d, hedges_g, min_effect_pp,
-    seeds_for_min_effect (a priori: seeds per arm to detect ``min_effect_pp`` at 80% power given the
-    control arm's SD), notes (list of str).
+    ci_low, ci_high (Welch t, the primary interval), bca_low, bca_high (BCa bootstrap, descriptive: it
+    under-covers at 5 seeds, see the module docstring), p_welch, n_paired, paired_diff, sd_diff,
+    paired_ci_low, paired_ci_high, p_paired, cohen_d, hedges_g, min_effect_pp, seeds_for_min_effect and
+    seeds_for_min_effect_upper (a priori: seeds per arm for the two-sample test to detect ``min_effect_pp``
+    at 80% power at the control arm's SD and at its upper confidence limit), pairs_for_min_effect and
+    pairs_for_min_effect_upper (the same for the paired test at the SD of the per-seed differences),
+    notes (list of str).
+
+    Assumes independent seeds and roughly normal runs. Welch: no equal variances. Paired: a seed's runs in
+    the two arms share what the seed fixes, the differences are independent and normal. BCa: the samples
+    represent their populations (not true at 5 seeds). Cohen's d / Hedges' g: pooled SD.
     """
     x = treated.dropna().astype(float)
     y = control.dropna().astype(float)
@@ -159,6 +216,10 @@ def compare_arms(
         "hedges_g": math.nan,
         "min_effect_pp": min_effect_pp,
         "seeds_for_min_effect": seeds_to_detect(min_effect_pp, dy["std"]),
+        "seeds_for_min_effect_upper": seeds_to_detect(min_effect_pp, sd_upper_limit(dy["std"], dy["n"] - 1)),
+        "sd_diff": math.nan,
+        "pairs_for_min_effect": None,
+        "pairs_for_min_effect_upper": None,
         "notes": [],
     }
     notes: list[str] = out["notes"]
@@ -194,6 +255,12 @@ def compare_arms(
         xs, ys = x.loc[shared].to_numpy(), y.loc[shared].to_numpy()
         diffs = xs - ys
         out["paired_diff"] = float(np.mean(diffs))
+        sd_diff = float(np.std(diffs, ddof=1))
+        out.update(
+            sd_diff=sd_diff,
+            pairs_for_min_effect=pairs_to_detect(min_effect_pp, sd_diff),
+            pairs_for_min_effect_upper=pairs_to_detect(min_effect_pp, sd_upper_limit(sd_diff, len(shared) - 1)),
+        )
         if np.ptp(diffs) == 0:
             notes.append("paired test: identical differences on every seed, test undefined")
         else:
@@ -245,7 +312,8 @@ def _append(df: pd.DataFrame, more: pd.DataFrame) -> pd.DataFrame:
 
 def cell_summary(runs: pd.DataFrame, metric: str = "test_best") -> pd.DataFrame:
     """Mean, std, n, min, max of ``metric`` per cell (stage x teacher x student x method x hyper-parameters);
-    a chain teacher's teacher cell holds the final runs it is taken from (:func:`chain_teacher_runs`)."""
+    a chain teacher's teacher cell holds the final runs it is taken from (:func:`chain_teacher_runs`).
+    Descriptive (:func:`describe`): the SEM assumes independent seeds."""
     check_metric(metric)
     runs = _append(runs, chain_teacher_runs(runs))
     keys = cell_keys(runs)
@@ -267,8 +335,10 @@ def kd_comparisons(runs: pd.DataFrame, metric: str = "test_best", **kwargs: Any)
     Columns: pair, teacher, student, method, the hyper-parameter columns of ``runs``, student_params,
     teacher_params, the keys of :func:`compare_arms`
     (``treated`` = KD, ``control`` = baseline; ``diff`` is the gain in pp), ``p_holm`` (Welch p-values
-    adjusted across all comparisons), ``p_holm_paired``, ``holm_m`` (the family size) and ``notes``
-    (joined by '; '). ``kwargs`` go to :func:`compare_arms` (e.g. ``min_effect_pp``).
+    adjusted across all comparisons), ``p_holm_paired`` (paired p-values adjusted across the comparisons that
+    have one), ``holm_m`` and ``holm_m_paired`` (each family's own size: its finite p-values) and ``notes``
+    (joined by '; '). ``kwargs`` go to :func:`compare_arms` (e.g. ``min_effect_pp``), whose docstring lists
+    the assumptions.
     """
     check_metric(metric)
     final = runs[(runs["stage"] == "final") & (runs["method"] != "baseline") & (runs["clip_scope"] == "all")]
@@ -297,10 +367,11 @@ def kd_comparisons(runs: pd.DataFrame, metric: str = "test_best", **kwargs: Any)
     cols = ["pair", "teacher", "student", "method", *hps, "student_params", "teacher_params"]
     df = pd.DataFrame(rows)
     if df.empty:
-        return pd.DataFrame(columns=[*cols, "diff", "p_welch", "p_holm", "p_holm_paired", "notes"])
+        return pd.DataFrame(columns=[*cols, "diff", "p_welch", "p_holm", "p_holm_paired", "holm_m_paired", "notes"])
     df["p_holm"] = holm(df["p_welch"])
     df["p_holm_paired"] = holm(df["p_paired"])
     df["holm_m"] = family_size(df["p_welch"])
+    df["holm_m_paired"] = family_size(df["p_paired"])
     df["notes"] = df["notes"].map("; ".join)
     return df.rename(columns={"diff": "gain"})
 
@@ -357,7 +428,8 @@ def selection_table(runs: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame
 
 
 def stem_ablation(runs: pd.DataFrame, metric: str = "test_best", **kwargs: Any) -> pd.DataFrame:
-    """Per architecture of the stem ablation: CIFAR stem minus ImageNet stem (pp) with CI and tests."""
+    """Per architecture of the stem ablation: CIFAR stem minus ImageNet stem (pp) with CI and tests
+    (:func:`compare_arms`, same assumptions; no multiple-comparison correction)."""
     check_metric(metric)
     rows = []
     for arch, (cif, img) in stem_arms(runs).items():
@@ -397,7 +469,8 @@ def stem_ablation(runs: pd.DataFrame, metric: str = "test_best", **kwargs: Any) 
 
 def clip_ablation(runs: pd.DataFrame, metric: str = "test_best", **kwargs: Any) -> pd.DataFrame:
     """Bugged arm (stage clip: projections not clipped) against the corrected final runs of the same pair
-    and method (clip_scope all): accuracy difference corrected - bugged and max pre-clip projection grad norms."""
+    and method (clip_scope all): accuracy difference corrected - bugged and max pre-clip projection grad norms
+    (:func:`compare_arms`, same assumptions; no multiple-comparison correction)."""
     check_metric(metric)
     bug = runs[runs["stage"] == "clip"]
     final = runs[(runs["stage"] == "final") & (runs["clip_scope"] == "all")]
@@ -450,7 +523,8 @@ def clip_ablation(runs: pd.DataFrame, metric: str = "test_best", **kwargs: Any) 
 
 def teacher_premise(runs: pd.DataFrame, metric: str = "test_best") -> pd.DataFrame:
     """Per final pair: the teacher's mean accuracy against its student's baseline mean (CIFAR stem). KD from a
-    teacher that does not beat the student is not the paper's setting; ``holds`` is False for such pairs."""
+    teacher that does not beat the student is not the paper's setting; ``holds`` is False for such pairs.
+    Descriptive (means only, no test): assumes the seeds' means represent the architectures."""
     check_metric(metric)
     final = runs[(runs["stage"] == "final") & (runs["method"] != "baseline")]
     teach, base = teacher_runs(runs), baselines(runs)
@@ -532,12 +606,18 @@ def build_summary(
         "units": "accuracy in percent; differences in percentage points (pp)",
         "confidence": CONFIDENCE,
         "alpha": ALPHA,
-        "interval": {"primary": "Welch t-interval", "secondary": "BCa bootstrap (bca_low, bca_high)"},
-        "bootstrap": {"method": BOOT_METHOD, "role": "secondary", "n_resamples": N_BOOT, "seed": BOOT_SEED},
+        "interval": {"primary": "Welch t-interval", "descriptive": "BCa bootstrap (bca_low, bca_high)"},
+        "bootstrap": {
+            "method": BOOT_METHOD,
+            "role": "descriptive, not a check: " + BOOT_COVERAGE_NOTE,
+            "n_resamples": N_BOOT,
+            "seed": BOOT_SEED,
+        },
         "multiple_comparisons": {
             "method": "holm",
             "family": HOLM_FAMILY,
             "m": m,
+            "m_paired": family_size(comp["p_paired"]) if not comp.empty else 0,
             "marks": significance_legend(m),
         },
         "power": {
@@ -546,6 +626,8 @@ def build_summary(
             "min_effect_pp": min_effect_pp,
             "test": "two-sided two-sample t-test, equal seeds per arm, SD = observed SD of the student's baseline",
             "column": "seeds_for_min_effect",
+            "paired": "paired t-test, SD of the per-seed differences: pairs_for_min_effect",
+            "sd_upper": f"*_upper: at the SD's one-sided {SD_UPPER_CONFIDENCE:.0%} upper confidence limit",
         },
         "teacher_premise": records(premise),
         "n_runs": len(runs),
