@@ -121,9 +121,11 @@ def smallest_n(power_at: Callable[[int], float], power: float = POWER, max_n: in
         value = float(power_at(n))
         return value >= power or np.isnan(value)
 
-    if not enough(max_n):
-        return None
-    lo, hi = 2, max_n
+    lo, hi = 2, 2
+    while not enough(hi):
+        if hi >= max_n:
+            return None
+        lo, hi = hi + 1, min(2 * hi, max_n)
     while lo < hi:
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if enough(mid) else (mid + 1, hi)
