@@ -204,12 +204,55 @@ def test_data_spec_defaults_are_filled_inside_given_mappings():
             "unknown config key 'train.epochs' (allowed: batch_size, clip_norm, lr, lr_gamma, lr_milestones, lr_min",
         ),
         ({"compute": {"device": "tpu"}}, "config key 'compute.device': 'tpu' is not allowed"),
+        (
+            {"ablations": {"clip": {"pairs": [{"teacher": "resnet101", "student": "resnet18"}]}}},
+            "config key 'ablations.clip.pairs[0]': {teacher: resnet101, student: resnet18} is not in pairs",
+        ),
+        (
+            {"ablations": {"clip": {"method": "dkd"}}},
+            "config key 'ablations.clip.method': 'dkd' is not a key of methods",
+        ),
+        ({"teachers": {"seeds": [0, 1], "distill_seed": 2}}, "'teachers.distill_seed': 2 is not one of teachers.seeds"),
+        (
+            {"pairs": [{"teacher": "resnet50 ", "student": "resnet18"}]},
+            "config key 'pairs.0.teacher': 'resnet50 ' is not allowed (expected the teacher of a pair; "
+            "it has a leading or trailing blank)",
+        ),
     ],
 )
 def test_bad_study_config_names_the_key(patch, message):
     with pytest.raises(ConfigError) as info:
         C.validate_study_config(patch)
     assert message in str(info.value)
+    assert len(str(info.value)) < 200 and "\n" not in str(info.value)
+
+
+def test_a_clip_pair_outside_pairs_fails_at_parse_time_not_in_select_winner():
+    base = yaml.safe_load((REPO / "config.yaml").read_text(encoding="utf-8"))
+    config = C.merge_config(base, yaml.safe_load((REPO / "config" / "smoke.yaml").read_text(encoding="utf-8")))
+    config["ablations"]["clip"]["pairs"] = [{"teacher": "resnet101", "student": "resnet18"}]
+    with pytest.raises(ConfigError, match=r"'ablations.clip.pairs\[0\]': \{teacher: resnet101, student: resnet18\}"):
+        C.validate_study_config(config)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "model:\n  width: !!python/object:builtins.dict {}\n",
+            "overlay.yaml: line 2, column 10: could not determine a constructor for the tag "
+            "'tag:yaml.org,2002:python/object:builtins.dict' (only plain YAML values are read",
+        ),
+        ("model: {width: 8\n", "overlay.yaml: YAML syntax error at line 2, column 1:"),
+    ],
+)
+def test_config_file_errors_are_one_line_naming_file_and_line(tmp_path, text, message):
+    path = tmp_path / "overlay.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as info:
+        C.load_config_file(path)
+    assert str(info.value).startswith(f"config file {tmp_path}/") and message in str(info.value)
+    assert "\n" not in str(info.value)
 
 
 def test_schema_lives_in_the_package_and_the_snakefile_validates_with_it():
@@ -220,7 +263,8 @@ def test_schema_lives_in_the_package_and_the_snakefile_validates_with_it():
 
 def test_an_overlay_removes_a_method_with_null():
     base = C.merge_config(
-        yaml.safe_load((REPO / "config.yaml").read_text(encoding="utf-8")), {"methods": {"feature": None}}
+        yaml.safe_load((REPO / "config.yaml").read_text(encoding="utf-8")),
+        {"methods": {"feature": None}, "ablations": {"clip": {"enabled": False}}},
     )
     study = C.validate_study_config(base)
     assert list(study["methods"]) == ["logit"]

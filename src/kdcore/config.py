@@ -133,6 +133,16 @@ def _interval(schema: Mapping[str, Any]) -> str:
     return f"{low}, {high}"
 
 
+def _pattern_hint(value: Any, schema: Mapping[str, Any]) -> str:
+    """A short reason for a string that does not match its pattern: the first clause of the key's
+    description, and a word on stray blanks (the usual cause)."""
+    description = " ".join(str(schema.get("description", "")).split())
+    clause = re.split(r"[:;(]", description, maxsplit=1)[0].strip() or "see docs/config.md"
+    if isinstance(value, str) and value != value.strip():
+        return f"expected {clause}; it has a leading or trailing blank"
+    return f"expected {clause}; see docs/config.md"
+
+
 def describe_error(error: ValidationError, noun: str = "config key") -> str:
     """One line naming the key and the value of a schema violation."""
     path = [str(p) for p in error.absolute_path]
@@ -155,7 +165,7 @@ def describe_error(error: ValidationError, noun: str = "config key") -> str:
     if kind == "multipleOf":
         return f"{where}: {value!r} is not a multiple of {error.validator_value}"
     if kind == "pattern":
-        return f"{where}: {value!r} is not allowed ({schema.get('description', error.validator_value)})"
+        return f"{where}: {value!r} is not allowed ({_pattern_hint(value, schema)})"
     return f"{where}: {error.message}"
 
 
@@ -227,7 +237,29 @@ def validate_study_config(config: Mapping[str, Any]) -> dict[str, Any]:
     drop_removed_methods(config)
     study = validate_with_defaults(config, SCHEMA_URI)
     check_study_networks(study)
+    check_study_references(study)
     return study
+
+
+def check_study_references(study: Mapping[str, Any]) -> None:
+    """Keys that refer to other parts of the study must find them, before any job: the clip ablation's
+    pairs are pairs of the study (its runs repeat their final runs with the winners of their selection),
+    its method is one of ``methods``, and ``teachers.distill_seed`` is one of ``teachers.seeds``."""
+    seed = study["teachers"]["distill_seed"]
+    if seed not in study["teachers"]["seeds"]:
+        raise ConfigError(f"config key 'teachers.distill_seed': {seed} is not one of teachers.seeds")
+    clip = study["ablations"]["clip"]
+    if not clip.get("enabled"):
+        return
+    pairs = {(p["teacher"], p["student"]) for p in study["pairs"]}
+    for i, pair in enumerate(clip["pairs"]):
+        if (pair["teacher"], pair["student"]) not in pairs:
+            raise ConfigError(
+                f"config key 'ablations.clip.pairs[{i}]': {{teacher: {pair['teacher']}, student: {pair['student']}}} "
+                "is not in pairs (a clip run repeats a pair's KD runs with that pair's selection winner)"
+            )
+    if clip["method"] not in study["methods"]:
+        raise ConfigError(f"config key 'ablations.clip.method': {clip['method']!r} is not a key of methods")
 
 
 _VARIANT = re.compile(r"(?P<arch>.+?)(-w(?P<width>[1-9][0-9]*))?")
@@ -384,6 +416,17 @@ TRAIN_DEFAULTS: dict[str, Any] = run_section_defaults("train")
 RUNTIME_DEFAULTS: dict[str, Any] = run_section_defaults("runtime")
 
 
+def describe_yaml_error(exc: yaml.YAMLError) -> str:
+    """One line for a YAML error: where (line, column) and what (a syntax error, or a tag such as
+    ``!!python/object`` that the safe loader does not construct)."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "unknown line"
+    problem = " ".join(str(getattr(exc, "problem", None) or exc).split())
+    if isinstance(exc, yaml.constructor.ConstructorError):
+        return f"{where}: {problem} (only plain YAML values are read: no tags such as !!python/object)"
+    return f"YAML syntax error at {where}: {problem}"
+
+
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML run config; a missing or malformed file is a ConfigError naming it."""
     path = Path(path)
@@ -394,7 +437,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"config file {path}: {describe_yaml_error(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return data
