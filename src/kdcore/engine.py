@@ -16,6 +16,10 @@ from __future__ import annotations
 import bisect
 import logging
 import math
+import os
+import shutil
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,11 +33,11 @@ from torch import nn
 
 from kdcore.atomic import atomic_torch_save, atomic_write_json
 from kdcore.augment import NORMALISATION, augment_batch, normalize_batch
-from kdcore.checkpoint import load_model, read_checkpoint, save_model_checkpoint, save_weights
+from kdcore.checkpoint import load_model, read_checkpoint, save_model_checkpoint, save_weights, state_dict_mismatch
 from kdcore.config import resolve_config, training_digest
 from kdcore.data import PreparedData, load_dataset
 from kdcore.devices import Placement, autocast_context, configure_backend, make_placement
-from kdcore.errors import CheckpointError, DataError, TrainingError
+from kdcore.errors import CheckpointError, ConfigError, DataError, TrainingError
 from kdcore.methods import get_method
 from kdcore.methods.base import ForwardOutputs, Method
 from kdcore.models import build_model, model_profile
@@ -59,7 +63,14 @@ log = logging.getLogger("kdcore.train")
 Normalisation = tuple[tuple[float, ...], tuple[float, ...]]
 
 METRICS_SCHEMA_VERSION = 1
-RESUME_FORMAT = "kdcore-resume/2"
+RESUME_FORMAT = "kdcore-resume/3"
+#: The best weights that last.pt refers to: ``last-best-e<epoch>.pt``, a hard link of best.pt as it was at the
+#: checkpoint (no second copy on disk), which survives the deletion of best.pt by a scheduler after a failure.
+RESUME_BEST_PREFIX = "last-best-e"
+#: Seconds between checkpoints (last.pt) on a CUDA device when ``KDCORE_CHECKPOINT_INTERVAL_S`` is not set;
+#: on the CPU, where an epoch takes far longer than writing a checkpoint, every epoch is checkpointed.
+CUDA_CHECKPOINT_INTERVAL_S = 300.0
+CHECKPOINT_INTERVAL_ENV = "KDCORE_CHECKPOINT_INTERVAL_S"
 
 
 # ----------------------------------------------------------------------------- models
@@ -370,15 +381,24 @@ def run_archs(cfg: dict[str, Any]) -> list[str]:
     return [cfg["model"]["arch"]] + ([cfg["teacher"]["arch"]] if cfg["teacher"] else [])
 
 
-def resume_key(cfg: dict[str, Any], data: PreparedData) -> dict[str, Any]:
+def precision_name(dtype: torch.dtype) -> str:
+    """``bf16`` for bf16 autocast, ``fp32`` otherwise (the names of ``runtime.precision``)."""
+    return "bf16" if dtype == torch.bfloat16 else "fp32"
+
+
+def resume_key(cfg: dict[str, Any], data: PreparedData, placement: Placement) -> dict[str, Any]:
     """What must be unchanged for a partial run to be resumed: the config, the dataset's content,
-    the teacher checkpoint's content and the kdcore code the run executes."""
+    the teacher checkpoint's content, the kdcore code the run executes, and where and how it computes
+    (the resolved device type and precision: ``runtime.device: auto`` may resolve differently on another
+    machine, and with it the precision and the augmentation's random stream)."""
     teacher = cfg["teacher"]
     return {
         "config": training_digest(cfg),
         "data": data.fingerprint,
         "teacher": file_sha256(teacher["checkpoint"]) if teacher else None,
         "code": run_code_digest(cfg["method"]["name"], archs=run_archs(cfg)),
+        "device": placement.device.type,
+        "precision": precision_name(placement.dtype),
     }
 
 
@@ -425,10 +445,11 @@ def build_run(cfg: dict[str, Any], out_dir: Path) -> Run:
         weight_decay=train["weight_decay"],
     )
     state = RunState(student, trainable, optimizer, history=[])
-    return Run(cfg, out_dir, placement, data, method, teacher, state, resume_key(cfg, data))
+    return Run(cfg, out_dir, placement, data, method, teacher, state, resume_key(cfg, data, placement))
 
 
-def save_resume_state(path: Path, state: RunState, epoch: int, key: dict[str, Any]) -> None:
+def save_resume_state(path: Path, state: RunState, epoch: int, key: dict[str, Any], best_file: str) -> None:
+    """Write last.pt: everything but the best weights, which ``best_file`` (beside it) holds."""
     atomic_torch_save(
         path,
         {
@@ -441,35 +462,138 @@ def save_resume_state(path: Path, state: RunState, epoch: int, key: dict[str, An
             "history": state.history,
             "best_val_acc": state.best_val_acc,
             "best_epoch": state.best_epoch,
-            "best_state": state.best_state,
+            "best_file": best_file,
         },
     )
+
+
+#: The entries of a last.pt and the types they must have.
+RESUME_LAYOUT: dict[str, tuple[type, ...]] = {
+    "resume_key": (dict,),
+    "epochs_done": (int,),
+    "student": (dict,),
+    "trainable": (dict, type(None)),
+    "optimizer": (dict,),
+    "history": (list,),
+    "best_val_acc": (float, int),
+    "best_epoch": (int,),
+    "best_file": (str,),
+}
+
+#: How a changed resume-key entry is named in the log.
+KEY_NAMES = {
+    "config": "run config",
+    "data": "dataset",
+    "teacher": "teacher checkpoint",
+    "code": "kdcore code",
+    "device": "device",
+    "precision": "precision",
+}
+
+
+def resume_layout_problem(payload: dict[str, Any]) -> str | None:
+    """Why a last.pt of the current format cannot be used as one (missing or mistyped entries), or None."""
+    missing = [name for name in RESUME_LAYOUT if name not in payload]
+    if missing:
+        return f"it lacks {', '.join(missing)}"
+    wrong = [name for name, types in RESUME_LAYOUT.items() if not isinstance(payload[name], types)]
+    if wrong:
+        return f"its {', '.join(wrong)} {'has' if len(wrong) == 1 else 'have'} the wrong type"
+    name = payload["best_file"]
+    if "/" in name or not name.startswith(RESUME_BEST_PREFIX) or payload["epochs_done"] < 1:
+        return f"its best_file {name!r} or epochs_done {payload['epochs_done']} is not one this engine writes"
+    return None
+
+
+def describe_key_change(stored: dict[str, Any], key: dict[str, Any]) -> str:
+    """The resume-key entries that differ, e.g. ``device (cpu -> cuda) and precision (fp32 -> bf16)``."""
+    parts = []
+    for name, value in key.items():
+        if stored.get(name) == value:
+            continue
+        shown = KEY_NAMES.get(name, name)
+        if name in ("device", "precision"):
+            shown += f" ({stored.get(name) or 'not recorded'} -> {value})"
+        parts.append(shown)
+    return " and ".join(parts)
+
+
+def set_aside(path: Path, why: str) -> None:
+    """Move an unusable last.pt aside (``last.pt.corrupt-<time>``) with one warning naming why."""
+    moved = move_aside(path)
+    log.warning("%s is unusable (%s); moved it to %s and starting from epoch 0", path, why, moved.name)
 
 
 def read_resume_state(path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
     """The resume payload at ``path`` if it belongs to this run, else None (with one log line saying why).
 
-    An unreadable (e.g. truncated) file is moved aside to ``last.pt.corrupt-<time>``.
+    An unreadable (e.g. truncated) file, or one of the current format whose layout is not the one this engine
+    writes, is moved aside to ``last.pt.corrupt-<time>``.
     """
     if not path.exists():
         return None
     try:
         payload = read_checkpoint(path)
     except CheckpointError as exc:
-        moved = move_aside(path)
-        log.warning("%s is unreadable (%s); moved it to %s and starting from epoch 0", path, exc, moved.name)
+        set_aside(path, str(exc))
         return None
     if payload.get("format") != RESUME_FORMAT:
         log.warning("%s is a %s file, not %s; starting from epoch 0", path, payload.get("format"), RESUME_FORMAT)
         return None
-    changed = [name for name, value in key.items() if payload["resume_key"].get(name) != value]
+    problem = resume_layout_problem(payload)
+    if problem:
+        set_aside(path, f"a {RESUME_FORMAT} file whose layout is unknown: {problem}")
+        return None
+    changed = describe_key_change(payload["resume_key"], key)
     if changed:
-        what = {"config": "run config", "data": "dataset", "teacher": "teacher checkpoint", "code": "kdcore code"}
-        log.warning(
-            "%s was written with a different %s; starting from epoch 0", path, " and ".join(what[c] for c in changed)
-        )
+        log.warning("%s was written with a different %s; starting from epoch 0", path, changed)
         return None
     return payload
+
+
+def resume_best_files(out_dir: Path) -> list[Path]:
+    return sorted(out_dir.glob(f"{RESUME_BEST_PREFIX}*.pt"))
+
+
+def remove_resume_best_files(out_dir: Path, keep: str | None = None) -> None:
+    """Remove the ``last-best-e*.pt`` links of ``out_dir`` except ``keep``."""
+    for path in resume_best_files(out_dir):
+        if path.name != keep:
+            path.unlink(missing_ok=True)
+    for tmp in out_dir.glob(f".{RESUME_BEST_PREFIX}*.tmp"):  # writes killed mid-way
+        tmp.unlink(missing_ok=True)
+
+
+def link_or_copy(source: Path, target: Path) -> None:
+    """Make ``target`` a hard link of ``source`` (atomically replacing it); a copy where links fail."""
+    tmp = target.with_name(f".{target.name}.link.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError as exc:
+        log.warning("cannot hard-link %s (%s); copying it instead", source, exc.strerror or exc)
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+def restore_best(run: Run, payload: dict[str, Any]) -> str | None:
+    """Load the best weights last.pt refers to into the run state and make best.pt that file again;
+    returns why that is impossible (missing, unreadable or of another epoch), or None."""
+    best_file = run.out_dir / payload["best_file"]
+    try:
+        best = read_checkpoint(best_file)
+    except CheckpointError as exc:
+        return str(exc)
+    if best.get("epoch") != payload["best_epoch"] or not isinstance(best.get("state_dict"), dict):
+        return (
+            f"{best_file.name} holds epoch {best.get('epoch')}, last.pt says the best epoch is {payload['best_epoch']}"
+        )
+    problem = state_dict_mismatch(run.state.student.state_dict(), best["state_dict"])
+    if problem:
+        return f"{best_file.name} does not fit the student: {problem}"
+    run.state.best_state = best["state_dict"]
+    link_or_copy(best_file, run.best_path)  # best.pt always matches the resume state (a scheduler may delete it)
+    return None
 
 
 def resume_or_restart(run: Run) -> int:
@@ -478,8 +602,12 @@ def resume_or_restart(run: Run) -> int:
     Returns the number of epochs already done.
     """
     payload = read_resume_state(run.resume_path, run.resume_key)
-    if payload is None:
+    problem = None if payload is None else restore_best(run, payload)
+    if problem:
+        set_aside(run.resume_path, f"its best weights cannot be restored: {problem}")
+    if payload is None or problem:
         clear_run_files(run.out_dir)
+        remove_resume_best_files(run.out_dir)
         return 0
     state = run.state
     state.student.load_state_dict(payload["student"])
@@ -489,10 +617,7 @@ def resume_or_restart(run: Run) -> int:
     state.history = list(payload["history"])
     state.best_val_acc = float(payload["best_val_acc"])
     state.best_epoch = int(payload["best_epoch"])
-    state.best_state = payload["best_state"]
-    # best.pt always matches the resume state (a scheduler may also have deleted it after a failure)
-    spec = run.cfg["model"]
-    save_weights(run.best_path, state.best_state, spec, epoch=state.best_epoch, val_acc=state.best_val_acc)
+    remove_resume_best_files(run.out_dir, keep=payload["best_file"])
     log.info("resuming from epoch %d (%s)", payload["epochs_done"], run.resume_path)
     return int(payload["epochs_done"])
 
@@ -533,8 +658,97 @@ def open_teacher_cache(run: Run) -> TeacherCache | None:
     return load_teacher_cache(path, placement.device, expected)
 
 
+def checkpoint_interval(device: torch.device) -> float:
+    """Seconds between checkpoints: ``$KDCORE_CHECKPOINT_INTERVAL_S`` (0 = every epoch) if set, else every
+    epoch on the CPU and :data:`CUDA_CHECKPOINT_INTERVAL_S` on CUDA."""
+    text = os.environ.get(CHECKPOINT_INTERVAL_ENV, "").strip()
+    if not text:
+        return CUDA_CHECKPOINT_INTERVAL_S if device.type == "cuda" else 0.0
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{CHECKPOINT_INTERVAL_ENV}={text!r}: expected a number of seconds >= 0 (0: every epoch)")
+    return value
+
+
+@dataclass
+class SignalRequests:
+    """Signals received during training: SIGUSR1 asks for a checkpoint, SIGTERM for a checkpoint and a stop,
+    both at the end of the current epoch (the resume state is per epoch). A second SIGTERM stops at once."""
+
+    pending: str | None = None
+    stop: bool = False
+
+
+CHECKPOINT_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+@contextmanager
+def checkpoint_signals() -> Iterator[SignalRequests]:
+    """Catch SIGTERM and SIGUSR1 inside the block (main thread only; elsewhere signals keep their handlers)."""
+    requests = SignalRequests()
+    if threading.current_thread() is not threading.main_thread():
+        yield requests
+        return
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if signum == signal.SIGTERM:
+            if requests.stop:
+                raise TrainingError(f"second {name}: stopping now; last.pt holds the last checkpoint")
+            requests.stop = True
+        requests.pending = name
+
+    previous = {signum: signal.signal(signum, on_signal) for signum in CHECKPOINT_SIGNALS}
+    try:
+        yield requests
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+@dataclass
+class Checkpointer:
+    """Writes last.pt (and, when the best epoch changed, best.pt and its last-best link) when one is due."""
+
+    run: Run
+    interval_s: float
+    last_written: float = field(default_factory=time.monotonic)
+    best_written: int | None = None  # best epoch whose weights best.pt holds
+
+    def due(self, epoch: int, requests: SignalRequests) -> bool:
+        last_epoch = epoch + 1 == self.run.cfg["train"]["epochs"]
+        elapsed = time.monotonic() - self.last_written
+        return self.interval_s == 0 or last_epoch or requests.pending is not None or elapsed >= self.interval_s
+
+    def write(self, epoch: int) -> None:
+        """New best weights first (``last-best-e<epoch>.pt``), then last.pt referring to them, then best.pt
+        as a hard link of them: a failure at any point leaves last.pt, its best file and best.pt consistent."""
+        run, state = self.run, self.run.state
+        best_file = f"{RESUME_BEST_PREFIX}{state.best_epoch:04d}.pt"
+        best_path = run.out_dir / best_file
+        new_best = self.best_written != state.best_epoch or not best_path.exists()
+        if new_best:
+            spec = run.cfg["model"]
+            save_weights(best_path, state.best_state, spec, epoch=state.best_epoch, val_acc=state.best_val_acc)
+        try:
+            save_resume_state(run.resume_path, state, epoch, run.resume_key, best_file)
+        except BaseException:
+            if new_best:
+                best_path.unlink(missing_ok=True)  # referred to by no last.pt
+            raise
+        if new_best or not run.best_path.exists():
+            link_or_copy(best_path, run.best_path)
+            self.best_written = state.best_epoch
+        remove_resume_best_files(run.out_dir, keep=best_file)
+        self.last_written = time.monotonic()
+
+
 def fit(run: Run, start_epoch: int) -> None:
-    """Train from ``start_epoch`` to the last epoch, keeping best.pt and last.pt up to date after each."""
+    """Train from ``start_epoch`` to the last epoch, checkpointing (best.pt, last.pt) when due: every
+    epoch or every :func:`checkpoint_interval` seconds, after the last epoch, and on SIGUSR1/SIGTERM."""
     cfg, placement, state, data = run.cfg, run.placement, run.state, run.data
     runtime, train = cfg["runtime"], cfg["train"]
     train_images = data.train_images.to(placement.device)
@@ -546,22 +760,35 @@ def fit(run: Run, start_epoch: int) -> None:
     step_fn = make_step_fn(
         step_model, state.trainable, state.optimizer, run.method, run.teacher, cfg, placement, teacher_cache
     )
+    checkpointer = Checkpointer(run, checkpoint_interval(placement.device), best_written=state.best_epoch or None)
+    if checkpointer.interval_s:
+        log.info("checkpoints every %.0f s, after the last epoch and on SIGUSR1/SIGTERM", checkpointer.interval_s)
     run_start = time.perf_counter()
-    for epoch in range(start_epoch, train["epochs"]):
-        run.method.set_epoch(epoch)
-        entry = train_one_epoch(epoch, state, step_fn, train_images, train_labels, cfg, placement, data.normalisation)
-        entry["val_acc"] = accuracy(
-            state.student, val_images, val_labels, placement, runtime["eval_batch_size"], data.normalisation
-        )
-        state.history.append(entry)
-        if entry["val_acc"] > state.best_val_acc:
-            state.best_val_acc, state.best_epoch = entry["val_acc"], epoch + 1
-            state.best_state = {k: v.detach().to("cpu", copy=True) for k, v in state.student.state_dict().items()}
-            save_weights(run.best_path, state.best_state, cfg["model"], epoch=epoch + 1, val_acc=entry["val_acc"])
-        save_resume_state(run.resume_path, state, epoch, run.resume_key)
-        if runtime["log_every_epoch"]:
-            elapsed = time.perf_counter() - run_start
-            log_epoch(entry, train["epochs"], elapsed / (epoch + 1 - start_epoch) * (train["epochs"] - epoch - 1))
+    with checkpoint_signals() as requests:
+        for epoch in range(start_epoch, train["epochs"]):
+            run.method.set_epoch(epoch)
+            entry = train_one_epoch(
+                epoch, state, step_fn, train_images, train_labels, cfg, placement, data.normalisation
+            )
+            entry["val_acc"] = accuracy(
+                state.student, val_images, val_labels, placement, runtime["eval_batch_size"], data.normalisation
+            )
+            state.history.append(entry)
+            if entry["val_acc"] > state.best_val_acc:
+                state.best_val_acc, state.best_epoch = entry["val_acc"], epoch + 1
+                state.best_state = {k: v.detach().to("cpu", copy=True) for k, v in state.student.state_dict().items()}
+            if checkpointer.due(epoch, requests):
+                checkpointer.write(epoch)
+                if requests.pending:
+                    log.info("%s: checkpoint written after epoch %d (%s)", requests.pending, epoch + 1, run.resume_path)
+                    requests.pending = None
+                if requests.stop:
+                    raise TrainingError(
+                        f"stopped by SIGTERM after epoch {epoch + 1}; {run.resume_path} holds it: run again to resume"
+                    )
+            if runtime["log_every_epoch"]:
+                elapsed = time.perf_counter() - run_start
+                log_epoch(entry, train["epochs"], elapsed / (epoch + 1 - start_epoch) * (train["epochs"] - epoch - 1))
 
 
 def evaluate(run: Run) -> tuple[float, float]:
@@ -616,6 +843,7 @@ def record(run: Run, test_best: float, test_final: float) -> dict[str, Any]:
     metrics = seal_record(metrics, run.out_dir)
     atomic_write_json(run.out_dir / METRICS_FILE, metrics)
     run.resume_path.unlink(missing_ok=True)
+    remove_resume_best_files(run.out_dir)
     log.info(
         "done: best val %.2f%% (epoch %d), test@best %.2f%%, test@final %.2f%%",
         100 * state.best_val_acc,
