@@ -18,6 +18,7 @@ import errno
 import json
 import logging
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -192,3 +193,29 @@ def atomic_torch_save(target: str | os.PathLike[str], obj: Any) -> Path:
             torch.save(obj, fh)
 
     return atomic_write(target, write)
+
+
+def is_dry_run(argv: Iterable[str]) -> bool:
+    """Whether a Snakemake command line asks for a dry run (``-n``, ``--dry-run``/``--dryrun``, or ``-n``
+    among combined short flags such as ``-np``). Snakemake tells a Snakefile nothing about it at parse time."""
+    for arg in argv:
+        if arg in ("--dry-run", "--dryrun"):
+            return True
+        if arg.startswith("-") and not arg.startswith("--") and arg[1:].isalpha() and "n" in arg[1:]:
+            return True
+    return False
+
+
+def write_parse_time_file(target: str | os.PathLike[str], text: str, *, dry_run: bool) -> bool:
+    """Write a file that a workflow keeps in step while it is parsed (atomically); True when written.
+
+    A file system that refuses the write (read-only results/, full disk) is one WriteError line in a real
+    run. A dry run is not failed for it: one warning line says what could not be written, and nothing is."""
+    try:
+        atomic_write_text(target, text)
+    except WriteError as exc:
+        if not dry_run:
+            raise
+        print(f"kd-capacity: dry run: {exc} (a real run fails here)", file=sys.stderr)
+        return False
+    return True

@@ -288,3 +288,73 @@ def accept_edit(path: str | os.PathLike[str], reason: str) -> dict[str, Any]:
     atomic_write_text(path, metrics_text(sealed))
     log.warning("%s: edit accepted by %s: %s", path, override["user"], override["reason"])
     return override
+
+
+# ----------------------------------------------------------------------------- a study's artefacts, before a rerun
+def finished_runs(runs_dir: str | os.PathLike[str]) -> list[tuple[Path, dict[str, Any]]]:
+    """(folder, metrics record) of every finished run under ``runs_dir``; DataError naming an unreadable one."""
+    found = []
+    for metrics in sorted(Path(runs_dir).rglob(METRICS_FILE)):
+        try:
+            record = json.loads(metrics.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{metrics}: not a readable metrics.json ({exc}); restore it or remove it") from None
+        if isinstance(record, dict) and record.get("kind") == "train":
+            found.append((metrics.parent, record))
+    return found
+
+
+def _consumed_checkpoints(runs: list[tuple[Path, dict[str, Any]]]) -> dict[Path, int]:
+    """Teacher checkpoint -> number of finished runs distilled from it."""
+    counts: dict[Path, int] = {}
+    for _, record in runs:
+        teacher = record.get("teacher") if isinstance(record.get("teacher"), dict) else {}
+        if teacher.get("checkpoint"):
+            path = Path(teacher["checkpoint"])
+            counts[path] = counts.get(path, 0) + 1
+    return counts
+
+
+def _verify_dataset(dataset: Path, users: int) -> None:
+    from kdcore.data import load_dataset
+
+    try:
+        load_dataset(dataset, verify=True)
+    except DataError as exc:
+        raise DataError(
+            f"{exc}; {users} finished run(s) were trained on it: restore it (nothing was deleted), or remove it "
+            "to have it rebuilt and every run trained again"
+        ) from None
+
+
+def verify_study_artefacts(runs_dir: str | os.PathLike[str], dataset: str | os.PathLike[str]) -> None:
+    """Check, before a workflow schedules anything, that what finished runs were made from is intact:
+
+    - every finished run (metrics.json) still has its best.pt and final.pt;
+    - every teacher checkpoint a finished run was distilled from matches the sha256 its own run recorded
+      when it finished (:func:`verify_run_file`);
+    - the dataset artefact finished runs were trained on still reads and matches its content fingerprint.
+
+    One DataError naming the file. A changed upstream file would otherwise make the workflow delete every
+    run downstream of it and then fail on the corruption.
+    """
+    runs = finished_runs(runs_dir)
+    for folder, _ in runs:
+        for name in (BEST_FILE, FINAL_FILE):
+            if not (folder / name).is_file():
+                raise DataError(
+                    f"{folder / name} is missing, but its run finished ({folder / METRICS_FILE}); restore it, "
+                    f"or remove {folder / METRICS_FILE} to train the run again"
+                )
+    for checkpoint, users in sorted(_consumed_checkpoints(runs).items()):
+        if checkpoint.is_file():
+            try:
+                verify_run_file(checkpoint)
+            except DataError as exc:
+                raise DataError(
+                    f"{exc} ({users} finished run(s) were distilled from it; nothing was deleted)"
+                ) from None
+    dataset = Path(dataset)
+    users = sum(1 for _, record in runs if Path(str((record.get("config") or {}).get("data"))) == dataset)
+    if users and dataset.exists():
+        _verify_dataset(dataset, users)

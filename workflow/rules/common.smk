@@ -699,6 +699,29 @@ def dataset_differences(recorded: dict, expected: dict) -> list[str]:
     return found
 
 
+def verify_finished_artefacts() -> None:
+    """What finished runs were made from must be intact before Snakemake schedules anything (a changed
+    dataset or teacher checkpoint would make it delete every run downstream): kdcore.runfolder's
+    verify_study_artefacts, one error naming the file."""
+    from kdcore.errors import KDCoreError
+    from kdcore.runfolder import verify_study_artefacts
+
+    try:
+        verify_study_artefacts(RUNS, DATASET)
+    except KDCoreError as exc:
+        raise StudyConfigError(str(exc)) from None
+
+
+def write_stamp(text: str) -> bool:
+    """Write DATA_SPEC_STAMP; a refused write is one line (a dry run warns and goes on)."""
+    from kdcore.atomic import WriteError, is_dry_run, write_parse_time_file
+
+    try:
+        return write_parse_time_file(DATA_SPEC_STAMP, text, dry_run=is_dry_run(sys.argv))
+    except WriteError as exc:
+        raise StudyConfigError(str(exc)) from None
+
+
 def check_dataset_artefact() -> None:
     """Keep DATA_SPEC_STAMP, an input of prepare_data, in step with the config and the artefact.
 
@@ -709,8 +732,7 @@ def check_dataset_artefact() -> None:
     stamp for an artefact that fits is dated before the artefact, so it reruns nothing."""
     import os
 
-    from kdcore.atomic import atomic_write_text
-
+    verify_finished_artefacts()
     spec = check_data_spec()
     wanted = json.dumps(spec, sort_keys=True, indent=1) + "\n"
     stamp, dataset = Path(DATA_SPEC_STAMP), Path(DATASET)
@@ -723,11 +745,9 @@ def check_dataset_artefact() -> None:
             reason = "it was not made from this config's data section (" + "; ".join(differences) + ")"
     if reason is not None:
         print(f"kd-capacity: {DATASET} will be rebuilt: {reason}", file=sys.stderr)
-        atomic_write_text(stamp, wanted)
+        write_stamp(wanted)
     elif not stamp.is_file() or stamp.read_text(encoding="utf-8") != wanted:
-        stamp.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(stamp, wanted)
-        if dataset.is_file():
+        if write_stamp(wanted) and dataset.is_file():
             before = dataset.stat().st_mtime - 1
             os.utime(stamp, (before, before))
 
