@@ -11,10 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from kdcore.devices import lease_device
+from kdcore import devices
+from kdcore.devices import NoCudaError, lease_device
 from kdcore.errors import ConfigError
 
 GPUS = ["uuid-aaaa", "uuid-bbbb"]
+GPU_VARS = (devices.REQUIRE_GPU_ENV, "CUDA_VISIBLE_DEVICES", *devices.SLURM_GPU_VARS)
+
+
+@pytest.fixture(autouse=True)
+def no_gpu_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No variable of the calling environment asks for a GPU unless a test sets one."""
+    for name in GPU_VARS:
+        monkeypatch.delenv(name, raising=False)
 
 
 def _hold(lock_dir: str, record: str, hold: float, slots: int) -> None:
@@ -112,8 +121,9 @@ def test_cpu_without_gpus_and_bad_requests(tmp_path: Path) -> None:
     with lease_device("cpu", lock_dir=tmp_path, gpu_ids=GPUS) as device:
         assert device == "cpu"
     assert not list(tmp_path.iterdir())  # CPU leases take no locks
-    with pytest.raises(ConfigError, match="no CUDA GPU"), lease_device("cuda", lock_dir=tmp_path, gpu_ids=[]):
-        pass
+    with pytest.raises(NoCudaError, match="asked for a GPU .*the device names CUDA"):
+        with lease_device("cuda", lock_dir=tmp_path, gpu_ids=[]):
+            pass
     with pytest.raises(ConfigError, match="cuda:5"), lease_device("cuda:5", lock_dir=tmp_path, gpu_ids=GPUS):
         pass
     with pytest.raises(ConfigError, match="tpu"), lease_device("tpu", lock_dir=tmp_path, gpu_ids=GPUS):
@@ -144,5 +154,80 @@ def test_placement_follows_the_runtime_section() -> None:
     with autocast_context(bf16.device, bf16.dtype):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
     if not torch.cuda.is_available():
-        with pytest.raises(TrainingError, match="'cuda:0' but CUDA is not available"):
+        with pytest.raises(TrainingError, match=r"device 'cuda:0'\) but torch sees no CUDA device"):
             make_placement({"device": "cuda:0", "precision": "auto", "channels_last": "auto"})
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        (devices.REQUIRE_GPU_ENV, "GPU job of the workflow"),
+        ("CUDA_VISIBLE_DEVICES", "0"),
+        ("SLURM_JOB_GPUS", "3"),
+        ("SLURM_STEP_GPUS", "0,1"),
+        ("SLURM_GPUS_ON_NODE", "1"),
+    ],
+)
+def test_a_job_that_asked_for_a_gpu_and_sees_none_fails_at_once(tmp_path, monkeypatch, name, value):
+    import torch
+
+    monkeypatch.setenv(name, value)
+    with pytest.raises(NoCudaError) as info, lease_device("auto", lock_dir=tmp_path, gpu_ids=[]):
+        pytest.fail("the job ran")
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"this job asked for a GPU ({name}={value}; device 'auto') but torch sees no CUDA device" in message
+    assert f"torch {torch.__version__}" in message and str(torch.version.cuda) in message
+    assert "torch's CUDA initialisation:" in message and "compute.device: cpu" in message
+    assert not list(tmp_path.iterdir())
+    with lease_device("cpu", lock_dir=tmp_path, gpu_ids=[]) as device:  # the CPU, asked for explicitly
+        assert device == "cpu"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [(devices.REQUIRE_GPU_ENV, "0"), (devices.REQUIRE_GPU_ENV, ""), ("CUDA_VISIBLE_DEVICES", ""),
+     ("CUDA_VISIBLE_DEVICES", "-1"), ("CUDA_VISIBLE_DEVICES", "NoDevFiles"), ("SLURM_GPUS_ON_NODE", "0")],
+)  # fmt: skip
+def test_variables_that_ask_for_no_gpu_keep_the_cpu_fallback_of_auto(tmp_path, monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
+    assert devices.gpu_expected() is None
+    with lease_device("auto", lock_dir=tmp_path, gpu_ids=[]) as device:
+        assert device == "cpu"
+
+
+def test_diagnosis_names_the_build_and_torchs_own_init_message(monkeypatch):
+    import warnings
+
+    import torch
+
+    def init_fails() -> None:
+        raise RuntimeError("The NVIDIA driver on your system is too old (found version 11040).\nPlease update")
+
+    def warns() -> bool:
+        warnings.warn("CUDA initialization: CUDA driver initialization failed", UserWarning, stacklevel=1)
+        return False
+
+    monkeypatch.setattr(torch.cuda, "init", init_fails)
+    monkeypatch.setattr(torch.cuda, "is_available", warns)
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    text = devices.cuda_diagnosis()
+    assert f"torch {torch.__version__} is built for CUDA 12.8 (torch.version.cuda)" in text
+    assert "CUDA initialization: CUDA driver initialization failed" in text
+    assert "RuntimeError: The NVIDIA driver on your system is too old (found version 11040)." in text
+    assert "Please update" not in text  # first lines only: one line in all
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert "is a CPU-only build (torch.version.cuda is None)" in devices.cuda_diagnosis()
+
+
+def test_kdcore_train_with_auto_in_a_gpu_job_without_cuda_fails(tmp_path, monkeypatch):
+    """The run-level path (``runtime.device: auto`` resolved by the engine) refuses as the lease does."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible")
+    monkeypatch.setenv(devices.REQUIRE_GPU_ENV, "1")
+    with pytest.raises(NoCudaError, match=r"KDCORE_REQUIRE_GPU=1; device 'auto'"):
+        devices.make_placement({"device": "auto", "precision": "auto", "channels_last": "auto"})
+    monkeypatch.setenv(devices.REQUIRE_GPU_ENV, "0")
+    assert devices.make_placement({"device": "auto", "precision": "auto", "channels_last": "auto"}).device.type == "cpu"

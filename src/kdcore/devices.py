@@ -37,6 +37,81 @@ if TYPE_CHECKING:
 
 LOGGER = logging.getLogger("kdcore.devices")
 LOCK_DIR_ENV = "KDCORE_LOCK_DIR"
+#: Set (to anything but "" or "0") by the workflow for its GPU jobs: such a job must find a CUDA device.
+REQUIRE_GPU_ENV = "KDCORE_REQUIRE_GPU"
+#: Variables SLURM sets in a job that was allocated GPUs.
+SLURM_GPU_VARS = ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS", "SLURM_GPUS_ON_NODE")
+
+
+class NoCudaError(TrainingError):
+    """A job that asked for a GPU sees no CUDA device: it must not train on the CPU instead."""
+
+
+def gpu_expected() -> str | None:
+    """Why this process is expected to compute on a GPU (the variable that says so), or None.
+
+    ``$KDCORE_REQUIRE_GPU`` (set by the workflow for jobs with ``gpu`` > 0), a ``CUDA_VISIBLE_DEVICES`` that
+    names devices (not empty, ``-1`` or SLURM's ``NoDevFiles``), or a SLURM GPU allocation.
+    """
+    value = os.environ.get(REQUIRE_GPU_ENV, "").strip()
+    if value and value != "0":
+        return f"{REQUIRE_GPU_ENV}={value}"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if visible and visible not in ("-1", "NoDevFiles"):
+        return f"CUDA_VISIBLE_DEVICES={visible}"
+    for name in SLURM_GPU_VARS:
+        value = os.environ.get(name, "").strip()
+        if value and value != "0":
+            return f"{name}={value}"
+    return None
+
+
+def cuda_diagnosis() -> str:
+    """One line on why torch has no CUDA: its build (``torch.version.cuda``) and its own initialisation
+    warning or error (e.g. no driver, a driver older than the build needs, a CPU-only build)."""
+    import warnings
+
+    import torch
+
+    built = torch.version.cuda
+    if built:
+        build = f"torch {torch.__version__} is built for CUDA {built} (torch.version.cuda)"
+    else:
+        build = f"torch {torch.__version__} is a CPU-only build (torch.version.cuda is None)"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.is_available()
+        error = None
+        try:
+            torch.cuda.init()
+        except Exception as exc:  # torch raises AssertionError for CPU builds, RuntimeError for driver problems
+            error = f"{type(exc).__name__}: {exc}"
+    said = [str(w.message) for w in caught] + ([error] if error else [])
+    firsts = list(dict.fromkeys(m.strip().splitlines()[0] for m in said if m.strip()))
+    init = "; ".join(firsts) if firsts else "no warning or error, and no device"
+    return f"{build}; torch's CUDA initialisation: {init}"
+
+
+def require_cuda(requested: str, reason: str) -> None:
+    """Raise NoCudaError naming ``reason`` (why a GPU was expected) and :func:`cuda_diagnosis`."""
+    raise NoCudaError(
+        f"this job asked for a GPU ({reason}; device {requested!r}) but torch sees no CUDA device: "
+        f"{cuda_diagnosis()}. Not falling back to the CPU: fix the driver or the torch build, or set "
+        "compute.device: cpu (runtime.device: cpu for `kdcore train`) to train on the CPU on purpose"
+    )
+
+
+def check_gpu_request(requested: str, n_gpus: int) -> None:
+    """NoCudaError when no CUDA device is visible although one was asked for: ``requested`` names CUDA, or
+    it is ``auto`` in a process that :func:`gpu_expected` says should have a GPU. ``cpu`` always passes."""
+    text = str(requested).strip().lower()
+    if n_gpus or text == "cpu":
+        return
+    reason = gpu_expected()
+    if text.startswith("cuda"):
+        reason = reason or "the device names CUDA"
+    if reason:
+        require_cuda(requested, reason)
 
 
 def default_lock_dir() -> Path:
@@ -129,6 +204,7 @@ def lease_device(
     if slots_per_gpu < 1:
         raise ConfigError(f"slots_per_gpu: must be >= 1, got {slots_per_gpu}")
     ids = list(visible_gpu_ids() if gpu_ids is None else gpu_ids)
+    check_gpu_request(requested, len(ids))
     indices = _parse_request(requested, len(ids))
     if indices is None:
         LOGGER.info("device lease: cpu (requested %s, %d GPU(s) visible)", requested, len(ids))
@@ -178,13 +254,14 @@ def lease_device(
 
 # ----------------------------------------------------------------------------- placement
 def resolve_device(requested: str) -> torch.device:
-    """The torch device for ``runtime.device`` (auto: CUDA when available, else the CPU)."""
+    """The torch device for ``runtime.device`` (auto: CUDA when available, else the CPU, unless the process
+    was asked for a GPU: then :func:`check_gpu_request` fails with the reason)."""
     import torch
 
+    available = torch.cuda.is_available()
+    check_gpu_request(requested, torch.cuda.device_count() if available else 0)
     if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError(f"runtime.device is {requested!r} but CUDA is not available on this machine")
+        return torch.device("cuda" if available else "cpu")
     return torch.device(requested)
 
 

@@ -201,11 +201,10 @@ def compute_view_logits(
 
 
 def _resolve_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {requested!r} requested but CUDA is not available on this machine")
-    return torch.device(requested)
+    """As a training run resolves ``runtime.device``: a job that asked for a GPU and has none fails."""
+    from kdcore.devices import resolve_device
+
+    return resolve_device(requested)
 
 
 def build_teacher_cache(
