@@ -147,6 +147,7 @@ rule analysis_stat_table:
         code=code_digest(
             "kdcore.analysis.stats",
             "kdcore.analysis.moderation",
+            "kdcore.analysis.sensitivity",
             "kdcore.analysis.table",
             scripts=("analysis_stat_table.py", "_common.py"),
         ),
@@ -165,6 +166,15 @@ use rule analysis_stat_table as analysis_moderation with:
     output:
         table=report(
             f"{ANALYSIS_TABLES}/{{stat,moderation}}.csv", caption="../report/moderation.rst", category="Tables"
+        ),
+
+
+use rule analysis_stat_table as analysis_moderation_sensitivity with:
+    output:
+        table=report(
+            f"{ANALYSIS_TABLES}/{{stat,moderation_sensitivity}}.csv",
+            caption="../report/moderation_sensitivity.rst",
+            category="Tables",
         ),
 
 

@@ -279,12 +279,17 @@ def slope_contrast(
 def fit_slope(cells: pd.DataFrame) -> dict[str, float]:
     """The moderation slope (pp per doubling) of one family's cells (:func:`gain_cells`) by
     :func:`slope_contrast` (equal weights, each cell's own variance, Welch-Satterthwaite df; same assumptions),
-    as floats; NaN where undefined (fewer than 2 capacities with a finite, positive SE)."""
+    as floats. With fewer than 2 capacities whose cells have a finite, positive SE (e.g. one seed per cell) only
+    the slope and intercept are estimated, from every cell with a gain; the rest is NaN."""
     keys = ("slope", "se", "df", "ci_low", "ci_high", "p", "intercept", "se_intercept", "cov_intercept_slope")
     nan = dict.fromkeys((*keys, "lack_of_fit"), math.nan)
     ok = cells[np.isfinite(cells["se"]) & (cells["se"] > 0)]
     if ok["log2_params"].nunique() < 2 or len(ok) < 2:
-        return nan
+        est = cells[np.isfinite(cells["gain"])]
+        if est["log2_params"].nunique() < 2:
+            return nan
+        slope, intercept = np.polyfit(est["log2_params"].to_numpy(), est["gain"].to_numpy(), 1)
+        return {**nan, "slope": float(slope), "intercept": float(intercept)}  # an estimate, untested
     variances = np.array([[v for v, _ in parts] for parts in ok["parts"]], dtype=float)
     dfs = np.array([[d for _, d in parts] for parts in ok["parts"]], dtype=float)
     res = slope_contrast(ok["log2_params"].to_numpy(), ok["gain"].to_numpy(), variances, dfs)

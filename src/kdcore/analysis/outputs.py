@@ -48,6 +48,7 @@ STAT_TABLES: dict[str, tuple[str, ...]] = {
     "stem_ablation": ("stem",),
     "clip_ablation": ("clip",),
     "moderation": ("kd",),
+    "moderation_sensitivity": ("kd", "selection"),
 }
 
 #: Figures (kdcore.analysis.figures) -> what each is drawn from.
@@ -69,6 +70,7 @@ TEX_TABLES: dict[str, Reads] = {
     "clip_ablation": Reads(stats=("clip_ablation",)),
     "selection": Reads(stats=("selection",)),
     "moderation": Reads(stats=("moderation",)),
+    "moderation_sensitivity": Reads(stats=("moderation_sensitivity",)),
 }
 
 

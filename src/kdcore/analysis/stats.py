@@ -656,6 +656,7 @@ def stat_table(
 ) -> pd.DataFrame:
     """Statistics table ``name`` (one of :data:`STAT_TABLES`) of a run table."""
     from kdcore.analysis.moderation import moderation_table
+    from kdcore.analysis.sensitivity import moderation_sensitivity
 
     check_metric(metric)
     builders = {
@@ -665,6 +666,7 @@ def stat_table(
         "stem_ablation": lambda: stem_ablation(runs, metric),
         "clip_ablation": lambda: clip_ablation(runs, metric),
         "moderation": lambda: moderation_table(runs, metric, min_effect_pp),
+        "moderation_sensitivity": lambda: moderation_sensitivity(runs, metric, min_effect_pp),
     }
     if name not in builders:
         raise ConfigError(f"statistics table {name!r} is not one of {', '.join(STAT_TABLES)}")
