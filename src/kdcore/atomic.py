@@ -185,12 +185,37 @@ def open_for_writing(path: Path) -> IO[bytes]:
     return open(path, "wb")
 
 
+class ErrorKeepingWriter:
+    """The file object torch.save writes into: it keeps the OSError of a failed write. torch reports a
+    failed write as its own RuntimeError (``unexpected pos ...``), which hides the cause (a full disk)."""
+
+    def __init__(self, fh: IO[bytes]) -> None:
+        self._fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self._fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+
 def atomic_torch_save(target: str | os.PathLike[str], obj: Any) -> Path:
     import torch
 
     def write(tmp: Path) -> None:
         with open_for_writing(tmp) as fh:
-            torch.save(obj, fh)
+            sink = ErrorKeepingWriter(fh)
+            try:
+                torch.save(obj, sink)
+            except Exception:
+                if sink.error is not None:
+                    raise sink.error from None  # the file system's own error (ENOSPC), named by atomic_path
+                raise
 
     return atomic_write(target, write)
 
