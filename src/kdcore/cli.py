@@ -131,6 +131,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
     study = validate_study_config(merged)
     bench = load_bench(args.bench) if args.bench else None
     plan = plan_study(study, bench=bench, bench_source=str(args.bench), throughput_tflops=args.throughput)
+    if args.power:
+        from kdcore.powerplan import pilot_runs, power_json, power_plan, render_power
+
+        power = power_plan(study, pilot_runs(args.power), plan)
+        if args.json:
+            print(json.dumps({"plan": json.loads(to_json(plan)), "power": power_json(power)}, indent=2))
+        else:
+            print(render_text(plan) + "\n" + render_power(power), end="")
+        return 0
     print(to_json(plan) if args.json else render_text(plan), end="\n" if args.json else "")
     return 0
 
@@ -223,6 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: the benchmark's median achieved TFLOP/s)",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output (every job)")
+    p.add_argument(
+        "--power",
+        type=Path,
+        metavar="PILOT",
+        help="also plan the moderation test's power from a pilot (a finished study's runs.csv or results folder, "
+        "or the paper's results zip): detectable effect at the config's seeds, seeds needed and their cost",
+    )
     p.set_defaults(func=cmd_plan)
     return parser
 
