@@ -41,15 +41,15 @@ class Crash(Exception):
 
 
 def train_with(monkeypatch, config: dict, out: Path, *, crash_at: int | None = None, signals: dict | None = None):
-    """train_run with a crash at the start of epoch ``crash_at`` and ``{epoch: signal}`` sent to this process
+    """train_run with a crash at the start of epoch ``crash_at`` and ``{epoch: [signals]}`` sent to this process
     during those epochs."""
     original = engine.train_one_epoch
 
     def patched(epoch, *args, **kwargs):
         if epoch == crash_at:
             raise Crash
-        if signals and epoch in signals:
-            os.kill(os.getpid(), signals[epoch])
+        for signum in (signals or {}).get(epoch, ()):
+            os.kill(os.getpid(), signum)
         return original(epoch, *args, **kwargs)
 
     with monkeypatch.context() as patch:
@@ -107,17 +107,18 @@ def test_sigusr1_checkpoints_after_the_current_epoch_and_training_goes_on(tmp_pa
     caplog.set_level(logging.INFO, logger="kdcore.train")
     before = signal.getsignal(signal.SIGUSR1)
     with pytest.raises(Crash):
-        train_with(monkeypatch, run_config(data), tmp_path / "run", crash_at=2, signals={0: signal.SIGUSR1})
+        train_with(monkeypatch, run_config(data), tmp_path / "run", crash_at=2, signals={0: [signal.SIGUSR1]})
     assert epochs_done(tmp_path / "run") == 1
     assert "SIGUSR1: checkpoint written after epoch 1" in caplog.text
     assert signal.getsignal(signal.SIGUSR1) == before  # handlers are restored
 
 
 def test_sigterm_checkpoints_stops_and_the_resumed_run_is_exact(tmp_path, data, monkeypatch):
+    """Under SLURM the scheduler and Snakemake may both send SIGTERM: the second changes nothing."""
     monkeypatch.setenv(engine.CHECKPOINT_INTERVAL_ENV, "3600")
     out = tmp_path / "run"
     with pytest.raises(TrainingError, match=r"stopped by SIGTERM after epoch 2; .*last.pt holds it"):
-        train_with(monkeypatch, run_config(data), out, signals={1: signal.SIGTERM})
+        train_with(monkeypatch, run_config(data), out, signals={1: [signal.SIGTERM, signal.SIGTERM]})
     assert epochs_done(out) == 2 and not (out / "metrics.json").exists()
     (out / "best.pt").unlink()  # a scheduler deletes the outputs of a failed job
     resumed = engine.train_run(run_config(data), out)

@@ -676,7 +676,8 @@ def checkpoint_interval(device: torch.device) -> float:
 @dataclass
 class SignalRequests:
     """Signals received during training: SIGUSR1 asks for a checkpoint, SIGTERM for a checkpoint and a stop,
-    both at the end of the current epoch (the resume state is per epoch). A second SIGTERM stops at once."""
+    both at the end of the current epoch (the resume state is per epoch). A repeated SIGTERM changes nothing
+    (under SLURM both the scheduler and Snakemake may send one); SIGINT and SIGKILL still stop at once."""
 
     pending: str | None = None
     stop: bool = False
@@ -694,12 +695,9 @@ def checkpoint_signals() -> Iterator[SignalRequests]:
         return
 
     def on_signal(signum: int, _frame: Any) -> None:
-        name = signal.Signals(signum).name
         if signum == signal.SIGTERM:
-            if requests.stop:
-                raise TrainingError(f"second {name}: stopping now; last.pt holds the last checkpoint")
             requests.stop = True
-        requests.pending = name
+        requests.pending = signal.Signals(signum).name
 
     previous = {signum: signal.signal(signum, on_signal) for signum in CHECKPOINT_SIGNALS}
     try:
