@@ -18,6 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.legend_handler import HandlerTuple
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
@@ -47,6 +48,18 @@ TEACHER_STYLE = {  # colour, marker
     "resnet101": (OKABE_ITO["vermillion"], "^"),
     "resnet18": (OKABE_ITO["green"], "D"),
 }
+#: Styles for the teachers TEACHER_STYLE lacks (width variants, chain teachers), taken in order by
+#: :func:`teacher_styles`: every colour and marker differs from TEACHER_STYLE's.
+EXTRA_TEACHER_STYLES = [
+    (OKABE_ITO["sky"], "v"),
+    (OKABE_ITO["purple"], "P"),
+    (OKABE_ITO["black"], "X"),
+    (OKABE_ITO["yellow"], "p"),
+    (OKABE_ITO["grey"], "h"),
+    (OKABE_ITO["sky"], "*"),
+    (OKABE_ITO["purple"], "<"),
+    (OKABE_ITO["black"], ">"),
+]
 METHOD_STYLE = {  # colour, line style, marker; a method without one here gets one of OTHER_METHOD_STYLES
     "baseline": (OKABE_ITO["black"], "-", "o"),
     "logit": (OKABE_ITO["green"], "--", "s"),
@@ -64,6 +77,22 @@ STEM_STYLE = {
     "cifar": (OKABE_ITO["blue"], "o", "CIFAR stem (3x3 conv)"),
     "imagenet": (OKABE_ITO["vermillion"], "s", "ImageNet stem (7x7 conv + max-pool)"),
 }
+
+
+def teacher_styles(teachers: Any) -> dict[str, tuple[str, str]]:
+    """(colour, marker) of every teacher of a figure: :data:`TEACHER_STYLE` for the teachers it names, the
+    next unused :data:`EXTRA_TEACHER_STYLES` entry for the others (in sorted order), so that no two teachers
+    of a figure look alike. Beyond the extra styles, colours and markers cycle."""
+    names = sorted(set(teachers), key=arch_sort_key)
+    out = {t: TEACHER_STYLE[t] for t in names if t in TEACHER_STYLE}
+    others = [t for t in names if t not in TEACHER_STYLE]
+    for i, t in enumerate(others):
+        if i < len(EXTRA_TEACHER_STYLES):
+            out[t] = EXTRA_TEACHER_STYLES[i]
+        else:
+            colours, markers = list(OKABE_ITO.values()), ["d", "8", "H", "1", "2", "3", "4"]
+            out[t] = (colours[i % len(colours)], markers[i % len(markers)])
+    return out
 
 
 def kd_methods(table: pd.DataFrame) -> list[str]:
@@ -153,12 +182,19 @@ def _fit_band(row: pd.Series, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
 
 
 def _draw_teacher_gains(
-    ax: plt.Axes, points: pd.DataFrame, cells: pd.DataFrame, row: pd.DataFrame, teacher: str, shift: float
+    ax: plt.Axes,
+    points: pd.DataFrame,
+    cells: pd.DataFrame,
+    row: pd.DataFrame,
+    teacher: str,
+    shift: float,
+    style: tuple[str, str],
 ) -> None:
     """One teacher's series in a method's panel: per-seed gains, cell means with 95% CIs and, when the
     moderation test has a slope (``row``), the fitted line with its 95% band; the legend entry states it.
-    ``shift`` multiplies the parameter axis so that teachers at the same student do not overlap."""
-    colour, marker = TEACHER_STYLE.get(teacher, (OKABE_ITO["grey"], "D"))
+    ``shift`` multiplies the parameter axis so that teachers at the same student do not overlap; ``style`` is
+    the teacher's (colour, marker) (:func:`teacher_styles`)."""
+    colour, marker = style
     ax.scatter(points["params"] * shift, points["gain"], s=16, marker=marker, facecolors="none", edgecolors=colour,
                lw=0.8, alpha=0.7, zorder=2)  # fmt: skip
     err = np.vstack([cells["gain"] - cells["ci_low"], cells["ci_high"] - cells["gain"]])
@@ -173,7 +209,7 @@ def _draw_teacher_gains(
         ax.plot(grid * shift, fit, color=colour, lw=1.4, ls="--", zorder=3)
         ax.fill_between(grid * shift, lo, hi, color=colour, alpha=0.15, lw=0, zorder=1)
         label += f": {r['slope']:+.2f} pp/doubling [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}], Holm p {r['p_holm']:.2f}"
-    ax.plot([], [], color=colour, marker=marker, ls="--", label=label)
+    ax.plot([], [], color=colour, marker=marker, mec="black", mew=0.6, ms=8, ls="--", label=label)
 
 
 def plot_gain_vs_capacity(
@@ -196,6 +232,7 @@ def plot_gain_vs_capacity(
             _empty(ax, "no final KD runs")
         return save_figure(fig, pdf_path)
     teachers = sorted(cells["teacher"].unique(), key=lambda t: (len(t), t))
+    styles = teacher_styles(teachers)
     offset = {t: 2 ** ((i - (len(teachers) - 1) / 2) * 0.03) for i, t in enumerate(teachers)}
     for ax, method in zip(axes, methods, strict=False):
         ax.axhline(0, color="0.2", lw=1.0, zorder=1)
@@ -205,7 +242,7 @@ def plot_gain_vs_capacity(
                 continue
             pts = points[(points["teacher"] == teacher) & (points["method"] == method)]
             row = moderation[(moderation["teacher"] == teacher) & (moderation["method"] == method)]
-            _draw_teacher_gains(ax, pts, c, row, teacher, offset[teacher])
+            _draw_teacher_gains(ax, pts, c, row, teacher, offset[teacher], styles[teacher])
         ax.set_xscale("log", base=2)
         ticks = sorted(cells["params"].unique())
         ax.set_xticks(ticks)
@@ -216,8 +253,9 @@ def plot_gain_vs_capacity(
         ax.legend(loc="best", fontsize=8)
     axes[0].set_ylabel(f"KD gain over baseline (pp, {metric_label})")
     note = (
-        "open markers: per-seed gains; filled: cell mean \u00b1 95% CI; dashed line and band: WLS slope on "
-        "log2(parameters) with 95% CI (Welch-Satterthwaite df); Holm over teacher \u00d7 method families"
+        "open markers: per-seed gains; filled: cell mean \u00b1 95% CI; dashed line and band: equal-weight slope "
+        "on log2(parameters) with 95% CI (each cell's own variance, Welch-Satterthwaite df); Holm over teacher "
+        "\u00d7 method families"
     )
     fig.text(0.5, -0.04, note, ha="center", fontsize=8, color="0.25", wrap=True)
     fig.tight_layout()
@@ -321,13 +359,18 @@ def _fidelity_means(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
 
 
 def _draw_fidelity_panel(
-    ax: plt.Axes, kd: pd.DataFrame, control: pd.DataFrame | None, column: str, methods: list[str]
+    ax: plt.Axes,
+    kd: pd.DataFrame,
+    control: pd.DataFrame | None,
+    column: str,
+    methods: list[str],
+    styles: dict[str, tuple[str, str]],
 ) -> None:
     """One student's panel of ``column``: each KD cell at its gain (95% CI) and its mean (std over seeds),
     coloured by teacher and filled by method; the baseline controls at gain 0 in grey."""
     ax.axvline(0, color="0.2", lw=1.0)
     for _, r in kd.iterrows():
-        colour, marker = TEACHER_STYLE.get(r["teacher"], (OKABE_ITO["grey"], "D"))
+        colour, marker = styles[r["teacher"]]
         xerr = [[r["gain"] - r["ci_low"]], [r["ci_high"] - r["gain"]]] if pd.notna(r["ci_low"]) else None
         yerr = None if pd.isna(r[f"{column}_std"]) else r[f"{column}_std"]
         face = marker_face(methods.index(r["method"]), colour)
@@ -335,29 +378,37 @@ def _draw_fidelity_panel(
         ax.errorbar(r["gain"], r[f"{column}_mean"], xerr=xerr, yerr=yerr, fmt=marker, color=colour, **face, **style,
                     zorder=3)  # fmt: skip
     for _, r in control.iterrows() if control is not None else ():
-        _, marker = TEACHER_STYLE.get(r["teacher"], (OKABE_ITO["grey"], "D"))
+        _, marker = styles[r["teacher"]]
         yerr = None if pd.isna(r[f"{column}_std"]) else r[f"{column}_std"]
         ax.errorbar(0, r[f"{column}_mean"], yerr=yerr, fmt=marker, ms=10, color="0.45", mfc="0.8", mec="0.3",
                     capsize=3, zorder=2)  # fmt: skip
 
 
-def _fidelity_legend(fig: plt.Figure, teachers: list[str], methods: list[str], control: bool) -> None:
-    """Teachers by colour and marker, methods by fill, and the control marker when drawn."""
-    handles = [
-        Line2D([], [], ls="", marker=TEACHER_STYLE.get(t, (None, "D"))[1], ms=9,
-               color=TEACHER_STYLE.get(t, (OKABE_ITO["grey"], "D"))[0], label=f"teacher {short(t)}")
-        for t in teachers
-    ]  # fmt: skip
+def _fidelity_legend(
+    fig: plt.Figure, styles: dict[str, tuple[str, str]], methods: list[str], control: list[str]
+) -> None:
+    """Teachers by colour and marker, methods by fill (shown on each teacher's marker, as drawn), and the
+    control in grey with the marker of each teacher it is measured against."""
+    handles: list[Any] = [
+        Line2D([], [], ls="", marker=marker, ms=9, color=colour, mec=colour, mew=2.0, label=f"teacher {short(t)}")
+        for t, (colour, marker) in styles.items()
+    ]
+    labels = [h.get_label() for h in handles]
     for i, m in enumerate(methods):
         fill = METHOD_FILLS[i % len(METHOD_FILLS)]
-        width = {"mew": 2.0} if fill[0] == "none" else {}
-        handles.append(Line2D([], [], ls="", marker="o", ms=9, color="0.3", **width, **marker_face(i, "0.3"),
-                              label=f"{method_label(m)} ({fill[1]})"))  # fmt: skip
-    if control:
         handles.append(
-            Line2D([], [], ls="", marker="o", ms=9, color="0.45", mfc="0.8", label="baseline vs teacher (control)")
+            tuple(
+                Line2D([], [], ls="", marker=marker, ms=9, color="0.3", mec="0.3", mew=2.0, **marker_face(i, "0.3"))
+                for _, marker in styles.values()
+            )
         )
-    fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 4), bbox_to_anchor=(0.5, 1.07), fontsize=9)
+        labels.append(f"{method_label(m)} ({fill[1]})")
+    if control:
+        grey = {"ls": "", "ms": 9, "color": "0.45", "mfc": "0.8", "mec": "0.3"}
+        handles.append(tuple(Line2D([], [], marker=styles[t][1], **grey) for t in control))
+        labels.append("baseline vs teacher (control)")
+    fig.legend(handles, labels, loc="upper center", ncol=min(len(handles), 4), bbox_to_anchor=(0.5, 1.07),
+               fontsize=9, handler_map={tuple: HandlerTuple(ndivide=None)})  # fmt: skip
 
 
 def plot_fidelity(comparisons: pd.DataFrame, fidelity_table: pd.DataFrame, pdf_path: str | Path) -> list[Path]:
@@ -376,6 +427,7 @@ def plot_fidelity(comparisons: pd.DataFrame, fidelity_table: pd.DataFrame, pdf_p
     )
     cagg = _fidelity_means(ctl, ["pair", "teacher", "student"]) if not ctl.empty else None
     methods = kd_methods(agg)
+    styles = teacher_styles(set(agg["teacher"]) | (set(cagg["teacher"]) if cagg is not None else set()))
     students = sorted(agg["student"].unique(), key=arch_sort_key)
     fig, axes = plt.subplots(
         2, len(students), figsize=(5.0 * len(students), 7.4), sharey="row", sharex=True, squeeze=False
@@ -384,14 +436,15 @@ def plot_fidelity(comparisons: pd.DataFrame, fidelity_table: pd.DataFrame, pdf_p
         control = cagg[cagg["student"] == student] if cagg is not None else None
         for i, (column, label) in enumerate(FIDELITY_PANELS):
             ax = axes[i, j]
-            _draw_fidelity_panel(ax, agg[agg["student"] == student], control, column, methods)
+            _draw_fidelity_panel(ax, agg[agg["student"] == student], control, column, methods, styles)
             if i == 0:
                 ax.set_title(f"student {short(student)}")
             else:
                 ax.set_xlabel("KD gain over baseline (pp), \u00b1 95% CI")
             if j == 0:
                 ax.set_ylabel(label)
-    _fidelity_legend(fig, sorted(set(agg["teacher"]), key=arch_sort_key), methods, cagg is not None)
+    controls = sorted(set(cagg["teacher"]) & set(styles), key=arch_sort_key) if cagg is not None else []
+    _fidelity_legend(fig, styles, methods, controls)
     note = "vertical bars: \u00b1 1 std over seeds; horizontal bars: 95% CI of the gain"
     if cagg is None:
         note += "\nno baseline-vs-teacher control measurements in these data"
