@@ -3,9 +3,9 @@
 A run is ``done`` when its metrics.json exists, and ``damaged`` when it finished but best.pt or final.pt is
 missing or its metrics.json was edited afterwards (kdcore.runfolder's digests); ``failed`` when its log
 holds a traceback or an ERROR record; ``running`` when it has made progress (an epoch line in its log, or
-a last.pt) and its log or last.pt changed within ``stale_after`` seconds; ``interrupted`` when it made progress but nothing changed
-for longer (a killed job: the next run of the study resumes it from last.pt); ``pending`` when the study
-config expects it and it has not started. Progress comes from the engine's per-epoch log line
+a last.pt) and its log or last.pt changed within ``stale_after`` seconds; ``interrupted`` when it made
+progress but nothing changed for longer (a killed job: the next run of the study resumes it from last.pt);
+``pending`` when the study config expects it and it has not started. Progress comes from the engine's per-epoch log line
 (``epoch k/N ... val x% ... ETA ...``), else from last.pt.
 
 The study's time left is the work left (the ETAs of started runs plus, for each pending run, its epochs
