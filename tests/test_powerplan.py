@@ -89,3 +89,18 @@ def test_cli_plan_power_reads_a_runs_csv(tmp_path, capsys, flat_flops):
     assert main(["plan", str(tmp_path / "study.yaml"), "--power", str(tmp_path / "runs.csv")]) == 0
     out = capsys.readouterr().out
     assert "Moderation power" in out and "needed at the upper SD" in out and np.isfinite(len(out))
+
+
+def test_the_shipped_powered_capacity_config_detects_the_min_effect(flat_flops):
+    from _workflow_tools import REPO
+
+    from kdcore.config import load_config_file, merge_config
+
+    merged: dict = {}
+    for name in ("config.yaml", "config/capacity.yaml", "config/capacity-powered.yaml"):
+        merged = merge_config(merged, load_config_file(REPO / name))
+    study = validate_study_config(merged)
+    power = power_plan(study, paper_runs(), plan_study(study))
+    assert power.seeds == 15 and power.min_effect_pp == 0.2
+    for fam in power.families:
+        assert fam.seeds_needed <= 15 and fam.mde_change <= 0.2 and len(fam.students) == 9
