@@ -143,7 +143,8 @@ def _arms(runs: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def gain_points(runs: pd.DataFrame, metric: str = "test_best") -> pd.DataFrame:
     """Per-seed KD gains (KD minus the same student's baseline of the same seed, pp) of every final cell:
-    teacher, method, student, params, seed, gain. Seeds without both runs are left out."""
+    teacher, method, student, params, seed, gain. Seeds without both runs are left out. Descriptive; a gain is
+    a paired difference only where the seed fixes what the two runs share."""
     check_metric(metric)
     final, base = _arms(runs, metric)
     params = student_params(pd.concat([final, base]))
@@ -159,7 +160,9 @@ def gain_points(runs: pd.DataFrame, metric: str = "test_best") -> pd.DataFrame:
 
 
 def _ws_df(parts: list[tuple[float, float]]) -> float:
-    """Welch-Satterthwaite df of a sum of variance components (variance, df)."""
+    """Welch-Satterthwaite df of a sum of variance components (variance, df). Assumes independent components,
+    each a scaled chi-square on its df (normal runs); an approximation that is good at 4 df per component
+    (tests/test_moderation_calibration.py)."""
     total = sum(v for v, _ in parts)
     denom = sum(v * v / d for v, d in parts if d > 0)
     return total * total / denom if denom > 0 else math.nan
@@ -182,7 +185,10 @@ def gain_cells(runs: pd.DataFrame, metric: str = "test_best", design: str = "aut
     ci_low, ci_high (95% t), sd_kd, sd_base and ``parts`` (variance components for the slope's df).
 
     ``design``: ``paired`` (per-seed differences on shared seeds), ``unpaired`` (cell means), or ``auto``
-    (paired where every student of the (teacher, method) family has >= 2 shared seeds)."""
+    (paired where every student of the (teacher, method) family has >= 2 shared seeds).
+
+    The 95% t-interval of a cell assumes independent seeds and normal runs (paired: normal per-seed differences;
+    unpaired: Welch, no equal variances, Welch-Satterthwaite df)."""
     check_metric(metric)
     if design not in ("auto", "paired", "unpaired"):
         raise DataError(f"moderation design {design!r} is not one of auto, paired, unpaired")

@@ -401,7 +401,10 @@ def _same_point(a: Any, b: tuple) -> bool:
 def selection_table(runs: pd.DataFrame, metric: str = "val_acc") -> pd.DataFrame:
     """Every selection-grid run (stage select) with its val accuracy, ``winner`` (the run belongs to the grid
     point the workflow's selection rule picks: highest mean ``metric`` over the selection seeds, ties to the
-    first point in grid order, see :mod:`kdcore.selection`) and whether the final runs used that point."""
+    first point in grid order, see :mod:`kdcore.selection`) and whether the final runs used that point.
+    Descriptive. The winner is the best of several noisy means: with few selection seeds its score, and a final
+    run on a selection seed, are biased upwards (winner's curse; kdcore.analysis.sensitivity shows the
+    moderation result without those seeds)."""
     hps = hyperparameter_columns(runs)
     sel = runs[runs["stage"] == "select"].sort_values(["pair", "method", *hps, "seed"])
     final = runs[(runs["stage"] == "final") & (runs["method"] != "baseline")]
