@@ -91,3 +91,16 @@ def test_disjoint_final_and_selection_seeds_leave_every_run():
     df.loc[df["stage"] == "select", "seed"] = 100
     kept, label = without_selection_seeds(df)
     assert len(kept) == len(df) and label == "final seeds disjoint from selection"
+
+
+def test_the_parts_it_reads_give_the_whole_studys_table():
+    from kdcore.analysis.outputs import STAT_TABLES
+
+    df = runs(np.random.default_rng(4))
+    parts = {
+        "kd": df[df["stage"].isin(["baseline", "final"])],
+        "selection": df[df["stage"].isin(["select", "final"])],
+    }
+    assert STAT_TABLES["moderation_sensitivity"] == ("kd", "selection")
+    split = moderation_sensitivity(pd.concat([parts[p] for p in STAT_TABLES["moderation_sensitivity"]]))
+    pd.testing.assert_frame_equal(split, moderation_sensitivity(df))
