@@ -201,15 +201,16 @@ def _draw_teacher_gains(
     style = {"color": colour, "ms": 8, "capsize": 4, "lw": 1.6, "markeredgecolor": "black", "markeredgewidth": 0.6}
     x = cells["params"].to_numpy() * shift
     ax.errorbar(x, cells["gain"], yerr=np.where(np.isnan(err), 0.0, err), fmt=marker, **style, zorder=4)
-    label = f"teacher {short(teacher)}"
-    if len(row) and pd.notna(row.iloc[0]["slope"]):
+    label, line = f"teacher {short(teacher)}", ""
+    if len(row) and pd.notna(row.iloc[0]["slope"]) and pd.notna(row.iloc[0]["ci_low"]):
         r = row.iloc[0]
         grid = np.geomspace(cells["params"].min(), cells["params"].max(), 50)
         fit, lo, hi = _fit_band(r, grid)
         ax.plot(grid * shift, fit, color=colour, lw=1.4, ls="--", zorder=3)
         ax.fill_between(grid * shift, lo, hi, color=colour, alpha=0.15, lw=0, zorder=1)
         label += f": {r['slope']:+.2f} pp/doubling [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}], Holm p {r['p_holm']:.2f}"
-    ax.plot([], [], color=colour, marker=marker, mec="black", mew=0.6, ms=8, ls="--", label=label)
+        line = "--"
+    ax.plot([], [], color=colour, marker=marker, mec="black", mew=0.6, ms=8, ls=line, label=label)
 
 
 def plot_gain_vs_capacity(
