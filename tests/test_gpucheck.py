@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -141,6 +144,119 @@ def test_smoke_placement_on_a_gpu_must_be_cuda_bf16_channels_last():
     assert not gpucheck.placement_as_expected(gpu, good | {"channels_last": False})
     assert not gpucheck.placement_as_expected(gpu, good | {"device": "cpu"})
     assert gpucheck.placement_as_expected(cpu, {"device": "cpu", "precision": "float32", "channels_last": False})
+
+
+# ----------------------------------------------------------------------------- the total budget
+def test_gpu_step_budgets_fit_the_eight_minute_slot():
+    plan = gpucheck.gpu_plan()
+    assert sum(plan.budgets.values()) + gpucheck.RESULTS_MARGIN_S <= plan.total_s
+    assert plan.total_s + 25 <= 480  # the script's wall-clock limit, of which the check keeps 25 s back
+    script = SCRIPT.read_text()
+    assert "TOTAL=480" in script and '--total-s "$((TOTAL - 25))"' in script and '"$((TOTAL - 10))"' in script
+
+
+def test_a_step_budget_is_cut_to_what_is_left_of_the_total():
+    plan = gpucheck.gpu_plan()
+    assert plan.time_for("bench") == plan.budgets["bench"]  # no deadline yet
+    soon = gpucheck.dataclasses.replace(plan, deadline=time.monotonic() + 20)
+    assert 14 <= soon.time_for("bench") <= 20 - gpucheck.RESULTS_MARGIN_S
+    assert gpucheck.dataclasses.replace(plan, deadline=time.monotonic() - 1).time_for("smoke") == 0
+
+
+def fake_step(seconds: str):
+    def step(plan, outdir, tmp, console, results):
+        gpucheck.run_logged(["sleep", seconds], plan.time_for("bench"), console, "fake")
+        return {"slept": seconds}
+
+    return step
+
+
+def test_total_budget_is_enforced_and_partial_results_are_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(gpucheck, "RESULTS_MARGIN_S", 0.2)
+    monkeypatch.setattr(gpucheck, "import_problems", lambda modules, timeout: {})
+    monkeypatch.setitem(gpucheck.STEPS, "bench", fake_step("0.1"))
+    monkeypatch.setitem(gpucheck.STEPS, "r18", fake_step("30"))
+    outdir = tmp_path / "out"
+    start = time.monotonic()
+    assert gpucheck.run_check(outdir, None, cpu=True, total_s=2.0) == 1
+    assert time.monotonic() - start < 8
+    steps = json.loads((outdir / "results.json").read_text())["steps"]
+    assert steps["bench"]["status"] == "ok" and steps["bench"]["result"] == {"slept": "0.1"}
+    assert steps["r18"]["status"] == "timeout" and "killed after its budget" in steps["r18"]["error"]
+    assert [steps[n]["status"] for n in ("smoke", "concurrency")] == ["skipped", "skipped"]
+    assert "total budget of 2 s is spent" in steps["smoke"]["error"]
+    assert "| smoke | skipped |" in (outdir / "results.md").read_text()
+
+
+@pytest.mark.slow
+def test_sigterm_keeps_what_was_measured(tmp_path):
+    """The script's `timeout` backstop sends SIGTERM: the check stops its step and writes its results."""
+    outdir = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    cmd = [sys.executable, "-m", "kdcore.gpucheck", "run", str(outdir), "--cpu", "--total-s", "300"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and "[bench] $" not in _read(outdir / "check.log"):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 1, out[-3000:]
+    results = json.loads((outdir / "results.json").read_text())
+    assert results["interrupted"] == "stopped by SIGTERM"
+    assert "preflight" in results and results["preflight"]["problems"] == []
+    assert "gpu-check: FAILED steps" in out or results["steps"] == {}
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+# ----------------------------------------------------------------------------- pre-flight
+def test_preflight_names_modules_that_do_not_import():
+    problems = gpucheck.import_problems(("json", "no_such_module_kdcore"), timeout=60)
+    assert list(problems) == ["no_such_module_kdcore"]
+    assert problems["no_such_module_kdcore"].startswith("ModuleNotFoundError")
+
+
+def test_preflight_checks_the_archive(tmp_path):
+    assert "archive not found" in gpucheck.archive_problem(tmp_path / "missing.tar.gz")
+    (tmp_path / "junk.tar.gz").write_bytes(b"not an archive")
+    assert "cannot read the archive" in gpucheck.archive_problem(tmp_path / "junk.tar.gz")
+    for folder in ("train", "test"):
+        (tmp_path / "src" / folder / "cat").mkdir(parents=True)
+        (tmp_path / "src" / folder / "cat" / "0.jpg").write_bytes(b"x")
+    with tarfile.open(tmp_path / "train-only.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "src" / "train", arcname="train")
+    assert "holds no test/ folder" in gpucheck.archive_problem(tmp_path / "train-only.tar.gz")
+    with tarfile.open(tmp_path / "good.tar.gz", "w:gz") as tar:
+        tar.add(tmp_path / "src" / "train", arcname="train")
+        tar.add(tmp_path / "src" / "test", arcname="test")
+    assert gpucheck.archive_problem(tmp_path / "good.tar.gz") is None
+
+
+def test_failed_preflight_writes_results_and_exits_2_before_any_step(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        gpucheck,
+        "import_problems",
+        lambda modules, timeout: {m: "ModuleNotFoundError: x" for m in modules if m == "snakemake"},
+    )
+    ran = []
+    monkeypatch.setitem(gpucheck.STEPS, "bench", lambda *args: ran.append("bench") or {})
+    outdir = tmp_path / "out"
+    assert gpucheck.run_check(outdir, tmp_path / "missing.tar.gz", cpu=False) == 2
+    assert ran == []
+    results = json.loads((outdir / "results.json").read_text())
+    assert results["steps"] == {}
+    assert results["preflight"]["problems"] == [
+        "cannot import snakemake: ModuleNotFoundError: x",
+        f"CIFAR-10 archive not found: {tmp_path / 'missing.tar.gz'} (put it in data/ or give it with --data)",
+    ]
+
+
+def test_smoke_step_runs_training_rules_only():
+    assert gpucheck.gpu_plan().smoke_until == gpucheck.SMOKE_TRAINING_RULES
+    assert not any(rule.startswith(("analysis", "fidelity")) for rule in gpucheck.SMOKE_TRAINING_RULES)
+    assert "pandas" not in gpucheck.NEEDED_MODULES and "pandas" in gpucheck.ANALYSIS_MODULES
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -21,6 +21,7 @@ Snakemake training jobs, 1 and 2 processes) in about a minute and a half on 2 co
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -55,28 +56,49 @@ class CheckPlan:
     bench_args: tuple[str, ...]
     r18_width: int
     r18_default_epochs: int
-    smoke_until: str | None  # None: the whole smoke study
+    smoke_until: tuple[str, ...]  # the training rules the smoke step runs (and what they need): run outputs only
     concurrency_procs: tuple[int, ...]
     concurrency_steps: int
     concurrency_width: int
+    total_s: float  # the whole check, pre-flight to results; enforced (steps are cut short or skipped)
     batch_size: int = 128
+    deadline: float | None = None  # time.monotonic() by which everything must end (set by run_check)
 
     @property
     def device(self) -> str:
         return "cpu" if self.cpu else "cuda"
 
+    def remaining(self) -> float:
+        """Seconds left of the total budget (infinite before run_check sets the deadline)."""
+        return math.inf if self.deadline is None else self.deadline - time.monotonic()
+
+    def time_for(self, key: str) -> float:
+        """A step's budget, cut to what is left of the total (less a margin for writing the results)."""
+        return max(0.0, min(self.budgets[key], self.remaining() - RESULTS_MARGIN_S))
+
+
+#: Rules of the smoke study the smoke step runs: every kind of training run (and what they need), no analysis.
+SMOKE_TRAINING_RULES = ("train_baseline", "train_final", "train_stem", "train_clip")
+#: Seconds kept back from every step for writing results.json/results.md at the end.
+RESULTS_MARGIN_S = 5.0
+#: The whole GPU check, in seconds, as the check itself enforces it: scripts/gpu-check.sh gives it 25 s less than
+#: its 8-minute (480 s) wall-clock limit, which it enforces with `timeout` as a backstop.
+GPU_TOTAL_S = 455.0
+
 
 def gpu_plan() -> CheckPlan:
+    # 30 (pre-flight) + 120 + 40 + 100 + 110 + 50 = 450 s of step budgets in the 455 s total
     return CheckPlan(
         cpu=False,
-        budgets={"bench": 160, "r18_data": 45, "r18": 130, "smoke": 150, "concurrency": 60},
+        budgets={"preflight": 30, "bench": 120, "r18_data": 40, "r18": 100, "smoke": 110, "concurrency": 50},
         bench_args=("--device", "cuda"),
         r18_width=64,
-        r18_default_epochs=15,
-        smoke_until=None,
+        r18_default_epochs=10,
+        smoke_until=SMOKE_TRAINING_RULES,
         concurrency_procs=(1, 2, 4),
-        concurrency_steps=150,
+        concurrency_steps=100,
         concurrency_width=64,
+        total_s=GPU_TOTAL_S,
     )
 
 
@@ -84,14 +106,15 @@ def cpu_plan() -> CheckPlan:
     return CheckPlan(
         cpu=True,
         # generous: a shared 2-core machine can be several times slower than the ~45 s an idle one needs
-        budgets={"bench": 300, "r18_data": 90, "r18": 240, "smoke": 300, "concurrency": 180},
+        budgets={"preflight": 60, "bench": 300, "r18_data": 90, "r18": 240, "smoke": 300, "concurrency": 180},
         bench_args=("--quick", "--device", "cpu", "--steps", "1", "--workers", "1", "--batch-size", "32"),
         r18_width=8,
         r18_default_epochs=1,
-        smoke_until="train_baseline",
+        smoke_until=("train_baseline",),
         concurrency_procs=(1, 2),
         concurrency_steps=2,
         concurrency_width=8,
+        total_s=1175.0,
         batch_size=32,
     )
 
@@ -158,6 +181,10 @@ def run_logged(
         proc.wait()
         reader.join(5)
         raise StepTimeout(f"{tag}: killed after its budget of {timeout:.0f} s") from None
+    except BaseException:  # the check itself is stopped (SIGTERM, Ctrl-C): its children go with it
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
     reader.join(5)
     if proc.returncode != 0:
         tail = "\n".join(lines[-30:])
@@ -174,7 +201,7 @@ def step_bench(plan: CheckPlan, outdir: Path, tmp: Path, console: Console, resul
     out = outdir / "bench.json"
     cmd = kdcore_cmd("kdcore.bench", *plan.bench_args, "--out", str(out))
     try:
-        run_logged(cmd, plan.budgets["bench"], console, "bench")
+        run_logged(cmd, plan.time_for("bench"), console, "bench")
     except StepTimeout as exc:  # bench.json is written at the end: keep the rows it printed
         rows = [
             line.removeprefix("[bench] ") for line in console.lines_of("bench") if line.startswith("[bench] resnet")
@@ -187,16 +214,26 @@ def step_bench(plan: CheckPlan, outdir: Path, tmp: Path, console: Console, resul
         for row in bench["rows"]
     ]
     result = {"file": out.name, "device_name": bench["device_name"], "width": bench["width"], "rows": rows}
-    return result | study_estimate(out, console)
+    return result | study_estimate(out, console, min(PLAN_S, plan.remaining() - RESULTS_MARGIN_S))
 
 
-def study_estimate(bench_file: Path, console: Console) -> dict[str, Any]:
+#: Seconds the bench step gives `kdcore plan` (within the step's own budget: it runs after the bench).
+PLAN_S = 30.0
+
+
+def study_estimate(bench_file: Path, console: Console, timeout: float = PLAN_S) -> dict[str, Any]:
     """GPU-hours of the paper's whole study (config.yaml) from the bench's measured epoch times (kdcore plan)."""
     config = Path(__file__).resolve().parents[2] / "config.yaml"
     if not config.is_file():
         return {}
+    if timeout <= 1:
+        return {"study_estimate_error": "not run: the check's total budget is spent"}
     cmd = [sys.executable, "-m", "kdcore", "plan", str(config), "--bench", str(bench_file), "--json"]
-    done = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=120, check=False)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        console.say(f"[bench] kdcore plan did not finish in {timeout:.0f} s")
+        return {"study_estimate_error": f"kdcore plan did not finish in {timeout:.0f} s"}
     if done.returncode != 0:
         console.say(f"[bench] kdcore plan failed: {done.stderr.strip()[-500:]}")
         return {"study_estimate_error": done.stderr.strip()[-500:]}
@@ -231,7 +268,7 @@ def estimate_epochs(plan: CheckPlan, results: dict) -> tuple[int, str]:
     if plan.cpu or not r18:
         return plan.r18_default_epochs, "default (no bench R18 time)"
     epoch_s = 1.3 * r18[0]["fast_epoch_s"] + 1.5  # + validation pass and per-epoch checkpointing
-    usable = plan.budgets["r18"] - 40  # process start, data to the device, final test evaluation
+    usable = plan.time_for("r18") - 40  # process start, data to the device, final test evaluation
     return max(1, min(200, math.floor(usable / epoch_s))), f"from bench R18 epoch {r18[0]['fast_epoch_s']:.1f} s"
 
 
@@ -255,7 +292,7 @@ def step_r18(plan: CheckPlan, outdir: Path, tmp: Path, console: Console, results
     start = time.perf_counter()
     run_logged(
         kdcore_cmd("kdcore", "prepare-data", "--config", str(spec_path), "--out", str(dataset)),
-        plan.budgets["r18_data"],
+        plan.time_for("r18_data"),
         console,
         "r18-data",
     )
@@ -275,9 +312,10 @@ def step_r18(plan: CheckPlan, outdir: Path, tmp: Path, console: Console, results
     try:
         run_logged(
             kdcore_cmd("kdcore", "train", "--config", str(tmp / "r18.yaml"), "--out", str(run_dir)),
-            plan.budgets["r18"],
+            plan.time_for("r18"),
             console,
             "r18",
+            env=child_env() | {"KDCORE_CHECKPOINT_INTERVAL_S": "0"},  # a run cut short keeps every epoch's history
         )
     except StepTimeout as exc:
         error = exc
@@ -347,10 +385,10 @@ def step_smoke(plan: CheckPlan, outdir: Path, tmp: Path, console: Console, resul
     n_gpus = 0 if plan.cpu else torch.cuda.device_count()
     cmd = kdcore_cmd("snakemake", "--configfile", "config/smoke.yaml", "gpucheck.yaml", "--cores", str(os.cpu_count()))
     cmd += ["--resources", f"gpu={2 * n_gpus}"] if n_gpus else []
-    cmd += ["--until", plan.smoke_until] if plan.smoke_until else []
+    cmd += ["--until", *plan.smoke_until]
     env = child_env() | {"KDCORE_LOCK_DIR": str(tmp / "locks")}
     start = time.perf_counter()
-    run_logged(cmd, plan.budgets["smoke"], console, "smoke", cwd=root, env=env)
+    run_logged(cmd, plan.time_for("smoke"), console, "smoke", cwd=root, env=env)
     runs = smoke_run_placements(root)
     if not runs:
         raise RuntimeError("smoke: Snakemake finished but no run wrote a metrics.json")
@@ -374,7 +412,7 @@ def step_concurrency(plan: CheckPlan, outdir: Path, tmp: Path, console: Console,
     cmd += ["--procs", *map(str, plan.concurrency_procs), "--steps", str(plan.concurrency_steps)]
     cmd += ["--width", str(plan.concurrency_width), "--batch-size", str(plan.batch_size)]
     try:
-        run_logged(cmd, plan.budgets["concurrency"], console, "concurrency")
+        run_logged(cmd, plan.time_for("concurrency"), console, "concurrency")
     except StepTimeout as exc:
         if out.exists():
             raise PartialResult(str(exc), json.loads(out.read_text(encoding="utf-8"))) from None
@@ -432,8 +470,107 @@ def write_outputs(outdir: Path, results: dict) -> None:
     atomic_write_text(outdir / "results.md", results_markdown(serialisable))
 
 
-def run_check(outdir: Path, archive: Path | None, cpu: bool) -> int:
+#: Modules the check's steps import (bench, training, the smoke study's training rules through Snakemake).
+NEEDED_MODULES = ("torch", "torchvision", "numpy", "PIL", "yaml", "jsonschema", "snakemake", "kdcore.engine")
+#: Modules only the smoke study's analysis rules import: not needed, since the smoke step runs training only.
+ANALYSIS_MODULES = ("pandas", "scipy", "statsmodels", "matplotlib", "seaborn")
+IMPORT_PROBE = """
+import importlib, json, sys
+found = {}
+for name in sys.argv[1:]:
+    try:
+        importlib.import_module(name)
+        found[name] = None
+    except Exception as exc:
+        found[name] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+print(json.dumps(found))
+"""
+
+
+def import_problems(modules: tuple[str, ...], timeout: float) -> dict[str, str]:
+    """``{module: error}`` for the modules that a fresh subprocess (the steps' environment) cannot import."""
+    cmd = [sys.executable, "-c", IMPORT_PROBE, *modules]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return {"(imports)": f"importing {', '.join(modules)} took longer than {timeout:.0f} s"}
+    if done.returncode != 0:
+        return {"(imports)": (done.stderr.strip().splitlines() or ["no output"])[-1]}
+    return {name: error for name, error in json.loads(done.stdout).items() if error}
+
+
+def archive_problem(archive: Path | None) -> str | None:
+    """Why ``archive`` is not a readable CIFAR-10 archive with train/ and test/ members (one line), or None."""
+    import tarfile
+
+    if archive is None or not archive.is_file():
+        return f"CIFAR-10 archive not found: {archive} (put it in data/ or give it with --data)"
+    seen: set[str] = set()
+    try:
+        with tarfile.open(archive) as tar:
+            for member in tar:
+                top = member.name.lstrip("./").split("/")[0]
+                if top in ("train", "test"):
+                    seen.add(top)
+                if len(seen) == 2:
+                    return None
+    except (OSError, tarfile.TarError, EOFError) as exc:
+        return f"cannot read the archive {archive}: {exc}"
+    return f"{archive} holds no {' and '.join(sorted({'train', 'test'} - seen))}/ folder"
+
+
+def preflight(plan: CheckPlan, archive: Path | None) -> dict[str, Any]:
+    """Imports and data, checked before any step: ``{"problems": [...], "analysis_modules_missing": [...]}``."""
+    failed = import_problems(NEEDED_MODULES + ANALYSIS_MODULES, plan.time_for("preflight"))
+    problems = [f"cannot import {name}: {error}" for name, error in failed.items() if name not in ANALYSIS_MODULES]
+    if not plan.cpu:
+        problem = archive_problem(archive)
+        if problem:
+            problems.append(problem)
+    missing = sorted(name for name in failed if name in ANALYSIS_MODULES)
+    return {"problems": problems, "analysis_modules_missing": missing}
+
+
+class CheckInterrupted(BaseException):
+    """The check received SIGTERM (e.g. from the script's timeout backstop). A BaseException, like
+    KeyboardInterrupt: a step's ``except Exception`` must not record it as that step's failure and go on."""
+
+
+def raise_on_sigterm(signum: int, _frame: Any) -> None:
+    raise CheckInterrupted(f"stopped by {signal.Signals(signum).name}")
+
+
+def finish(outdir: Path, console: Console, results: dict, started: float) -> int:
+    """Write the results (whatever they hold), print them, return the exit status (1 if any step is not ok)."""
+    results["wall_s"] = time.perf_counter() - started
+    write_outputs(outdir, results)
+    console.say((outdir / "results.md").read_text(encoding="utf-8"))
+    failed = [n for n, s in results["steps"].items() if s["status"] != "ok"]
+    console.say(f"gpu-check: {'FAILED steps: ' + ', '.join(failed) if failed else 'all steps ok'}")
+    return 1 if failed else 0
+
+
+def run_steps(plan: CheckPlan, outdir: Path, console: Console, results: dict) -> None:
+    """Every step in order, each within what is left of the total; steps with no time left are skipped."""
+    with tempfile.TemporaryDirectory(prefix="kdcore-gpucheck-") as tmp:
+        for name in STEP_NAMES:
+            if plan.remaining() - RESULTS_MARGIN_S < 1:
+                error = f"skipped: the check's total budget of {plan.total_s:.0f} s is spent"
+                results["steps"][name] = {"status": "skipped", "error": error, "wall_s": 0.0}
+                console.say(f"[{name}] {error}")
+                continue
+            step_tmp = Path(tmp) / name
+            step_tmp.mkdir()
+            run_step(name, plan, outdir, step_tmp, console, results)
+
+
+def run_check(outdir: Path, archive: Path | None, cpu: bool, total_s: float | None = None) -> int:
+    """The whole check within ``total_s`` (default: the plan's) seconds; results are written after every step,
+    and on any failure or SIGTERM what was measured so far is kept. Exit status 2 when the pre-flight fails."""
+    started = time.perf_counter()
     plan = cpu_plan() if cpu else gpu_plan()
+    total = plan.total_s if total_s is None else total_s
+    plan = dataclasses.replace(plan, total_s=total, deadline=time.monotonic() + total)
     outdir.mkdir(parents=True, exist_ok=True)
     console = Console(outdir / "check.log")
     console.log_path.write_text("", encoding="utf-8")
@@ -444,22 +581,32 @@ def run_check(outdir: Path, archive: Path | None, cpu: bool) -> int:
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "environment": environment(),
         "budgets_s": plan.budgets,
+        "total_budget_s": total,
         "archive_path": archive,
         "steps": {},
     }
     console.say(f"gpu-check ({results['mode']}) on {results['environment']['device_name']}, outputs in {outdir}")
-    start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="kdcore-gpucheck-") as tmp:
-        for name in STEP_NAMES:
-            step_tmp = Path(tmp) / name
-            step_tmp.mkdir()
-            run_step(name, plan, outdir, step_tmp, console, results)
-    results["wall_s"] = time.perf_counter() - start
-    write_outputs(outdir, results)
-    console.say((outdir / "results.md").read_text(encoding="utf-8"))
-    failed = [n for n, s in results["steps"].items() if s["status"] != "ok"]
-    console.say(f"gpu-check: {'FAILED steps: ' + ', '.join(failed) if failed else 'all steps ok'}")
-    return 1 if failed else 0
+    checked = preflight(plan, archive)
+    results["preflight"] = checked
+    missing = ", ".join(checked["analysis_modules_missing"]) or "none"
+    console.say(f"[preflight] analysis packages missing (not needed by the check): {missing}")
+    if checked["problems"]:
+        for problem in checked["problems"]:
+            console.say(f"[preflight] {problem}")
+        finish(outdir, console, results, started)
+        console.say("gpu-check: pre-flight failed; no step ran")
+        return 2
+    previous = signal.signal(signal.SIGTERM, raise_on_sigterm)
+    try:
+        run_steps(plan, outdir, console, results)
+    except (CheckInterrupted, KeyboardInterrupt) as exc:
+        results["interrupted"] = str(exc) or type(exc).__name__
+        console.say(f"gpu-check: {results['interrupted']}; keeping the results so far")
+        finish(outdir, console, results, started)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return finish(outdir, console, results, started)
 
 
 def check_inputs(archive: Path | None, cpu: bool) -> str | None:
@@ -470,8 +617,6 @@ def check_inputs(archive: Path | None, cpu: bool) -> str | None:
 
     if not torch.cuda.is_available():
         return "no CUDA GPU is visible to torch; run with --cpu for the CPU-sized check"
-    if archive is None or not archive.is_file():
-        return f"CIFAR-10 archive not found: {archive} (give it with --data)"
     return None
 
 
@@ -726,6 +871,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("outdir", type=Path)
     p.add_argument("--data", type=Path, help="CIFAR-10 JPEG archive (train/<class>/*, test/<class>/*)")
     p.add_argument("--cpu", action="store_true", help="CPU-sized check (synthetic data, small models)")
+    p.add_argument(
+        "--total-s", type=float, help=f"seconds for the whole check (default {GPU_TOTAL_S:.0f}; CPU-sized: 1175)"
+    )
     add_concurrency_arguments(sub)
     args = parser.parse_args(argv)
     if args.command != "run":
@@ -735,7 +883,7 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         return 2
-    return run_check(args.outdir.resolve(), archive, args.cpu)
+    return run_check(args.outdir.resolve(), archive, args.cpu, args.total_s)
 
 
 if __name__ == "__main__":
