@@ -17,9 +17,10 @@ import pytest
 import torch
 
 from kdcore import augment
-from kdcore.bench import Case, build_case, synthetic_images
+from kdcore.bench import Case, build_case, random_teacher_cache, synthetic_images
 from kdcore.devices import make_placement
 from kdcore.engine import EpochAccumulator, RunState, make_step_fn, train_one_epoch
+from kdcore.teacher_cache import STORAGE_DTYPES
 
 FACTORIES = ("tensor", "as_tensor", "scalar_tensor")
 BATCH = 16
@@ -44,7 +45,9 @@ def count_factory_calls(monkeypatch: pytest.MonkeyPatch) -> Iterator[Counter]:
         yield calls
 
 
-def epoch_runner(case: Case, device: str, read_loss_each_step: bool = False) -> Callable[..., dict[str, Any]]:
+def epoch_runner(
+    case: Case, device: str, read_loss_each_step: bool = False, cached_teacher: bool = False
+) -> Callable[..., dict[str, Any]]:
     """A function that trains one epoch of ``STEPS`` steps of ``case`` (width 4) on the engine's fast path."""
     cfg, method, student, teacher, trainable = build_case(case, 4, {"device": device, "threads": 1}, BATCH)
     placement = make_placement(cfg["runtime"])
@@ -53,7 +56,11 @@ def epoch_runner(case: Case, device: str, read_loss_each_step: bool = False) -> 
             module.to(placement.device, memory_format=placement.memory_format)
     params = list(student.parameters()) + (list(trainable.parameters()) if trainable is not None else [])
     optimizer = torch.optim.SGD(params, lr=0.01, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    step_fn = make_step_fn(student, trainable, optimizer, method, teacher, cfg, placement)
+    cache = None
+    if cached_teacher:
+        dtype = STORAGE_DTYPES["bf16" if placement.dtype == torch.bfloat16 else "fp32"]
+        cache = random_teacher_cache(STEPS * BATCH, 10, dtype, placement.device)
+    step_fn = make_step_fn(student, trainable, optimizer, method, teacher, cfg, placement, cache)
     if read_loss_each_step:
         fast_step = step_fn
 
@@ -75,9 +82,12 @@ def epoch_runner(case: Case, device: str, read_loss_each_step: bool = False) -> 
 CASES = [Case("resnet18"), Case("resnet18", "resnet34", "logit"), Case("resnet18", "resnet34", "feature")]
 
 
+@pytest.mark.parametrize("cached", [False, True], ids=["live-teacher", "cached-teacher"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
-def test_step_loop_builds_no_tensor_from_python_values(monkeypatch, case):
-    run_epoch = epoch_runner(case, "cpu")
+def test_step_loop_builds_no_tensor_from_python_values(monkeypatch, case, cached):
+    if cached and case.method != "logit":
+        pytest.skip("a teacher cache serves logit methods only")
+    run_epoch = epoch_runner(case, "cpu", cached_teacher=cached)
     run_epoch()  # warm-up: per-device caches (normalisation constants) are filled here
     with count_factory_calls(monkeypatch) as calls:
         entry = run_epoch()
