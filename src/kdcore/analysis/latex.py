@@ -244,7 +244,7 @@ def tex_kd_statistics(comparisons: pd.DataFrame) -> str:
                 "$p$ paired": pval(r["p_paired"]),
                 "$p$ Holm": pval(r["p_holm"]),
                 "Hedges $g$": num(r["hedges_g"]),
-                "$n_{\\min}$": "--" if pd.isna(r.get("seeds_for_min_effect")) else str(int(r["seeds_for_min_effect"])),
+                "$n_{\\min}$": _seeds(r.get("seeds_for_min_effect"), r.get("seeds_for_min_effect_upper")),
             }
         )
     df = pd.DataFrame(rows)
@@ -260,7 +260,7 @@ def tex_kd_statistics(comparisons: pd.DataFrame) -> str:
         f"$p$ over all {int(comparisons['p_welch'].notna().sum()) if len(comparisons) else 0} cells, Hedges $g$ "
         "and $n_{\\min}$: the seeds per arm an a priori two-sample t-test needs for 80\\% power to detect a "
         + (f"{effect:g} pp" if effect is not None and pd.notna(effect) else "minimum-effect")
-        + " gain at the observed baseline SD. $p<0.05$ in bold."
+        + " gain at the observed baseline SD (in parentheses: at its upper 95\\% confidence limit). $p<0.05$ in bold."
     )
     return _styled(
         df,
