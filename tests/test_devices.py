@@ -231,3 +231,18 @@ def test_kdcore_train_with_auto_in_a_gpu_job_without_cuda_fails(tmp_path, monkey
         devices.make_placement({"device": "auto", "precision": "auto", "channels_last": "auto"})
     monkeypatch.setenv(devices.REQUIRE_GPU_ENV, "0")
     assert devices.make_placement({"device": "auto", "precision": "auto", "channels_last": "auto"}).device.type == "cpu"
+
+
+def test_the_leased_gpu_becomes_the_current_device(monkeypatch):
+    import torch
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_device", calls.append)
+    for flag in ("benchmark", "deterministic", "allow_tf32"):
+        monkeypatch.setattr(torch.backends.cudnn, flag, getattr(torch.backends.cudnn, flag))
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", torch.backends.cuda.matmul.allow_tf32)
+    runtime = {"threads": None, "deterministic": False}
+    devices.configure_backend(runtime, torch.device("cuda:1"))
+    devices.configure_backend(runtime, torch.device("cuda"))  # no index: the current device, nothing to set
+    devices.configure_backend(runtime, torch.device("cpu"))
+    assert calls == [torch.device("cuda:1")]

@@ -330,8 +330,10 @@ def configure_backend(runtime: dict[str, Any], device: torch.device) -> None:
         torch.set_num_threads(runtime["threads"])
     if device.type == "cuda":
         # the leased GPU becomes the current device: kernels, allocations and streams without an explicit
-        # device (library workspaces, torch.cuda.* helpers) go to it, not to GPU 0
-        torch.cuda.set_device(device)
+        # device (library workspaces, torch.cuda.* helpers) go to it, not to GPU 0 ("cuda" without an index
+        # means the current device already, and set_device refuses it)
+        if device.index is not None:
+            torch.cuda.set_device(device)
         torch.backends.cudnn.benchmark = not runtime["deterministic"]
         torch.backends.cudnn.deterministic = runtime["deterministic"]
         torch.backends.cuda.matmul.allow_tf32 = True
