@@ -227,7 +227,13 @@ def verify_run_record(path: str | os.PathLike[str], record: Mapping[str, Any]) -
     integrity = record.get(INTEGRITY_KEY)
     if not isinstance(integrity, Mapping):
         if isinstance(record.get("environment"), Mapping) and record["environment"].get("code_digest"):
-            raise DataError(_edited_message(path, "written by kdcore's engine but has no integrity digest"))
+            raise DataError(
+                _edited_message(
+                    path,
+                    "written by kdcore's engine but has no integrity digest (the run finished before kdcore sealed "
+                    "its runs, or the block was removed)",
+                )
+            )
         return  # a record not written by kdcore's engine (made by hand or by a test)
     if record_digest(record) != integrity.get("record"):
         raise DataError(
