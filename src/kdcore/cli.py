@@ -100,9 +100,10 @@ def cmd_import_reference(args: argparse.Namespace) -> int:
 def cmd_accept_edit(args: argparse.Namespace) -> int:
     from kdcore.runfolder import METRICS_FILE, accept_edit
 
-    path = args.metrics / METRICS_FILE if args.metrics.is_dir() else args.metrics
-    override = accept_edit(path, args.reason)
-    print(f"accepted the edit of {path} ({override['time']}, {override['user']}): {override['reason']}")
+    for given in args.metrics:
+        path = given / METRICS_FILE if given.is_dir() else given
+        override = accept_edit(path, args.reason)
+        print(f"accepted the edit of {path} ({override['time']}, {override['user']}): {override['reason']}")
     return 0
 
 
@@ -198,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_import_reference)
 
     p = sub.add_parser("accept-edit", help="accept a metrics.json edited on purpose (recorded in the file, logged)")
-    p.add_argument("metrics", type=Path, help="the edited metrics.json, or its run folder")
+    p.add_argument("metrics", type=Path, nargs="+", help="the edited metrics.json file(s), or their run folders")
     p.add_argument("--reason", required=True, help="why the file was edited (recorded with the time and user)")
     p.set_defaults(func=cmd_accept_edit)
 
