@@ -1,15 +1,17 @@
-"""A ten-minute check of kdcore on one GPU (or, CPU-sized, on any machine): speed, full-scale accuracy, workflow.
+"""An eight-minute check of kdcore on one GPU (or, CPU-sized, on any machine): speed, full-scale accuracy, workflow.
 
     python -m kdcore.gpucheck run OUTDIR [--data ARCHIVE] [--cpu]      (what scripts/gpu-check.sh calls)
     python -m kdcore.gpucheck concurrency --procs 1 2 4 [--steps N] [--width W] [--device D]
 
-``run`` executes five steps, each in its own subprocess with its own time budget:
+``run`` checks first that every module the steps import imports and that the data archive is readable (a
+problem ends it with exit status 2), then executes the steps, each in its own subprocess with its own time
+budget, cut to what is left of the check's total (``--total-s``; steps with nothing left are skipped):
 
 1. ``bench``: ``python -m kdcore.bench`` for every case (fast path against the standard recipe);
 2. ``r18``: prepares the full CIFAR-10 split (45k/5k/10k) from the JPEG archive with the ``folder`` data
    source and trains a width-64 ResNet-18 baseline for as many epochs as fit in the step's budget;
-3. ``smoke``: the smoke study (config/smoke.yaml) through Snakemake, on CUDA with 2 slots per GPU, bf16
-   and channels_last left on ``auto``; every run's metrics.json must report the expected device;
+3. ``smoke``: the smoke study's training runs (config/smoke.yaml) through Snakemake, on CUDA with 4 slots per
+   GPU, bf16 and channels_last left on ``auto``; every run's metrics.json must report the expected device;
 4. ``concurrency``: 1, 2 and 4 ResNet-18 training processes side by side on the device (aggregate images/s);
 5. results: ``results.json`` (everything) and ``results.md`` (tables) in OUTDIR, rewritten after each step.
 
@@ -79,6 +81,8 @@ class CheckPlan:
 
 #: Rules of the smoke study the smoke step runs: every kind of training run (and what they need), no analysis.
 SMOKE_TRAINING_RULES = ("train_baseline", "train_final", "train_stem", "train_clip")
+#: Smoke-study jobs per GPU: its 14 training jobs are small, so 4 at a time fit the step's budget.
+SMOKE_SLOTS = 4
 #: Seconds kept back from every step for writing results.json/results.md at the end.
 RESULTS_MARGIN_S = 5.0
 #: The whole GPU check, in seconds, as the check itself enforces it: scripts/gpu-check.sh gives it 25 s less than
@@ -91,7 +95,7 @@ def gpu_plan() -> CheckPlan:
     return CheckPlan(
         cpu=False,
         budgets={"preflight": 30, "bench": 120, "r18_data": 40, "r18": 100, "smoke": 110, "concurrency": 50},
-        bench_args=("--device", "cuda"),
+        bench_args=("--device", "cuda", "--steps", "30", "--warmup", "5"),  # every case within the budget
         r18_width=64,
         r18_default_epochs=10,
         smoke_until=SMOKE_TRAINING_RULES,
@@ -344,7 +348,7 @@ class PartialResult(RuntimeError):
 # ----------------------------------------------------------------------------- step 3: smoke study
 def smoke_overlay(plan: CheckPlan, lock_dir: Path) -> dict[str, Any]:
     return {
-        "compute": {"device": plan.device, "slots_per_gpu": 2, "lock_dir": str(lock_dir)},
+        "compute": {"device": plan.device, "slots_per_gpu": SMOKE_SLOTS, "lock_dir": str(lock_dir)},
         "runtime": {"precision": "auto", "channels_last": "auto"},
     }
 
@@ -384,7 +388,7 @@ def step_smoke(plan: CheckPlan, outdir: Path, tmp: Path, console: Console, resul
     (root / "gpucheck.yaml").write_text(json.dumps(smoke_overlay(plan, tmp / "locks")), encoding="utf-8")
     n_gpus = 0 if plan.cpu else torch.cuda.device_count()
     cmd = kdcore_cmd("snakemake", "--configfile", "config/smoke.yaml", "gpucheck.yaml", "--cores", str(os.cpu_count()))
-    cmd += ["--resources", f"gpu={2 * n_gpus}"] if n_gpus else []
+    cmd += ["--resources", f"gpu={SMOKE_SLOTS * n_gpus}"] if n_gpus else []
     cmd += ["--until", *plan.smoke_until]
     env = child_env() | {"KDCORE_LOCK_DIR": str(tmp / "locks")}
     start = time.perf_counter()
