@@ -232,6 +232,17 @@ def test_preflight_checks_the_archive(tmp_path):
         tar.add(tmp_path / "src" / "train", arcname="train")
         tar.add(tmp_path / "src" / "test", arcname="test")
     assert gpucheck.archive_problem(tmp_path / "good.tar.gz") is None
+    with tarfile.open(tmp_path / "nested.tar.gz", "w:gz") as tar:  # as the real archive: cifar10-jpeg/test/...
+        tar.add(tmp_path / "src" / "test", arcname="cifar10-jpeg/test")
+        tar.add(tmp_path / "src" / "train", arcname="cifar10-jpeg/train")
+    assert gpucheck.archive_problem(tmp_path / "nested.tar.gz") is None
+
+
+def test_preflight_accepts_the_project_archive():
+    archive = REPO.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+    if not archive.is_file():
+        pytest.skip(f"{archive} is not on this machine")
+    assert gpucheck.archive_problem(archive) is None
 
 
 def test_failed_preflight_writes_results_and_exits_2_before_any_step(tmp_path, monkeypatch):

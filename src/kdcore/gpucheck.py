@@ -504,7 +504,8 @@ def import_problems(modules: tuple[str, ...], timeout: float) -> dict[str, str]:
 
 
 def archive_problem(archive: Path | None) -> str | None:
-    """Why ``archive`` is not a readable CIFAR-10 archive with train/ and test/ members (one line), or None."""
+    """Why ``archive`` is not a readable CIFAR-10 archive with train/ and test/ folders, at the top or under one
+    top-level folder as the ``folder`` data source accepts them (one line), or None."""
     import tarfile
 
     if archive is None or not archive.is_file():
@@ -513,9 +514,8 @@ def archive_problem(archive: Path | None) -> str | None:
     try:
         with tarfile.open(archive) as tar:
             for member in tar:
-                top = member.name.lstrip("./").split("/")[0]
-                if top in ("train", "test"):
-                    seen.add(top)
+                parts = [part for part in member.name.split("/") if part not in ("", ".")]
+                seen.update(part for part in parts[:2] if part in ("train", "test"))
                 if len(seen) == 2:
                     return None
     except (OSError, tarfile.TarError, EOFError) as exc:
