@@ -1,16 +1,24 @@
 """Hand-made metrics.json / fidelity.json files for the analysis tests (no training, no shared data).
 
 ``make_study`` writes a small study with known accuracies: two students, three teachers, both KD methods,
-a selection grid, stem and clip ablations. Accuracies are chosen per (cell, seed) by ``acc``; nothing here is
-a test itself.
+a selection grid, stem and clip ablations. Accuracies are chosen per (cell, seed) by ``acc``.
+``write_analysis_snakefile`` puts a Snakefile beside it that runs the real analysis rules on those files, and
+``build_analysis_study`` runs them and the HTML report once per test session (the tests that read the finished
+analysis share it). Nothing here is a test itself.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
+
+REPO = Path(__file__).resolve().parents[1]
 
 PAIRS = [("resnet34", "resnet18"), ("resnet50", "resnet18"), ("resnet50", "resnet34")]
 PARAMS = {"resnet18": 11_173_962, "resnet34": 21_282_122, "resnet50": 23_520_842}
@@ -240,3 +248,86 @@ def make_study(
             p.write_text(json.dumps(data))
             fpaths.append(p)
     return mpaths, fpaths
+
+
+SNAKEFILE = """
+import sys
+sys.path.insert(0, {src!r})
+METRICS = {metrics!r}
+FIDELITY = {fidelity!r}
+RUNS = {runs!r}
+def stage(name): return [p for p in METRICS if p.startswith(f"{{RUNS}}/{{name}}/")]
+def all_run_metrics(wildcards=None): return METRICS
+def all_fidelity_files(wildcards=None): return FIDELITY
+def teacher_metrics(): return stage("teachers")
+def baseline_metrics(): return stage("baselines")
+def select_metrics(): return stage("select")
+def final_metrics(): return stage("final")
+def clip_metrics(): return stage("clip")
+def clip_runs(): return [tuple(p.split("/")[-4].split("-")) + (p.split("/")[-3], 0) for p in stage("clip")]
+def run_dir(stage, teacher, student, method, seed): return f"{{RUNS}}/{{stage}}/{{teacher}}-{{student}}/{{method}}/seed{{seed}}"
+def stem_metrics():
+    stem = stage("stem")
+    arms = [f"{{RUNS}}/baselines/{{p.split('/')[-3].split('-')[0]}}/{{p.split('/')[-2]}}/metrics.json" for p in stem]
+    return stem + arms
+def code_digest(*modules, scripts=()): return "test"
+config["analysis"] = {analysis!r}
+report: {workflow_rst!r}
+include: {rules_common!r}
+include: {rules!r}
+rule all:
+    input: analysis_targets
+    default_target: True
+"""
+
+
+#: Folders of the runs of each optional part of a study (workflow/rules/common.smk, run_dir).
+OPTIONAL_FOLDERS = {"selection": "select", "stem": "stem", "clip": "clip"}
+
+#: The ``analysis`` config of the hand-made studies: a smallest effect of interest other than the default.
+ANALYSIS_CONFIG = {"min_effect_pp": 0.5}
+
+
+def write_analysis_snakefile(
+    work: Path, metrics: list[Path], fidelity: list[Path], disabled: tuple[str, ...] = ()
+) -> None:
+    """A Snakefile in ``work`` that runs the real analysis rules on the run files of ``make_study`` (under
+    ``work/runs``), with the study's parts given by their folders as in workflow/rules/common.smk.
+    ``disabled``: optional parts (selection, fidelity, stem, clip) left out of the study, as a config does."""
+    skip = tuple(f"{work / 'runs'}/{OPTIONAL_FOLDERS[p]}/" for p in disabled if p in OPTIONAL_FOLDERS)
+    metrics = [p for p in metrics if not str(p).startswith(skip)] if skip else metrics
+    fidelity = [] if "fidelity" in disabled else fidelity
+    (work / "Snakefile").write_text(
+        SNAKEFILE.format(
+            src=str(REPO / "src"),
+            metrics=[str(p) for p in metrics],
+            fidelity=[str(p) for p in fidelity],
+            runs=str(work / "runs"),
+            analysis=ANALYSIS_CONFIG,
+            workflow_rst=str(REPO / "workflow/report/workflow.rst"),
+            rules=str(REPO / "workflow/rules/analysis.smk"),
+            rules_common=str(REPO / "workflow/rules/analysis_common.smk"),
+        )
+    )
+
+
+def run_analysis(work: Path, *extra: str) -> None:
+    """Run the analysis Snakefile in ``work`` (``extra``: e.g. ``--report``); a failure raises with its log."""
+    run = [sys.executable, "-m", "snakemake", "--cores", "2", "--quiet", *extra]
+    proc = subprocess.run(run, cwd=work, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def build_analysis_study(base: Path) -> Path:
+    """The hand-made study (seeds 0 and 1, every part) with its analysis and ``results/report.html`` finished in
+    ``base``: run by the first caller, found by the others (pytest-xdist workers share ``base``)."""
+    base.mkdir(parents=True, exist_ok=True)
+    done = base / "finished"
+    with FileLock(str(base / "build.lock")):
+        if not done.exists():
+            m, f = make_study(base / "runs", seeds=(0, 1))
+            write_analysis_snakefile(base, m, f)
+            run_analysis(base)
+            run_analysis(base, "--report", "results/report.html")
+            done.touch()
+    return base

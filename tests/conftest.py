@@ -1,11 +1,16 @@
-"""Shared pytest fixtures: a tiny synthetic prepared dataset (never the real CIFAR-10 files)."""
+"""Shared pytest fixtures: a tiny synthetic prepared dataset (never the real CIFAR-10 files), and the finished
+smoke study and analysed hand-made study that the workflow tests share (tests/_smoke_study.py,
+tests/_analysis_study.py)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _analysis_study import build_analysis_study
+from _smoke_study import SmokeStudy, build_smoke_study
 
 from kdcore.data import prepare_dataset
 
@@ -30,3 +35,47 @@ def synthetic_dataset(tmp_path: Path, synthetic_spec: dict[str, Any]) -> Path:
     path = tmp_path / "data" / "dataset.pt"
     prepare_dataset(synthetic_spec, path)
     return path
+
+
+def _shared_temp(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The session's temporary folder that every pytest-xdist worker sees (above the workers' own)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session")
+def smoke_study(tmp_path_factory: pytest.TempPathFactory) -> SmokeStudy:
+    """The smoke study, trained once per test session and shared by every pytest-xdist worker: read its
+    ``root``, never change it; ``copy`` it (or ``seed`` a study from it) to change anything."""
+    return build_smoke_study(_shared_temp(tmp_path_factory) / "smoke-study")
+
+
+@pytest.fixture(scope="session")
+def analysis_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The hand-made study of tests/_analysis_study.py with its analysis and HTML report finished (once per
+    session, shared by every pytest-xdist worker; read only)."""
+    return build_analysis_study(_shared_temp(tmp_path_factory) / "analysis-study")
+
+
+def _xdist_group(item: pytest.Item) -> str | None:
+    """The pytest-xdist group of a test: the users of the shared smoke study together (one worker builds it while
+    the others run other tests), and each other slow test module on one worker (its module-scoped study is
+    built once)."""
+    fixtures = getattr(item, "fixturenames", ())
+    for shared in ("smoke_study", "analysis_study"):
+        if shared in fixtures:
+            return shared.replace("_", "-")
+    if item.get_closest_marker("slow") is not None:
+        return item.module.__name__ if item.module is not None else None
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Slow tests first (pytest-xdist then starts the long studies at once, and the quick tests fill the gaps),
+    each in its xdist group (``--dist loadgroup``); the order of the rest is kept."""
+    for item in items:
+        group = _xdist_group(item)
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -1,6 +1,6 @@
 """The Snakemake HTML report of the analysis opens in headless Chromium: no errors, every figure and table shown.
 
-The report of a hand-made study (``make_study``, the Snakefile of test_analysis_workflow) is loaded in Chromium
+The report of the shared hand-made study (``analysis_study``, tests/_analysis_study.py) is loaded in Chromium
 driven over the DevTools protocol (tests/_chromium.py). Snakemake 9 reports are a single-page React app, so the
 test clicks through it like a reader: each category of the menu, each result's view button and its info
 button, and checks that every figure decodes to the size of the PNG on disk, every table links the exact file
@@ -16,15 +16,12 @@ import os
 import re
 import shutil
 import struct
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _analysis_study import make_study
+from _analysis_study import REPO
 from _chromium import HeadlessChromium, find_chromium
-from test_analysis_workflow import REPO, write_analysis_snakefile
 
 pytestmark = pytest.mark.slow
 
@@ -118,21 +115,12 @@ def data_uri_bytes(uri: str) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Working directory of a finished hand-made study with ``results/report.html``."""
+def report(analysis_study: Path) -> Path:
+    """Working directory of the finished hand-made study with ``results/report.html`` (shared, read only)."""
     if CHROMIUM is None:
         pytest.skip("chromium not installed (CI: apt-get install chromium)")
-    if shutil.which("snakemake") is None:
-        pytest.skip("snakemake not installed")
-    work = tmp_path_factory.mktemp("report")
-    m, f = make_study(work / "runs", seeds=(0, 1))
-    write_analysis_snakefile(work, m, f)
-    run = [sys.executable, "-m", "snakemake", "--cores", "2", "--quiet"]
-    for extra in ([], ["--report", "results/report.html"]):
-        proc = subprocess.run(run + extra, cwd=work, capture_output=True, text=True, timeout=300, check=False)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (work / "results/report.html").is_file()
-    return work
+    assert (analysis_study / "results/report.html").is_file()
+    return analysis_study
 
 
 @pytest.fixture(scope="module")

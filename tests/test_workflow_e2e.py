@@ -1,27 +1,23 @@
-"""End-to-end workflow tests: the smoke study runs once (config/smoke.yaml, synthetic data) in a copy of
-the workflow; then reruns and code-aware invalidation are checked with dry runs on copies of the
-finished folder (with its .snakemake metadata)."""
+"""End-to-end workflow tests on the finished smoke study (config/smoke.yaml with the teacher-output cache on,
+synthetic data; trained once per session, tests/_smoke_study.py): its outputs, then reruns and code-aware
+invalidation, checked with dry runs on copies of the finished folder (with its .snakemake metadata)."""
 
 from __future__ import annotations
 
 import json
 import re
-import shutil
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
-from _workflow_tools import REPO, Plan, append_code, copy_workflow, dry_run, snakemake
+from _smoke_study import CONFIGS, SMOKE, SmokeStudy
+from _workflow_tools import append_code, dry_run, snakemake
 
 from kdcore.analysis import outputs
 
 pytestmark = pytest.mark.slow
 
-SMOKE = "config/smoke.yaml"
-# the teacher-output cache on (under `auto`, 1-epoch runs never repay a build), so that it is exercised here
-CACHE_ON = "config/cache-on.yaml"
-CONFIGS = ("--configfile", SMOKE, CACHE_ON)
 TRAINING_RULES = {"train_teacher", "train_baseline", "train_select", "train_final", "train_stem", "train_clip"}
 FEATURE = "src/kdcore/methods/feature.py"
 ENGINE = "src/kdcore/engine.py"
@@ -29,31 +25,9 @@ FIGURES = "src/kdcore/analysis/figures.py"
 CACHE_LOG_LINE = "teacher logits read from the cache"
 
 
-class Smoke:
-    """The finished smoke study: its folder, the plan of the first run and the smoke config."""
-
-    def __init__(self, root: Path, plan: Plan, config: dict) -> None:
-        self.root, self.plan, self.config = root, plan, config
-
-    def copy(self, dst: Path) -> Path:
-        """A copy of the finished folder (mtimes and .snakemake metadata kept)."""
-        shutil.copytree(self.root, dst, symlinks=True)
-        return dst
-
-    def analysis_counts(self) -> dict[str, int]:
-        return {r: n for r, n in self.plan.counts.items() if r.startswith("analysis_")}
-
-
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory: pytest.TempPathFactory) -> Smoke:
-    root = copy_workflow(tmp_path_factory.mktemp("smoke") / "wf")
-    (root / CACHE_ON).write_text("teacher_cache: {enabled: true}\n", encoding="utf-8")
-    plan = dry_run(root, *CONFIGS)
-    snakemake(root, *CONFIGS, "--cores", "2", timeout=900)
-    config = yaml.safe_load((REPO / "config.yaml").read_text())
-    overlay = yaml.safe_load((REPO / SMOKE).read_text())
-    config = {**config, **overlay}  # top-level replacement is enough for the keys read below
-    return Smoke(root, plan, config)
+@pytest.fixture
+def smoke(smoke_study: SmokeStudy) -> SmokeStudy:
+    return smoke_study
 
 
 def read_json(path: Path) -> dict:
@@ -64,14 +38,14 @@ def without(counts, *rules: str) -> dict[str, int]:
     return {r: n for r, n in counts.items() if r not in rules}
 
 
-def test_smoke_exercises_every_rule_kind(smoke: Smoke) -> None:
+def test_smoke_exercises_every_rule_kind(smoke: SmokeStudy) -> None:
     counts = smoke.plan.counts
     for rule in (*TRAINING_RULES, "prepare_data", "select_winner", "fidelity_final", "fidelity_baseline"):
         assert counts[rule] >= 1, rule
     assert smoke.analysis_counts()
 
 
-def test_outputs_exist_and_carry_their_settings(smoke: Smoke) -> None:
+def test_outputs_exist_and_carry_their_settings(smoke: SmokeStudy) -> None:
     root, cfg = smoke.root, smoke.config
     runs = root / "results/runs"
     winner = read_json(root / "results/selection/resnet34-resnet18/feature.json")
@@ -110,7 +84,7 @@ def test_outputs_exist_and_carry_their_settings(smoke: Smoke) -> None:
     assert not list(runs.rglob("last.pt"))
 
 
-def test_teacher_cache_feeds_the_logit_runs_only(smoke: Smoke, tmp_path: Path) -> None:
+def test_teacher_cache_feeds_the_logit_runs_only(smoke: SmokeStudy, tmp_path: Path) -> None:
     """teacher_cache on (CACHE_ON): resnet34's logits are cached and read by its 4 logit runs; feature
     runs forward the teacher themselves."""
     root = smoke.root
@@ -136,11 +110,11 @@ def test_teacher_cache_feeds_the_logit_runs_only(smoke: Smoke, tmp_path: Path) -
     assert plan.counts == {}
 
 
-def test_second_run_does_nothing(smoke: Smoke) -> None:
+def test_second_run_does_nothing(smoke: SmokeStudy) -> None:
     assert dry_run(smoke.root, *CONFIGS).counts == {}
 
 
-def test_deleting_one_final_run_reruns_only_it_and_dependents(smoke: Smoke, tmp_path: Path) -> None:
+def test_deleting_one_final_run_reruns_only_it_and_dependents(smoke: SmokeStudy, tmp_path: Path) -> None:
     root = smoke.copy(tmp_path / "wf")
     (root / "results/runs/final/resnet34-resnet18/feature/seed1/metrics.json").unlink()
     plan = dry_run(root, *CONFIGS)
@@ -174,7 +148,7 @@ def reads_feature_runs(rule: str, wildcards: dict[str, str]) -> bool:
     return rule not in parts or not parts[rule](wildcards) <= without_feature
 
 
-def test_feature_kd_edit_reruns_exactly_feature_kd_branches(smoke: Smoke, tmp_path: Path) -> None:
+def test_feature_kd_edit_reruns_exactly_feature_kd_branches(smoke: SmokeStudy, tmp_path: Path) -> None:
     root = smoke.copy(tmp_path / "wf")
     append_code(root / FEATURE, "FEATURE_KD_REVISION = 2")
     plan = dry_run(root, *CONFIGS)
@@ -193,7 +167,7 @@ def test_feature_kd_edit_reruns_exactly_feature_kd_branches(smoke: Smoke, tmp_pa
     assert all(w["method"] == "feature" for rule, w in plan.jobs if "method" in w)
 
 
-def test_training_loop_edit_reruns_every_training_job(smoke: Smoke, tmp_path: Path) -> None:
+def test_training_loop_edit_reruns_every_training_job(smoke: SmokeStudy, tmp_path: Path) -> None:
     root = smoke.copy(tmp_path / "wf")
     append_code(root / ENGINE, "ENGINE_REVISION = 2")
     plan = dry_run(root, *CONFIGS)
@@ -212,7 +186,7 @@ def test_training_loop_edit_reruns_every_training_job(smoke: Smoke, tmp_path: Pa
     assert "Code" not in reason and "params" not in reason.lower(), reason
 
 
-def test_plotting_edit_reruns_only_figures(smoke: Smoke, tmp_path: Path) -> None:
+def test_plotting_edit_reruns_only_figures(smoke: SmokeStudy, tmp_path: Path) -> None:
     root = smoke.copy(tmp_path / "wf")
     append_code(root / FIGURES, "FIGURES_REVISION = 2")
     plan = dry_run(root, *CONFIGS)
@@ -221,7 +195,7 @@ def test_plotting_edit_reruns_only_figures(smoke: Smoke, tmp_path: Path) -> None
     assert dict(plan.counts) == {**{r: smoke.plan.counts[r] for r in figure_rules}, "all": 1}
 
 
-def test_comment_and_format_changes_rerun_nothing(smoke: Smoke, tmp_path: Path) -> None:
+def test_comment_and_format_changes_rerun_nothing(smoke: SmokeStudy, tmp_path: Path) -> None:
     root = smoke.copy(tmp_path / "wf")
     for rel in (FEATURE, ENGINE, FIGURES):
         path = root / rel
@@ -230,7 +204,7 @@ def test_comment_and_format_changes_rerun_nothing(smoke: Smoke, tmp_path: Path) 
     assert dry_run(root, *CONFIGS).counts == {}
 
 
-def test_placement_settings_rerun_nothing(smoke: Smoke, tmp_path: Path) -> None:
+def test_placement_settings_rerun_nothing(smoke: SmokeStudy, tmp_path: Path) -> None:
     root = smoke.copy(tmp_path / "wf")
     overlay = {
         "compute": {

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -62,14 +63,21 @@ def rerun(root: Path) -> str:
     return (root / LOG).read_text(encoding="utf-8")
 
 
-@pytest.fixture
-def interrupted(tmp_path: Path) -> Path:
-    root = copy_workflow(tmp_path / "wf")
+@pytest.fixture(scope="module")
+def interrupted_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The study killed after the KD run's first epoch (made once; each test reruns a copy of it)."""
+    root = copy_workflow(tmp_path_factory.mktemp("interrupted") / "wf")
     (root / "config/resume.yaml").write_text(yaml.safe_dump(STUDY), encoding="utf-8")
     interrupt_after_first_epoch(root)
     snakemake(root, "--unlock", *ARGS)  # what Snakemake asks for after a kill -9
     assert (root / RUN / "last.pt").is_file() and not (root / RUN / "metrics.json").exists()
     return root
+
+
+@pytest.fixture
+def interrupted(interrupted_study: Path, tmp_path: Path) -> Path:
+    """A copy of the interrupted study (mtimes, last.pt and .snakemake metadata kept)."""
+    return Path(shutil.copytree(interrupted_study, tmp_path / "wf", symlinks=True))
 
 
 class ResumedStaleRun(AssertionError):
