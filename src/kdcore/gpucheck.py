@@ -213,8 +213,9 @@ def step_bench(plan: CheckPlan, outdir: Path, tmp: Path, console: Console, resul
         raise PartialResult(str(exc), {"printed_rows": rows}) from None
     bench = json.loads(out.read_text(encoding="utf-8"))
     keys = ("case", "fast_images_per_s", "standard_images_per_s", "speedup", "fast_epoch_s", "standard_epoch_s")
+    optional = ("cached_gain", "precision", "standard_precision", "host_sync_in_steps")
     rows = [
-        {k: row[k] for k in keys} | {"cached_gain": row.get("cached_gain"), "utilisation": row["utilisation"]}
+        {k: row[k] for k in keys} | {k: row.get(k) for k in optional} | {"utilisation": row["utilisation"]}
         for row in bench["rows"]
     ]
     result = {"file": out.name, "device_name": bench["device_name"], "width": bench["width"], "rows": rows}
@@ -785,11 +786,12 @@ def bench_lines(result: dict[str, Any]) -> list[str]:
         [r["case"], fmt(r["fast_images_per_s"]), fmt(r["standard_images_per_s"]), fmt(r["speedup"], 2) + "x",
          fmt(r["fast_epoch_s"], 1), fmt(r["standard_epoch_s"], 1),
          "-" if r.get("cached_gain") is None else fmt(r["cached_gain"], 2) + "x",
-         "-" if r["utilisation"] is None else f"{100 * r['utilisation']:.0f}%"]
+         "-" if r["utilisation"] is None else f"{100 * r['utilisation']:.0f}%",
+         fmt(r.get("precision")), fmt(r.get("host_sync_in_steps"))]
         for r in result["rows"]
     ]  # fmt: skip
     header = ["case", "fast img/s", "standard img/s", "ratio", "fast s/epoch", "standard s/epoch", "cached teacher",
-              "util"]  # fmt: skip
+              "util", "precision", "host syncs in steps"]  # fmt: skip
     lines = [f"Width {result['width']}, 45k-image epochs.", "", *table(header, rows)]
     if "study_gpu_hours" in result:
         lines += ["", f"Whole study (config.yaml, {result['study_jobs']} training jobs) from these epoch times: "
