@@ -188,6 +188,7 @@ def test_resume_after_a_device_change_restarts_from_epoch_0(tmp_path, data, monk
     metrics = engine.train_run(run_config(data), out)
     assert "was written with a different device (cuda -> cpu); starting from epoch 0" in caplog.text
     assert metrics["environment"]["device"] == "cpu" and len(metrics["history"]) == 3
+    assert metrics["environment"]["torch_cuda"] == torch.version.cuda and metrics["environment"]["cudnn"] is None
 
 
 def test_last_pt_without_device_and_precision_restarts(tmp_path, data, monkeypatch, caplog):

@@ -81,6 +81,8 @@ def environment_info(placement: Placement) -> dict[str, Any]:
         "kdcore": __version__,
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
+        "torch_cuda": torch.version.cuda,  # the CUDA version torch was built for (None: a CPU-only build)
+        "cudnn": torch.backends.cudnn.version() if placement.device.type == "cuda" else None,
         "python": platform.python_version(),
         "device": str(placement.device),
         "device_name": device_name(placement.device),
