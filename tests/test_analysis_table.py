@@ -106,7 +106,7 @@ def test_part_tables_give_the_whole_study_statistics(tmp_path):
     computed from the whole study's run table, written as CSV as the workflow does."""
     import pandas as pd
 
-    from kdcore.analysis import moderation, outputs, stats
+    from kdcore.analysis import moderation, outputs, sensitivity, stats
     from kdcore.analysis.table import read_tables, write_table
 
     m, f = make_study(tmp_path / "runs", seeds=(0, 1, 2))
@@ -128,6 +128,7 @@ def test_part_tables_give_the_whole_study_statistics(tmp_path):
         "selection": stats.selection_table,
         "stem_ablation": stats.stem_ablation,
         "clip_ablation": stats.clip_ablation,
+        "moderation_sensitivity": sensitivity.moderation_sensitivity,
     }
     assert set(calls) == set(outputs.STAT_TABLES)
     for name, needed in outputs.STAT_TABLES.items():
