@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from _smoke_study import CONFIGS
 from _workflow_tools import snakemake
 
 from kdcore.cli import main
 
 pytestmark = pytest.mark.slow
-CONFIGS = pytest.importorskip("_smoke_study", reason="no shared smoke study (tests/_smoke_study.py)").CONFIGS
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
