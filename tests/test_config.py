@@ -116,6 +116,7 @@ def test_python_defaults_come_from_the_schema():
         "threads": None,
         "log_every_epoch": True,
         "teacher_cache": None,
+        "audit_test_every_epoch": False,
     }
     assert C.data_defaults() == {
         "dataset": "cifar10",

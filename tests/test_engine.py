@@ -145,7 +145,7 @@ def test_metrics_json_records_history_results_and_environment(dataset, teacher_c
     assert res["best_val_acc"] == max(h["val_acc"] for h in metrics["history"])
     assert metrics["environment"]["torch"] == torch.__version__ and metrics["environment"]["threads"] == 1
     assert metrics["data"]["synthetic"] is True and metrics["teacher"]["arch"] == "resnet34"
-    assert {p.name for p in out.iterdir()} == {"metrics.json", "best.pt", "final.pt"}
+    assert {p.name for p in out.iterdir()} == {"metrics.json", "best.pt", "final.pt", "test_logits.npz"}
 
 
 def test_clip_scope_all_clips_projections_and_student_only_does_not(dataset, teacher_ckpt, monkeypatch):

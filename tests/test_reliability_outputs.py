@@ -190,7 +190,7 @@ def test_claim_outputs_names_what_made_the_file(tmp_path):
 def test_finished_run_records_the_digests_of_its_metrics_and_checkpoints(finished):
     run = finished[1] / "baselines" / "resnet18" / "seed5"
     integrity = json.loads((run / "metrics.json").read_text())[INTEGRITY_KEY]
-    assert integrity["files"] == {name: file_digest(run / name) for name in ("best.pt", "final.pt")}
+    assert integrity["files"] == {name: file_digest(run / name) for name in ("best.pt", "final.pt", "test_logits.npz")}
     verify_run_file(run / "best.pt")
 
 

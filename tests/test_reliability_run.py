@@ -223,7 +223,7 @@ def test_a_fresh_start_removes_stale_outputs_and_temporaries_of_an_older_run(tmp
     (out / ".last.pt.x1y2z3.tmp").write_bytes(b"half a file from a write killed mid-way")
     engine.train_run(run_config(data, epochs=1), out)
     assert all((out / name).read_bytes() != old[name] for name in old)
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "final.pt", "metrics.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "final.pt", "metrics.json", "test_logits.npz"]
 
 
 # ----------------------------------------------------------------------------- one process per run folder (item 3)

@@ -41,12 +41,14 @@ from kdcore.errors import CheckpointError, ConfigError, DataError, TrainingError
 from kdcore.methods import get_method
 from kdcore.methods.base import ForwardOutputs, Method
 from kdcore.models import build_model, model_profile
+from kdcore.predictions import write_test_logits
 from kdcore.provenance import environment_info, file_sha256, run_code_digest
 from kdcore.runfolder import (
     BEST_FILE,
     FINAL_FILE,
     METRICS_FILE,
     RESUME_FILE,
+    TEST_LOGITS_FILE,
     claim_run_folder,
     clear_run_files,
     lock_run_folder,
@@ -120,7 +122,13 @@ def accuracy(
 ) -> float:
     if images.shape[0] == 0:
         return float("nan")
-    logits = predict_logits(model, images, placement, batch_size, normalisation)
+    return top1(predict_logits(model, images, placement, batch_size, normalisation), labels)
+
+
+def top1(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Top-1 accuracy of ``logits`` (first maximum of each row); NaN for no rows."""
+    if labels.numel() == 0:
+        return float("nan")
     return (logits.argmax(dim=1) == labels).float().mean().item()
 
 
@@ -771,6 +779,8 @@ def fit(run: Run, start_epoch: int) -> None:
             entry["val_acc"] = accuracy(
                 state.student, val_images, val_labels, placement, runtime["eval_batch_size"], data.normalisation
             )
+            if runtime.get("audit_test_every_epoch"):
+                entry["audit_test_acc"] = audit_test_accuracy(run)
             state.history.append(entry)
             if entry["val_acc"] > state.best_val_acc:
                 state.best_val_acc, state.best_epoch = entry["val_acc"], epoch + 1
@@ -789,19 +799,36 @@ def fit(run: Run, start_epoch: int) -> None:
                 log_epoch(entry, train["epochs"], elapsed / (epoch + 1 - start_epoch) * (train["epochs"] - epoch - 1))
 
 
+def audit_test_accuracy(run: Run) -> float:
+    """Test accuracy of the current weights, for ``runtime.audit_test_every_epoch`` only: it goes to the
+    history's ``audit_test_acc``, which no selection, checkpoint or main statistic reads."""
+    placement, eval_bs = run.placement, run.cfg["runtime"]["eval_batch_size"]
+    images, labels = run.data.test_images.to(placement.device), run.data.test_labels.to(placement.device)
+    return accuracy(run.state.student, images, labels, placement, eval_bs, run.data.normalisation)
+
+
 def evaluate(run: Run) -> tuple[float, float]:
-    """Write final.pt and return (test@best, test@final): the run's only two looks at the test set."""
+    """Write final.pt and return (test@best, test@final): the run's only two looks at the test set. Their
+    logits are kept in test_logits.npz (kdcore.predictions, float16 with every row's top class kept)."""
     cfg, placement = run.cfg, run.placement
     eval_bs = cfg["runtime"]["eval_batch_size"]
     save_model_checkpoint(run.out_dir / FINAL_FILE, run.state.student, cfg["model"], epoch=cfg["train"]["epochs"])
     test_images = run.data.test_images.to(placement.device)
     test_labels = run.data.test_labels.to(placement.device)
     norm = run.data.normalisation
-    test_final = accuracy(run.state.student, test_images, test_labels, placement, eval_bs, norm)
+    logits_final = predict_logits(run.state.student, test_images, placement, eval_bs, norm)
     best_model, _ = load_model(run.best_path, cfg["model"])
     best_model.to(placement.device, memory_format=placement.memory_format)
-    test_best = accuracy(best_model, test_images, test_labels, placement, eval_bs, norm)
-    return test_best, test_final
+    logits_best = predict_logits(best_model, test_images, placement, eval_bs, norm)
+    write_test_logits(
+        run.out_dir / TEST_LOGITS_FILE,
+        logits_best.cpu().numpy(),
+        logits_final.cpu().numpy(),
+        run.data.test_labels.cpu().numpy(),
+        run.state.best_epoch,
+        cfg["train"]["epochs"],
+    )
+    return top1(logits_best, test_labels), top1(logits_final, test_labels)
 
 
 def record(run: Run, test_best: float, test_final: float) -> dict[str, Any]:

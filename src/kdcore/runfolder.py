@@ -1,15 +1,15 @@
 """The run folder: who may write it, when it counts as finished, and how a fresh start clears it.
 
-A run folder holds one run's outputs, ``metrics.json``, ``best.pt`` and ``final.pt``, and while the run is
-going, its resume state ``last.pt``. ``metrics.json`` is written last, so a folder that holds it holds a
-finished, consistent set; such a folder is never touched again unless the caller asks (``force``), and then
-its old results are removed first. While a run is going, an exclusive ``fcntl.flock`` on a lock file in the
-folder keeps every other process out; the file names its holder, and the operating system drops the lock
-when the holder exits or is killed.
+A run folder holds one run's outputs, ``metrics.json``, ``best.pt``, ``final.pt`` and ``test_logits.npz``,
+and while the run is going, its resume state ``last.pt``. ``metrics.json`` is written last, so a folder that
+holds it holds a finished, consistent set; such a folder is never touched again unless the caller asks
+(``force``), and then its old results are removed first. While a run is going, an exclusive ``fcntl.flock``
+on a lock file in the folder keeps every other process out; the file names its holder, and the operating
+system drops the lock when the holder exits or is killed.
 
 A finished run's metrics.json carries an ``integrity`` block, written in the same atomic write: the sha256
-of the record itself (everything but that block) and of best.pt and final.pt as they were when the run
-finished. :func:`verify_run_record` checks the record (the analysis reads no metrics.json that was edited
+of the record itself (everything but that block) and of best.pt, final.pt and test_logits.npz as they were
+when the run finished. :func:`verify_run_record` checks the record (the analysis reads no metrics.json that was edited
 afterwards), :func:`verify_run_file` a checkpoint; :func:`accept_edit` is the explicit, logged way to keep
 an edit made on purpose.
 """
@@ -42,9 +42,12 @@ METRICS_FILE = "metrics.json"  # written last: marks a finished run
 BEST_FILE = "best.pt"  # weights at the best validation epoch
 FINAL_FILE = "final.pt"  # weights after the last epoch
 RESUME_FILE = "last.pt"  # resume state, removed when the run finishes
+#: test-set logits at the best-val checkpoint and after the last epoch, with the test labels
+#: (format: kdcore.predictions), written by the run's two test evaluations, before metrics.json
+TEST_LOGITS_FILE = "test_logits.npz"
 LOCK_FILE = ".kdcore-run.lock"
 #: What a run leaves in its folder, removed in this order on a fresh start (metrics.json, the marker, first).
-RUN_FILES: tuple[str, ...] = (METRICS_FILE, BEST_FILE, FINAL_FILE, RESUME_FILE)
+RUN_FILES: tuple[str, ...] = (METRICS_FILE, BEST_FILE, FINAL_FILE, TEST_LOGITS_FILE, RESUME_FILE)
 
 
 class RunFolderError(KDCoreError):
@@ -170,8 +173,8 @@ def check_inputs_are_not_outputs(out_dir: str | os.PathLike[str], inputs: Mappin
 
 # ----------------------------------------------------------------------------- integrity of finished runs
 INTEGRITY_KEY = "integrity"
-#: The checkpoints whose sha256 a finished run records (metrics.json's ``integrity.files``).
-SEALED_FILES: tuple[str, ...] = (BEST_FILE, FINAL_FILE)
+#: The files whose sha256 a finished run records (metrics.json's ``integrity.files``; those that exist).
+SEALED_FILES: tuple[str, ...] = (BEST_FILE, FINAL_FILE, TEST_LOGITS_FILE)
 ACCEPT_EDIT_HINT = "python -m kdcore accept-edit {path} --reason '<why it was edited>'"
 
 

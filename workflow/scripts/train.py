@@ -45,6 +45,9 @@ def main(snakemake: Any) -> None:
     out_dir = Path(snakemake.output.metrics).parent
     lease = snakemake.config["compute"]
     config["runtime"]["threads"] = int(snakemake.threads)
+    # the protocol audit records test accuracy per epoch apart from everything the run selects or reports
+    audit = snakemake.config.get("audit") or {}
+    config["runtime"]["audit_test_every_epoch"] = bool(audit.get("test_every_epoch", False))
     log.info("run %s (%s), method %s", config["labels"]["run_id"], config["labels"]["stage"], config["method"])
     with lease_device(lease["device"], lease["slots_per_gpu"], lease["lock_dir"]) as device:
         config["runtime"]["device"] = device
