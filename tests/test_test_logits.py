@@ -147,3 +147,16 @@ def test_the_audit_flag_records_test_accuracy_per_epoch_and_changes_nothing_else
         assert state_dicts_equal(tmp_path / "on" / name, tmp_path / "off" / name), name
     a, b = (read_test_logits(tmp_path / d / TEST_LOGITS_FILE) for d in ("on", "off"))
     assert np.array_equal(a.logits_best, b.logits_best) and np.array_equal(a.logits_final, b.logits_final)
+
+
+def test_the_run_table_names_the_logits_files_of_the_run_and_of_its_teacher(runs):
+    from kdcore.analysis.table import logits_path, teacher_logits_path
+
+    metrics = runs["student"] / "metrics.json"
+    data = json.loads(metrics.read_text())
+    assert logits_path(data, metrics) == str(runs["student"] / TEST_LOGITS_FILE)
+    assert teacher_logits_path(data, metrics) == str(runs["teacher"] / TEST_LOGITS_FILE)
+    teacher = runs["teacher"] / "metrics.json"
+    assert teacher_logits_path(json.loads(teacher.read_text()), teacher) == ""
+    unsealed = {k: v for k, v in data.items() if k != "integrity"}  # e.g. a run finished before runs kept logits
+    assert logits_path(unsealed, metrics) == ""

@@ -16,7 +16,7 @@ import pandas as pd
 
 from kdcore.analysis import methods as method_catalog
 from kdcore.errors import DataError
-from kdcore.runfolder import verify_run_record
+from kdcore.runfolder import INTEGRITY_KEY, TEST_LOGITS_FILE, verify_run_record
 
 STAGES = ("teacher", "baseline", "select", "final", "stem", "clip")
 #: Columns of runs.csv before its hyper-parameter columns, in order.
@@ -51,6 +51,8 @@ RUN_VALUE_COLUMNS = [
     "teacher_params",
     "source",
     "path",
+    "logits",
+    "teacher_logits",
 ]
 
 
@@ -89,7 +91,16 @@ FIDELITY_COLUMNS = [
     "source",
     "path",
 ]
-HISTORY_COLUMNS = ["run_id", "epoch", "val_acc", "train_acc", "loss", "grad_norm_max", "proj_grad_norm_max"]
+HISTORY_COLUMNS = [
+    "run_id",
+    "epoch",
+    "val_acc",
+    "train_acc",
+    "loss",
+    "grad_norm_max",
+    "proj_grad_norm_max",
+    "audit_test_acc",
+]
 _STRING_COLUMNS = (
     "stage",
     "run_id",
@@ -103,6 +114,8 @@ _STRING_COLUMNS = (
     "device",
     "source",
     "path",
+    "logits",
+    "teacher_logits",
 )
 
 
@@ -158,6 +171,24 @@ def _data_source(data: dict[str, Any], path: Path) -> str:
     if isinstance(source, dict):
         return str(source.get("kind", ""))
     return "" if source is None else str(source)
+
+
+def logits_path(data: dict[str, Any], path: Path) -> str:
+    """The run's test-logits file (kdcore.predictions) beside its metrics.json when the run sealed one
+    (metrics.json's integrity files) and it exists; '' otherwise (e.g. runs finished before runs kept them,
+    imported runs)."""
+    files = (data.get(INTEGRITY_KEY) or {}).get("files") or {}
+    candidate = path.parent / TEST_LOGITS_FILE
+    return str(candidate) if TEST_LOGITS_FILE in files and candidate.is_file() else ""
+
+
+def teacher_logits_path(data: dict[str, Any], path: Path) -> str:
+    """The test-logits file of the teacher run whose best.pt the run distilled from ('' when none)."""
+    checkpoint = _get(data, "config.teacher.checkpoint", path)
+    if not checkpoint:
+        return ""
+    candidate = Path(checkpoint).parent / TEST_LOGITS_FILE
+    return str(candidate) if candidate.is_file() else ""
 
 
 def run_record(
@@ -220,6 +251,8 @@ def run_record(
         "teacher_params": _num(_get(data, "teacher.params", path)),
         "source": str(labels.get("source", "")),
         "path": str(path),
+        "logits": logits_path(data, path),
+        "teacher_logits": teacher_logits_path(data, path),
     }
 
 
@@ -359,6 +392,7 @@ def build_history_table(metrics_paths: Iterable[str | Path]) -> pd.DataFrame:
                     "loss": _num(h.get("loss")),
                     "grad_norm_max": _num(h.get("grad_norm_max")),
                     "proj_grad_norm_max": _num(h.get("proj_grad_norm_max")),
+                    "audit_test_acc": _pct(h.get("audit_test_acc"), "history.audit_test_acc", Path(p)),
                 }
             )
     return _frame(rows, HISTORY_COLUMNS)
