@@ -2,6 +2,18 @@
 # memory, GPU resource, script). Each concrete rule takes one with `use rule ... with:` and states only
 # what is its own: input, output, log, benchmark, runtime estimate and params. The templates have no
 # output, so they never run themselves (their log is a placeholder that every rule replaces).
+#
+# Each of these jobs leases its device with compute.device (kdcore.devices.lease_device). Unless that is `cpu`,
+# a job that finds no CUDA device fails at once with torch's reason instead of training on the CPU for days:
+# KDCORE_REQUIRE_GPU, set here in Snakemake's environment (which every job inherits; only the GPU jobs lease a
+# device), says so. A CPU study sets compute.device: cpu; KDCORE_REQUIRE_GPU=0 in the environment keeps the CPU
+# fallback of `auto` (docs/performance.md).
+import os as _os
+
+if str(config["compute"]["device"]).strip().lower() != "cpu":
+    _os.environ.setdefault(
+        "KDCORE_REQUIRE_GPU", f"a GPU job of the workflow, compute.device {config['compute']['device']}"
+    )
 
 
 rule training_job:
