@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_cpu_study_configs_say_cpu():
-    for name in ("config/quick.yaml",):
+    for name in ("config/quick.yaml", "config/smoke.yaml", "config/smoke-cifar100.yaml"):
         study = yaml.safe_load((REPO / name).read_text(encoding="utf-8"))
         assert study["compute"]["device"] == "cpu", name
 
