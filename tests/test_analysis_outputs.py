@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from _analysis_study import make_study
 
-from kdcore.analysis import compare, figures, latex, stats, table
+from kdcore.analysis import compare, figures, latex, table
 from kdcore.analysis.outputs import FIGURES as FIGURE_READS
+from kdcore.analysis.summary import write_statistics
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +20,7 @@ def study(tmp_path_factory):
     m, f = make_study(root / "runs")
     paths = table.write_run_tables(m, f, {name: root / "tables" / f"{name}.csv" for name in table.RUN_TABLES})
     runs = table.read_table(paths["runs"])
-    stats.write_statistics(runs, root / "tables")
+    write_statistics(runs, root / "tables")
     return root, runs
 
 

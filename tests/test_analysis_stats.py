@@ -13,6 +13,7 @@ from statsmodels.stats.multitest import multipletests
 from statsmodels.stats.power import TTestPower
 
 from kdcore.analysis import stats as S
+from kdcore.analysis.summary import build_summary
 from kdcore.analysis.table import build_run_table
 from kdcore.errors import DataError
 
@@ -132,10 +133,10 @@ def test_teacher_premise_warns_when_teacher_is_weaker(tmp_path):
         runs.query("stage == 'teacher' and student == 'resnet34'")["test_best"].mean()
         - runs.query("stage == 'baseline' and student == 'resnet18'")["test_best"].mean()
     )
-    summary = S.build_summary(runs)
+    summary = build_summary(runs)
     warned = [n for n in summary["notes"] if "does not beat" in n]
     assert len(warned) == 1 and "resnet34" in warned[0] and "resnet18" in warned[0]
-    assert not [n for n in S.build_summary(build_run_table(*make_study(tmp_path / "ok")))["notes"] if "beat" in n]
+    assert not [n for n in build_summary(build_run_table(*make_study(tmp_path / "ok")))["notes"] if "beat" in n]
 
 
 def test_one_seed_study_renders_with_notes(tmp_path):
@@ -145,7 +146,7 @@ def test_one_seed_study_renders_with_notes(tmp_path):
     assert comp["gain"].notna().all()
     assert comp["p_welch"].isna().all() and comp["ci_low"].isna().all() and comp["p_holm"].isna().all()
     assert comp["notes"].str.contains("at least 2 seeds").all()
-    summary = S.build_summary(runs)
+    summary = build_summary(runs)
     assert summary["comparisons"][0]["p_welch"] is None
     assert summary["notes"] and summary["multiple_comparisons"]["m"] == 0
     assert all(r["n_cifar"] == 1 for r in summary["stem_ablation"])

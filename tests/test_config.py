@@ -13,6 +13,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from kdcore import config as C
+from kdcore import schema as config_schema
 from kdcore.configdoc import render
 from kdcore.errors import ConfigError
 
@@ -34,16 +35,16 @@ def test_docs_config_md_is_generated_from_the_schema():
 
 
 def test_schema_is_a_valid_draft_2020_12_schema():
-    Draft202012Validator.check_schema(C.load_schema())
+    Draft202012Validator.check_schema(config_schema.load_schema())
 
 
 def _keys(schema: Mapping[str, Any], prefix: str, inherited: Any) -> Iterator[tuple[str, Mapping[str, Any], bool]]:
     """(dotted key, schema, has a default or is required) of every key below ``schema``."""
-    full = C.resolved(schema)
+    full = config_schema.resolved(schema)
     required = set(full.get("required", []))
-    for name, sub in C.properties_of(schema).items():
+    for name, sub in config_schema.properties_of(schema).items():
         key = f"{prefix}.{name}" if prefix else name
-        own = C.resolved(sub)
+        own = config_schema.resolved(sub)
         default = own.get("default", inherited.get(name) if isinstance(inherited, Mapping) else None)
         has_default = "default" in own or (isinstance(inherited, Mapping) and name in inherited)
         yield key, own, has_default or name in required or key == "run.teacher"
@@ -51,7 +52,10 @@ def _keys(schema: Mapping[str, Any], prefix: str, inherited: Any) -> Iterator[tu
 
 
 def all_keys() -> list[tuple[str, Mapping[str, Any], bool]]:
-    return [*_keys(C.load_schema(), "", None), *_keys(C.lookup(C.RUN_CONFIG_REF), "run", None)]
+    return [
+        *_keys(config_schema.load_schema(), "", None),
+        *_keys(config_schema.lookup(config_schema.RUN_CONFIG_REF), "run", None),
+    ]
 
 
 def test_every_key_has_a_description_a_type_a_range_and_a_default():
@@ -61,7 +65,7 @@ def test_every_key_has_a_description_a_type_a_range_and_a_default():
         assert schema.get("description"), key
         assert "type" in schema or "enum" in schema, key
         assert has_default, key
-        types = C.resolved(schema).get("type")
+        types = config_schema.resolved(schema).get("type")
         if types in ("integer", "number") or (isinstance(types, list) and {"integer", "number"} & set(types)):
             assert {"minimum", "exclusiveMinimum"} & set(schema), f"{key} has no lower bound"
 
@@ -77,9 +81,9 @@ def test_a_default_beside_a_ref_equals_the_referenced_default():
                 yield from walk(value)
 
     checked = 0
-    for node in walk(C.load_schema()):
-        if "$ref" in node and "default" in node and "default" in C.lookup(node["$ref"]):
-            assert node["default"] == C.lookup(node["$ref"])["default"], node["$ref"]
+    for node in walk(config_schema.load_schema()):
+        if "$ref" in node and "default" in node and "default" in config_schema.lookup(node["$ref"]):
+            assert node["default"] == config_schema.lookup(node["$ref"])["default"], node["$ref"]
             checked += 1
     assert checked >= 1
 
@@ -97,14 +101,14 @@ def test_snakemake_fills_the_same_defaults_as_kdcore(overlay):
     study = C.merge_config(base, yaml.safe_load((REPO / overlay).read_text(encoding="utf-8")))
     del study["selection"]["metric"]
     by_snakemake = copy.deepcopy(study)
-    validate(by_snakemake, str(C.schema_path()), set_default=True)
+    validate(by_snakemake, str(config_schema.schema_path()), set_default=True)
     assert by_snakemake == C.validate_study_config(study)
     assert by_snakemake["selection"]["metric"] == "best_val_acc"  # filled in by both
 
 
 def test_python_defaults_come_from_the_schema():
-    train = C.lookup(C.RUN_CONFIG_REF)["properties"]["train"]
-    assert C.TRAIN_DEFAULTS["lr"] == C.lookup(train["$ref"])["properties"]["lr"]["default"] == 0.1
+    train = config_schema.lookup(config_schema.RUN_CONFIG_REF)["properties"]["train"]
+    assert C.TRAIN_DEFAULTS["lr"] == config_schema.lookup(train["$ref"])["properties"]["lr"]["default"] == 0.1
     assert C.TRAIN_DEFAULTS["epochs"] == 100 and C.TRAIN_DEFAULTS["clip_scope"] == "all"
     assert C.RUNTIME_DEFAULTS == {
         "precision": "auto",
@@ -257,7 +261,9 @@ def test_config_file_errors_are_one_line_naming_file_and_line(tmp_path, text, me
 
 
 def test_schema_lives_in_the_package_and_the_snakefile_validates_with_it():
-    assert C.schema_path() == Path(C.__file__).resolve().parent / "schemas" / "config.schema.yaml"
+    assert (
+        config_schema.schema_path() == Path(config_schema.__file__).resolve().parent / "schemas" / "config.schema.yaml"
+    )
     snakefile = (REPO / "Snakefile").read_text(encoding="utf-8")
     assert 'validate(config, "src/kdcore/schemas/config.schema.yaml"' in snakefile
 

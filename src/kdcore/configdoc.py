@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from kdcore.config import RUN_CONFIG_REF, load_schema, lookup, properties_of, resolved
+from kdcore.schema import RUN_CONFIG_REF, load_schema, lookup, properties_of, resolved
 
 NO_DEFAULT = object()
 HEADER = "| key | type | range | default | meaning |\n|---|---|---|---|---|"

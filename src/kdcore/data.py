@@ -89,7 +89,6 @@ SYNTHETIC_KEYS: tuple[str, ...] = ("n_train", "n_test", "seed")
 SUBSET_KEYS: tuple[str, ...] = ("train", "val", "test", "seed")
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 IMAGE_SIZE = 32
-SYNTHETIC_CLASSES: tuple[str, ...] = tuple(f"class{i}" for i in range(10))
 
 
 def synthetic_class_names(num_classes: int) -> tuple[str, ...]:

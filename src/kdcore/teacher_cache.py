@@ -65,17 +65,6 @@ log = logging.getLogger("kdcore.teacher_cache")
 CACHE_FORMAT = "kdcore-teacher-cache/1"
 PRECISIONS = ("fp32", "bf16")
 STORAGE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-#: Header fields that must equal a run's expectation (``format`` is checked first, on its own).
-VERIFIED_FIELDS = (
-    "teacher_sha256",
-    "dataset_fingerprint",
-    "n_images",
-    "n_views",
-    "num_classes",
-    "augment_code_digest",
-    "model_code_digest",
-    "precision",
-)
 
 
 class TeacherCacheError(CheckpointError):

@@ -118,12 +118,7 @@ rule analysis_stats:
         methods=lambda w: method_catalog(),
         metric=analysis_metric(),
         min_effect_pp=analysis_min_effect_pp(),
-        code=code_digest(
-            "kdcore.analysis.stats",
-            "kdcore.analysis.moderation",
-            "kdcore.analysis.table",
-            scripts=("analysis_stats.py", "_common.py"),
-        ),
+        code=code_digest("kdcore.analysis.summary", scripts=("analysis_stats.py", "_common.py")),
     script:
         "../scripts/analysis_stats.py"
 
@@ -144,13 +139,7 @@ rule analysis_stat_table:
         table=lambda w: w.stat,
         metric=analysis_metric(),
         min_effect_pp=analysis_min_effect_pp(),
-        code=code_digest(
-            "kdcore.analysis.stats",
-            "kdcore.analysis.moderation",
-            "kdcore.analysis.sensitivity",
-            "kdcore.analysis.table",
-            scripts=("analysis_stat_table.py", "_common.py"),
-        ),
+        code=code_digest("kdcore.analysis.summary", scripts=("analysis_stat_table.py", "_common.py")),
     script:
         "../scripts/analysis_stat_table.py"
 

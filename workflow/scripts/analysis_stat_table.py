@@ -1,4 +1,4 @@
-"""Workflow script: one statistics table of the study (CSV) via kdcore.analysis.stats.write_stat_table.
+"""Workflow script: one statistics table of the study (CSV) via kdcore.analysis.summary.write_stat_table.
 
 Inputs: ``runs`` (the runs.csv of each part, kdcore.analysis.outputs.STAT_TABLES). Params: ``table`` (a
 name of STAT_TABLES), ``metric``, ``min_effect_pp`` (analysis.min_effect_pp: the a priori design figures of
@@ -13,7 +13,7 @@ from _common import setup
 
 def main(snakemake: Any) -> None:
     log = setup(snakemake)
-    from kdcore.analysis.stats import write_stat_table
+    from kdcore.analysis.summary import write_stat_table
 
     p = snakemake.params
     table = write_stat_table(p.table, list(snakemake.input.runs), snakemake.output.table, p.metric, p.min_effect_pp)

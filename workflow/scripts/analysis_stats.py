@@ -1,5 +1,5 @@
 """Workflow script: statistics of the whole study (summary.json and the per-cell table cells.csv), via
-kdcore.analysis.stats.write_summary.
+kdcore.analysis.summary.write_summary.
 
 Input: ``runs`` (the whole study's runs.csv). Params: ``metric``, ``min_effect_pp`` (analysis.min_effect_pp,
 for the a priori design figures). Outputs: ``summary``, ``cells``.
@@ -13,7 +13,7 @@ from _common import setup
 
 def main(snakemake: Any) -> None:
     log = setup(snakemake)
-    from kdcore.analysis.stats import write_summary
+    from kdcore.analysis.summary import write_summary
 
     p, out = snakemake.params, snakemake.output
     summary = write_summary(snakemake.input.runs, out.cells, out.summary, p.metric, p.min_effect_pp)

@@ -118,12 +118,6 @@ def marker_face(index: int, colour: Any) -> dict[str, Any]:
     return {"mfc": colour} if fill == "full" else {"mfc": colour, "fillstyle": fill, "mfcalt": "white"}
 
 
-def sig_note(comparisons: pd.DataFrame) -> str:
-    """Legend of the significance marks with the correction and its family size."""
-    m = int(comparisons["p_welch"].notna().sum()) if "p_welch" in comparisons else 0
-    return f"* Welch p < 0.05, no correction   \u2020 Holm-adjusted p < 0.05 over {m} pair \u00d7 method KD cells"
-
-
 def pair_label(pair: str) -> str:
     """'resnet50-resnet34' -> 'R50\u2192R34'."""
     teacher, student = split_pair(pair)

@@ -18,7 +18,8 @@ import pandas as pd
 
 from kdcore.analysis.methods import hyperparameter_tex, method_tex
 from kdcore.analysis.outputs import TEX_TABLES
-from kdcore.analysis.stats import METRIC_LABELS, STAT_TABLES, cell_summary, teacher_runs
+from kdcore.analysis.stats import METRIC_LABELS, cell_summary, teacher_runs
+from kdcore.analysis.summary import STAT_TABLES
 from kdcore.analysis.table import hyperparameter_columns, read_inputs, read_table
 from kdcore.atomic import atomic_write_text
 from kdcore.errors import ConfigError

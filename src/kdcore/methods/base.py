@@ -26,6 +26,7 @@ from jsonschema.exceptions import best_match
 from torch import nn
 
 from kdcore.errors import ConfigError, TrainingError
+from kdcore.schema import check_finite, describe_error
 
 HyperParameterType = Literal["number", "integer", "boolean"]
 
@@ -192,8 +193,6 @@ class Method:
     @classmethod
     def validate_params(cls, raw: Mapping[str, Any]) -> dict[str, Any]:
         """Fill defaults and check values; unknown keys and bad values are errors naming ``method.<key>``."""
-        from kdcore.config import check_finite, describe_error  # the config's own messages
-
         unknown = sorted(set(raw) - set(cls.defaults))
         if unknown:
             allowed = ", ".join(["name", *sorted(cls.defaults)])
