@@ -40,8 +40,10 @@ GPU_RULE = re.compile(r"^(train_\w+|fidelity_\w+|teacher_cache)$")
 # in 5 levels (data -> teacher + baseline -> 2 final KD runs -> their fidelity -> analysis, as one group
 # job) instead of ~25 jobs. One teacher seed, fixed KD hyper-parameters, one final seed, no ablations (the
 # dry-run tests above cover the SLURM resources of every rule). The teacher trains 2 epochs (smoke),
-# which gives the cancellation its window between epoch 1 and 2.
+# which gives the cancellation its window between epoch 1 and 2 (on 600 training images, not the smoke
+# study's 200, so that the window is a few seconds long).
 TRIM_OVERLAY = """\
+data: {synthetic: {n_train: 700, n_test: 300, seed: 0}}
 teachers: {seeds: [0], distill_seed: 0}
 methods:
   logit: {fixed: {alpha: 0.5, temperature: 4}}
@@ -56,7 +58,14 @@ ablations:
 TARGETS = ("results/tables/summary.json",)  # every run and fidelity file, then the analysis tables
 CANCEL_RUN = "results/runs/teachers/resnet34/seed0"  # the training run whose SLURM job is cancelled
 CANCEL_RULE_LOGS = ".snakemake/slurm_logs/rule_train_teacher/resnet34_0"
-SITE_ENV = ("SBATCH_PARTITION", "SBATCH_ACCOUNT", "KD_SLURM_GPU_MODEL", "KD_SLURM_EXTRA")
+SITE_ENV = (
+    "SBATCH_PARTITION",
+    "KD_SLURM_GPU_PARTITION",
+    "KD_SLURM_CPU_PARTITION",
+    "SBATCH_ACCOUNT",
+    "KD_SLURM_GPU_MODEL",
+    "KD_SLURM_EXTRA",
+)
 RUN_TIMEOUT_S = 420
 
 
