@@ -281,3 +281,48 @@ if not ANALYSIS_FROM_REFERENCE:
             ),
         script:
             "../scripts/analysis_compare.py"
+
+
+# Tables drawn from the runs' stored test logits (per-image paired tests, variance decomposition, ensembles)
+# and from the audit history (protocol audit): CSV and LaTeX from one job each (kdcore.analysis.logit_outputs).
+rule analysis_paired_images:
+    input:
+        unpack(lambda w: logit_table_inputs(w.logit)),
+    output:
+        csv=report(
+            f"{ANALYSIS_TABLES}/{{logit,paired_images}}.csv",
+            caption="../report/paired_images.rst",
+            category="Tables",
+        ),
+        tex=f"{ANALYSIS_TABLES}/{{logit,paired_images}}.tex",
+    log:
+        f"{ANALYSIS_LOGS}/logit-{{logit}}.log",
+    benchmark:
+        f"{ANALYSIS_BENCHMARKS}/logit-{{logit}}.tsv"
+    conda:
+        "../envs/analysis.yaml"
+    params:
+        methods=lambda w: method_catalog(),
+        table=lambda w: w.logit,
+        metric=analysis_metric(),
+        code=code_digest("kdcore.analysis.logit_outputs", scripts=("analysis_logit_table.py", "_common.py")),
+    script:
+        "../scripts/analysis_logit_table.py"
+
+
+use rule analysis_paired_images as analysis_variance with:
+    output:
+        csv=report(f"{ANALYSIS_TABLES}/{{logit,variance}}.csv", caption="../report/variance.rst", category="Tables"),
+        tex=f"{ANALYSIS_TABLES}/{{logit,variance}}.tex",
+
+
+use rule analysis_paired_images as analysis_ensembles with:
+    output:
+        csv=report(f"{ANALYSIS_TABLES}/{{logit,ensembles}}.csv", caption="../report/ensembles.rst", category="Tables"),
+        tex=f"{ANALYSIS_TABLES}/{{logit,ensembles}}.tex",
+
+
+use rule analysis_paired_images as analysis_audit with:
+    output:
+        csv=report(f"{ANALYSIS_TABLES}/{{logit,audit}}.csv", caption="../report/audit.rst", category="Tables"),
+        tex=f"{ANALYSIS_TABLES}/{{logit,audit}}.tex",

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from kdcore.analysis.outputs import (
     FIGURES as ANALYSIS_FIGURE_READS,
+    LOGIT_TABLES as ANALYSIS_LOGIT_READS,
     PARTS as ANALYSIS_PARTS,
     STAT_TABLES as ANALYSIS_STAT_PARTS,
     TEX_TABLES as ANALYSIS_TEX_READS,
@@ -140,6 +141,26 @@ def analysis_stat_tables() -> list[str]:
     return _available_stat_tables(analysis_parts())
 
 
+def analysis_logit_tables() -> list[str]:
+    """The tables drawn from stored test logits (kdcore.analysis.outputs.LOGIT_TABLES): a trained study's runs
+    keep their test logits, the runs imported from the paper's zip do not, so an analysis-only study has none.
+    The audit table only when the study records test accuracy per epoch (audit.test_every_epoch)."""
+    if ANALYSIS_FROM_REFERENCE:
+        return []
+    names = _available_outputs(ANALYSIS_LOGIT_READS, analysis_parts())
+    audit = bool((config.get("audit") or {}).get("test_every_epoch", False))
+    return [name for name in names if name != "audit" or audit]
+
+
+def logit_table_inputs(name: str) -> dict[str, list[str]]:
+    """Named inputs of a logit table: the runs.csv (and for the audit the history.csv) of the parts it reads."""
+    reads = ANALYSIS_LOGIT_READS[name]
+    inputs = {"runs": [part_table(p, "runs") for p in reads.runs]}
+    if reads.history:
+        inputs["history"] = [part_table(p, "history") for p in reads.runs]
+    return inputs
+
+
 def analysis_targets(wildcards=None) -> list[str]:
     """Every output of the results stage this study has: the whole-study run table and summary, the
     statistics tables, figures and LaTeX tables of its parts, the comparison when a reference is set."""
@@ -147,6 +168,7 @@ def analysis_targets(wildcards=None) -> list[str]:
     out += [f"{ANALYSIS_TABLES}/{name}.csv" for name in analysis_stat_tables()]
     out += [f"{ANALYSIS_FIGURES}/{name}.{ext}" for name in analysis_figures() for ext in ("pdf", "png")]
     out += [f"{ANALYSIS_TABLES}/{name}.tex" for name in analysis_tex_tables()]
+    out += [f"{ANALYSIS_TABLES}/{name}.{ext}" for name in analysis_logit_tables() for ext in ("csv", "tex")]
     if reference_zip() and not ANALYSIS_FROM_REFERENCE:
         out += [f"{ANALYSIS_TABLES}/comparison.csv", f"{ANALYSIS_TABLES}/comparison.tex"]
     return out

@@ -13,10 +13,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from scipy.special import log_softmax
 
+from kdcore.analysis.table import FIDELITY_COLUMNS
 from kdcore.errors import DataError
-from kdcore.predictions import TestLogits
+from kdcore.predictions import TestLogits, read_test_logits
 
 ECE_BINS = 15
 
@@ -69,3 +71,38 @@ def fidelity_from_stored(
         "per_class_acc_student": per_class_accuracy(s, labels, classes),
         "per_class_acc_teacher": per_class_accuracy(t, labels, classes),
     }
+
+
+def _fidelity_row(run: pd.Series, teacher: str, teacher_path: str, store: dict[str, TestLogits]) -> dict[str, Any]:
+    for path in (run["logits"], teacher_path):
+        store.setdefault(path, read_test_logits(path))
+    classes = [str(k) for k in range(store[teacher_path].logits_best.shape[1])]
+    f = fidelity_from_stored(store[run["logits"]], store[teacher_path], classes)
+    return {
+        **{c: run[c] for c in ("stage", "run_id", "student", "method", "seed", "source")},
+        "teacher": teacher,
+        "pair": f"{teacher}-{run['student']}",
+        "control": run["stage"] == "baseline",
+        "student_acc": 100 * f["student_test_acc"],
+        "teacher_acc": 100 * f["teacher_test_acc"],
+        "agreement": 100 * f["top1_agreement"],
+        **{k: f[k] for k in ("kl_t1", "kl_t4", "ece_student", "ece_teacher")},
+        "path": run["logits"],
+    }
+
+
+def fidelity_table_from_logits(runs: pd.DataFrame) -> pd.DataFrame:
+    """The fidelity table (kdcore.analysis.table.FIDELITY_COLUMNS) from stored logits instead of fidelity.json
+    files: every final KD run against its distillation teacher, and as the control every baseline run against
+    each teacher its student is paired with (that teacher's logits file as the KD runs name it)."""
+    has = runs["logits"].fillna("").astype(str) != ""
+    kd = runs[has & (runs["stage"] == "final") & (runs["teacher_logits"].fillna("").astype(str) != "")]
+    teachers = dict(zip(kd["pair"], zip(kd["teacher"], kd["teacher_logits"], strict=True), strict=True))
+    store: dict[str, TestLogits] = {}
+    rows = [_fidelity_row(r, r["teacher"], r["teacher_logits"], store) for _, r in kd.iterrows()]
+    for _, run in runs[has & (runs["stage"] == "baseline")].iterrows():
+        for pair, (teacher, path) in sorted(teachers.items()):
+            if pair == f"{teacher}-{run['student']}":
+                rows.append(_fidelity_row(run, teacher, path, store))
+    table = pd.DataFrame(rows, columns=FIDELITY_COLUMNS)
+    return table.sort_values(["pair", "control", "method", "seed"]).reset_index(drop=True)

@@ -74,6 +74,17 @@ TEX_TABLES: dict[str, Reads] = {
 }
 
 
+#: Tables drawn from the runs' stored test logits (kdcore.analysis.logit_tables; the ``audit`` table from the
+#: per-epoch audit history) -> the parts each reads. Each is one job writing ``<name>.csv`` and ``<name>.tex``
+#: (kdcore.analysis.logit_outputs); a study whose runs keep no logits (an imported study) has none of them.
+LOGIT_TABLES: dict[str, Reads] = {
+    "paired_images": Reads(runs=("kd",)),
+    "variance": Reads(runs=("teachers", "kd")),
+    "ensembles": Reads(runs=("teachers", "kd")),
+    "audit": Reads(runs=("teachers", "kd"), history=True),
+}
+
+
 def available(outputs: dict[str, Reads], parts: set[str] | frozenset[str]) -> list[str]:
     """Names of ``outputs`` (:data:`FIGURES` or :data:`TEX_TABLES`) whose parts are all in ``parts``: a study
     that leaves a part out (e.g. no stem ablation) has no output drawn from it."""
