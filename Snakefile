@@ -19,11 +19,12 @@ configfile: checked_yaml_file("config.yaml")
 coerce_override_strings(config)
 # An overlay removes a method of config.yaml with `methods: {<name>: null}`.
 kdcore_config.drop_removed_methods(config)
+# The study's schema and cross-key rules: kdcore.config.validate_study_config, as `kdcore plan` and
+# `kdcore status` check it.
 check_study_schema()
 validate(config, "src/kdcore/schemas/config.schema.yaml", set_default=True)
-# Everything the DAG will train is checked now, before any job: cross-key rules, every run config
-# (by the engine's own resolve_config), the data spec, and whether an existing dataset.pt fits the config.
-check_study()
+# Everything the DAG will train is checked now, before any job: every run config (by the engine's own
+# resolve_config), the data spec, and whether an existing dataset.pt fits the config.
 check_run_configs()
 check_dataset_artefact()
 

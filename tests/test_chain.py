@@ -18,8 +18,8 @@ from kdcore.analysis.table import RUN_COLUMNS
 from kdcore.config import merge_config, network_spec, validate_study_config
 from kdcore.errors import ConfigError
 from kdcore.labels import chain_network, split_chain
-from kdcore.layout import expected_runs
 from kdcore.plan import plan_study, render_text
+from kdcore.study import build_study
 
 CHAIN = "resnet101.logit.resnet50"
 
@@ -105,10 +105,11 @@ def test_schema_rejects_a_malformed_chain() -> None:
 
 
 def test_layout_trains_no_teacher_run_for_a_chain_teacher() -> None:
-    runs = expected_runs(validate_study_config(chain_study()))
-    assert [r.path for r in runs if r.stage == "teachers"] == ["teachers/resnet101/seed0"]
+    runs = build_study(validate_study_config(chain_study())).runs
+    assert [r.folder for r in runs if r.stage == "teacher"] == ["teachers/resnet101/seed0"]
     chained = [r for r in runs if r.stage == "final" and r.teacher == CHAIN]
-    assert [r.path for r in chained] == [f"final/{CHAIN}-resnet18/logit/seed{s}" for s in (0, 1)]
+    assert [r.folder for r in chained] == [f"final/{CHAIN}-resnet18/logit/seed{s}" for s in (0, 1)]
+    assert {r.teacher_run for r in chained} == {"final/resnet101-resnet50/logit/seed0"}
 
 
 def test_labels_show_the_chain() -> None:

@@ -7,8 +7,8 @@ import pytest
 
 from kdcore.analysis import methods as catalog
 from kdcore.errors import ConfigError, DataError
-from kdcore.layout import expected_runs
 from kdcore.methods import describe_methods
+from kdcore.study import build_study
 
 
 @pytest.fixture(autouse=True)
@@ -46,15 +46,16 @@ def test_layout_names_grid_points_as_the_method_declares():
         "pairs": [{"teacher": "resnet34", "student": "resnet18"}],
         "epochs": {"teacher": 2, "student": 1},
         "final": {"seeds": [0]},
-        "teachers": {"seeds": [0]},
+        "teachers": {"seeds": [0], "distill_seed": 0},
         "selection": {"enabled": True, "seeds": [0]},
+        "fidelity": {"final": False, "baseline_controls": False},
         "methods": {
             "logit": {"grid": {"alpha": [0.5, 0.7], "temperature": [4]}},
             "feature": {"grid": {"alpha": [0.5], "beta": [0.5, 1]}},
         },
         "ablations": {"stem": {"enabled": False}, "clip": {"enabled": False}},
     }
-    select = sorted(r.path for r in expected_runs(study) if r.stage == "select")
+    select = sorted(r.folder for r in build_study(study).of_stage("select"))
     assert select == [
         "select/resnet34-resnet18/feature/a0.5-b0.5/seed0",
         "select/resnet34-resnet18/feature/a0.5-b1/seed0",

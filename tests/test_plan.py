@@ -27,8 +27,8 @@ from kdcore.plan import (
 )
 
 STAGE_RULES = {
-    "teachers": "train_teacher",
-    "baselines": "train_baseline",
+    "teacher": "train_teacher",
+    "baseline": "train_baseline",
     "select": "train_select",
     "final": "train_final",
     "stem": "train_stem",
@@ -72,7 +72,7 @@ def test_full_study_jobs_are_the_workflows() -> None:
     study = study_of(load_config_file(REPO / "config.yaml"))
     expected = {rule: n for rule, n in FULL_STUDY_COUNTS.items() if rule.startswith("train_")}
     assert stage_counts(study) == expected
-    evals = fidelity_evals(study, training_jobs(study))
+    evals = fidelity_evals(study)
     assert len(evals) == FULL_STUDY_COUNTS["fidelity_final"] + FULL_STUDY_COUNTS["fidelity_baseline"]
     jobs = {job.path: job for job in training_jobs(study)}
     job = jobs["select/resnet101-resnet34/logit/a0.7-T4/seed0"]
@@ -105,7 +105,7 @@ def test_jobs_match_a_snakemake_dry_run(tmp_path: Path) -> None:
     counts = dry_run(workdir, "--configfile", "config/plan.yaml").counts
     study = study_of(load_config_file(REPO / "config.yaml"), overlay)
     assert stage_counts(study) == {rule: n for rule, n in counts.items() if rule.startswith("train_")}
-    evals = fidelity_evals(study, training_jobs(study))
+    evals = fidelity_evals(study)
     assert len(evals) == counts["fidelity_final"] + counts["fidelity_baseline"]
 
 

@@ -97,8 +97,8 @@ def by_path(status) -> dict[str, Any]:
 def test_status_of_a_study_interrupted_part_way(results):
     status = study_status(results, validate_study_config(STUDY))
     assert status.counts == {
-        "teachers": {"done": 1, "damaged": 0, "running": 0, "interrupted": 0, "failed": 0, "pending": 0},
-        "baselines": {"done": 1, "damaged": 0, "running": 1, "interrupted": 0, "failed": 0, "pending": 0},
+        "teacher": {"done": 1, "damaged": 0, "running": 0, "interrupted": 0, "failed": 0, "pending": 0},
+        "baseline": {"done": 1, "damaged": 0, "running": 1, "interrupted": 0, "failed": 0, "pending": 0},
         "final": {"done": 0, "damaged": 0, "running": 0, "interrupted": 0, "failed": 1, "pending": 1},
     }
     runs = by_path(status)
@@ -120,7 +120,7 @@ def test_a_run_without_progress_for_long_is_interrupted_and_the_time_left_assume
     later = time.time() + 3600
     status = study_status(results, validate_study_config(STUDY), now=later)
     assert by_path(status)["baselines/resnet18/seed1"].state == "interrupted"
-    assert status.counts["baselines"]["running"] == 0
+    assert status.counts["baseline"]["running"] == 0
 
 
 def test_without_a_config_only_what_is_on_disk_is_listed(results):

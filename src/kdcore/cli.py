@@ -108,28 +108,20 @@ def cmd_accept_edit(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from kdcore.config import load_config_file, merge_config, validate_study_config
+    from kdcore.config import load_study_config
     from kdcore.status import render_text, study_status, to_json
 
-    study = None
-    if args.config:
-        merged: dict = {}
-        for path in args.config:
-            merged = merge_config(merged, load_config_file(path))
-        study = validate_study_config(merged)
+    study = load_study_config(args.config) if args.config else None
     status = study_status(args.results, study, stale_after=args.stale_after)
     print(to_json(status) if args.json else render_text(status), end="" if not args.json else "\n")
     return 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    from kdcore.config import load_config_file, merge_config, validate_study_config
+    from kdcore.config import load_study_config
     from kdcore.plan import load_bench, plan_study, render_text, to_json
 
-    merged: dict = {}
-    for path in args.config:
-        merged = merge_config(merged, load_config_file(path))
-    study = validate_study_config(merged)
+    study = load_study_config(args.config)
     bench = load_bench(args.bench) if args.bench else None
     plan = plan_study(study, bench=bench, bench_source=str(args.bench), throughput_tflops=args.throughput)
     if args.power:

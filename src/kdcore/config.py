@@ -22,9 +22,9 @@ from typing import Any
 
 import yaml
 
-from kdcore.errors import ConfigError
+from kdcore.errors import ConfigError, KDCoreError
 from kdcore.labels import chain_network, chain_networks, split_chain
-from kdcore.methods import get_method
+from kdcore.methods import get_method, grid_points
 from kdcore.models import available_architectures, get_family
 from kdcore.schema import (
     DATA_SPEC_REF,
@@ -92,7 +92,40 @@ def validate_study_config(config: Mapping[str, Any]) -> dict[str, Any]:
     study = validate_with_defaults(config, SCHEMA_URI)
     check_study_networks(study)
     check_study_references(study)
+    check_study_methods(study)
+    check_analysis_section(study)
     return study
+
+
+def load_study_config(paths: list[str | Path]) -> dict[str, Any]:
+    """The study config of ``paths`` (YAML files merged in order, as ``snakemake --configfile`` merges them),
+    validated by :func:`validate_study_config`."""
+    merged: dict[str, Any] = {}
+    for path in paths:
+        merged = merge_config(merged, load_config_file(path))
+    return validate_study_config(merged)
+
+
+def check_study_methods(study: Mapping[str, Any]) -> None:
+    """Each method's settings fit the study: fixed hyper-parameters where no selection chooses them (for
+    the final runs and the clip ablation), grid points with distinct folder names."""
+    selection = study["selection"]["enabled"]
+    for method, spec in study["methods"].items():
+        if not selection and not spec.get("fixed"):
+            raise ConfigError(f"config key 'methods.{method}.fixed' is required when selection.enabled is false")
+        try:
+            names = [name for name, _ in grid_points(method, spec["grid"])]
+        except KDCoreError as exc:
+            raise ConfigError(f"config key 'methods.{method}.grid': {exc}") from None
+        if len(set(names)) != len(names):
+            raise ConfigError(f"config key 'methods.{method}.grid': two grid points share a name")
+
+
+def check_analysis_section(study: Mapping[str, Any]) -> None:
+    """An analysis-only study (``analysis.runs_from: reference``) needs the zip of the runs it analyses."""
+    analysis = study.get("analysis") or {}
+    if analysis.get("runs_from") == "reference" and not analysis.get("reference_zip"):
+        raise ConfigError("config key 'analysis.reference_zip' is required when analysis.runs_from is 'reference'")
 
 
 def check_study_references(study: Mapping[str, Any]) -> None:
@@ -271,6 +304,51 @@ def describe_yaml_error(exc: yaml.YAMLError) -> str:
     if isinstance(exc, yaml.constructor.ConstructorError):
         return f"{where}: {problem} (only plain YAML values are read: no tags such as !!python/object)"
     return f"YAML syntax error at {where}: {problem}"
+
+
+_NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
+
+
+def typed_scalar(text: str) -> Any:
+    """A string from the command line as the number, boolean or null it spells (else the string itself).
+    Numbers are matched first: YAML 1.1 reads 1e-4 as a string."""
+    if _NUMBER.fullmatch(text):
+        return float(text) if any(c in text for c in ".eE") else int(text)
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    return value if value is None or isinstance(value, bool) else text
+
+
+def coerce_override_strings(node: Any) -> Any:
+    """Type the string scalars of ``node`` in place (and return it). Snakemake parses a nested
+    ``--config key={...}`` value with YAML's base loader, so every scalar in it arrives as a string."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in list(items):
+        if isinstance(value, str):
+            node[key] = typed_scalar(value)
+        else:
+            coerce_override_strings(value)
+    return node
+
+
+def checked_yaml_file(path: str) -> str:
+    """``path`` once it parses as YAML: a syntax error is one ConfigError naming the file and the line
+    (Snakemake reports it without either); a missing file is left to the caller."""
+    file = Path(path)
+    if file.is_file():
+        try:
+            yaml.safe_load(file.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path}: {describe_yaml_error(exc)}") from None
+    return path
+
+
+def network_arch(label: str) -> str:
+    """The registry architecture of a network or teacher label (``resnet18-w16`` -> ``resnet18``,
+    ``resnet101.logit.resnet50`` -> ``resnet50``)."""
+    return split_variant(chain_network(label))[0]
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import tarfile
 import time
@@ -73,7 +74,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdcore.atomic import atomic_torch_save
+from kdcore.atomic import atomic_torch_save, write_parse_time_file
 from kdcore.augment import NORMALISATION
 from kdcore.errors import ConfigError, DataError
 from kdcore.seeds import derive_seed
@@ -747,3 +748,81 @@ def load_dataset(path: str | os.PathLike[str], verify: bool = True) -> PreparedD
         mean=mean,
         std=std,
     )
+
+
+# ----------------------------------------------------------------------------- an artefact against its spec
+def source_files(spec: Mapping[str, Any]) -> list[str]:
+    """The local archive or folder of a ``folder`` data spec (none for other sources): a workflow declares it
+    as an input, so that a missing one fails before any job."""
+    return [spec["path"]] if spec["source"] == "folder" and spec.get("path") else []
+
+
+def expected_record(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """What :func:`prepare_dataset` records about ``spec`` (a validated data spec) in the artefact."""
+    source: dict[str, Any] = {"kind": spec["source"]}
+    if spec["source"] == "synthetic":
+        source.update(spec["synthetic"])
+    else:
+        source["path"] = str(Path(spec["path"]))
+    return {
+        "source": source,
+        "split": {"val_size": spec["val_size"], "seed": spec["split_seed"]},
+        "subset": spec["subset"],
+    }
+
+
+def recorded_record(path: str | Path) -> dict[str, Any] | None:
+    """source, split and subset as recorded in a dataset artefact (memory-mapped: the images are not read);
+    None when the file is not a readable artefact."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # any unreadable file is rebuilt; the caller says why
+        return None
+    if not isinstance(obj, dict) or not all(isinstance(obj.get(k), dict) for k in ("source", "split")):
+        return None
+    return {k: obj.get(k) for k in ("source", "split", "subset")}
+
+
+def record_differences(recorded: Mapping[str, Any], expected: Mapping[str, Any]) -> list[str]:
+    """'key: recorded X, config Y' for each item of ``expected`` that the artefact records differently."""
+    found = []
+    for section in ("source", "split"):
+        for key, value in expected[section].items():
+            if recorded[section].get(key) != value:
+                found.append(f"{section}.{key}: recorded {recorded[section].get(key)!r}, config {value!r}")
+    if recorded["subset"] != expected["subset"]:
+        found.append(f"subset: recorded {recorded['subset']!r}, config {expected['subset']!r}")
+    return found
+
+
+def artefact_mismatch(path: str | Path, spec: Mapping[str, Any]) -> str | None:
+    """Why the existing artefact ``path`` was not made from ``spec`` (a validated data spec); None when it was."""
+    recorded = recorded_record(path)
+    if recorded is None:
+        return "it is not a readable dataset artefact"
+    differences = record_differences(recorded, expected_record(spec))
+    if differences:
+        return "it was not made from this config's data section (" + "; ".join(differences) + ")"
+    return None
+
+
+def refresh_spec_stamp(dataset: str | Path, stamp: str | Path, spec: Mapping[str, Any], dry_run: bool) -> str | None:
+    """Keep ``stamp``, the file a workflow's prepare-data job reads the data spec from, in step with ``spec``
+    (a validated data spec) and the artefact ``dataset``; return why the artefact must be rebuilt, or None.
+
+    The stamp is rewritten when the spec changes, and also when an existing artefact was not made from it
+    (:func:`artefact_mismatch`: copied from another study, or made before a change that the workflow's params
+    cannot see): newer than the artefact, it makes the workflow rebuild it and rerun everything after it. A
+    new stamp for an artefact that fits is dated before the artefact, so it reruns nothing. A dry run writes
+    nothing (:func:`kdcore.atomic.write_parse_time_file`)."""
+    wanted = json.dumps(dict(spec), sort_keys=True, indent=1) + "\n"
+    dataset, stamp = Path(dataset), Path(stamp)
+    reason = artefact_mismatch(dataset, spec) if dataset.is_file() else None
+    if reason is not None:
+        write_parse_time_file(stamp, wanted, dry_run=dry_run)
+        return reason
+    stale = not stamp.is_file() or stamp.read_text(encoding="utf-8") != wanted
+    if stale and write_parse_time_file(stamp, wanted, dry_run=dry_run) and dataset.is_file():
+        before = dataset.stat().st_mtime - 1
+        os.utime(stamp, (before, before))
+    return None

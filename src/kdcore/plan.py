@@ -1,7 +1,7 @@
 """``kdcore plan``: what a study will cost before it runs: its training jobs, model-epochs and GPU-hours.
 
-The jobs are the study's run folders (:func:`kdcore.layout.expected_runs`, the workflow's layout), each read
-back as (stage, student, teacher, method, epochs). A job processes ``epochs x training images`` images,
+The jobs are the study's training runs (:func:`kdcore.study.build_study`, the runs the workflow trains), each
+read as (stage, student, teacher, method, epochs). A job processes ``epochs x training images`` images,
 where the training images are the training split after the validation hold-out (45,000 for CIFAR-10 with
 ``val_size: 5000``) or the subset's size when ``data.subset.train`` is set.
 
@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from kdcore.errors import ConfigError
 from kdcore.labels import chain_network
-from kdcore.layout import STAGES, ExpectedRun, expected_runs
+from kdcore.study import STAGES, FidelityCheck, Run, build_study
 
 DEFAULT_THROUGHPUT_TFLOPS = 100.0
 #: Images of CIFAR-10's training and test sources.
@@ -69,15 +69,6 @@ class Job:
     stem: str = "cifar"
 
 
-@dataclass(frozen=True)
-class FidelityEval:
-    """One fidelity evaluation: ``student_path``'s student against ``teacher`` on the test set."""
-
-    student_path: str
-    student: str
-    teacher: str
-
-
 @dataclass
 class JobEstimate:
     job: Job
@@ -97,7 +88,7 @@ class StudyPlan:
     flops_fallbacks: list[str] = field(default_factory=list)
 
     def stages(self) -> dict[str, dict[str, float]]:
-        """Per stage (in the layout's order): jobs, model-epochs, images and GPU-hours."""
+        """Per stage (in the study's order): jobs, model-epochs, images and GPU-hours."""
         out: dict[str, dict[str, float]] = {}
         for stage in STAGES:
             chosen = [e for e in self.jobs if e.job.stage == stage]
@@ -142,30 +133,19 @@ def data_sizes(data: Mapping[str, Any]) -> DataSizes:
     return DataSizes(**sizes)
 
 
-def job_of(run: ExpectedRun) -> Job:
-    """The models and method of one run of the layout (see kdcore.layout)."""
-    return Job(run.stage, run.path, run.student, run.teacher, run.method, run.epochs, run.stem)
+def job_of(run: Run) -> Job:
+    """The models and method of one run of the study (kdcore.study)."""
+    return Job(run.stage, run.folder, run.network, run.teacher, run.method, run.epochs, run.stem)
 
 
 def training_jobs(study: Mapping[str, Any]) -> list[Job]:
-    """Every training job of a validated study config, in the layout's order."""
-    return [job_of(run) for run in expected_runs(study)]
+    """Every training job of a validated study config, in the study's order."""
+    return [job_of(run) for run in build_study(study).runs]
 
 
-def fidelity_evals(study: Mapping[str, Any], jobs: list[Job]) -> list[FidelityEval]:
-    """The fidelity evaluations of the study (as the workflow's fidelity_final and fidelity_baseline rules)."""
-    evals: list[FidelityEval] = []
-    if study["fidelity"]["final"]:
-        evals += [FidelityEval(j.path, j.student, j.teacher) for j in jobs if j.stage == "final" and j.teacher]
-    if study["fidelity"]["baseline_controls"]:
-        pairs = [(p["teacher"], p["student"]) for p in study["pairs"]]
-        for student in dict.fromkeys(s for _, s in pairs):
-            for teacher in dict.fromkeys(t for t, s in pairs if s == student):
-                evals += [
-                    FidelityEval(f"baselines/{student}/seed{seed}", student, teacher)
-                    for seed in study["final"]["seeds"]
-                ]
-    return evals
+def fidelity_evals(study: Mapping[str, Any]) -> list[FidelityCheck]:
+    """The fidelity evaluations of the study (the workflow's fidelity_final and fidelity_baseline jobs)."""
+    return list(build_study(study).fidelity)
 
 
 # ----------------------------------------------------------------------------- cost models
@@ -321,7 +301,7 @@ def plan_study(
     cost: CostModel = flops if bench is None else BenchCost(bench, width, flops, bench_source)
     jobs = training_jobs(study)
     estimates = [estimate_job(job, data, cost) for job in jobs]
-    evals = fidelity_evals(study, jobs)
+    evals = fidelity_evals(study)
     fidelity_seconds = sum(
         data.test * (cost.forward_seconds_per_image(e.student) + cost.forward_seconds_per_image(e.teacher))
         for e in evals

@@ -32,7 +32,7 @@ from typing import Any
 from kdcore.errors import ConfigError
 from kdcore.plan import StudyPlan
 
-PER_SEED_STAGES = ("baselines", "final")
+PER_SEED_STAGES = ("baseline", "final")
 
 
 @dataclass(frozen=True)

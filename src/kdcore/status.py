@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from kdcore.errors import DataError
-from kdcore.layout import STAGES, ExpectedRun, expected_runs
 from kdcore.runfolder import BEST_FILE, FINAL_FILE, METRICS_FILE, RESUME_FILE, verify_run_record
+from kdcore.study import STAGES, Run, build_study, folder_root
 
 EPOCH_LINE = re.compile(r"epoch (\d+)/(\d+) .*? val ([\d.]+)% .*? ETA (?:(\d+) days?, )?(\d+):(\d\d):(\d\d)")
 FAILURE = re.compile(r"Traceback \(most recent call last\)|\b(ERROR|CRITICAL)\b")
@@ -165,10 +165,11 @@ def runs_on_disk(results: Path) -> dict[str, str]:
     """``{path: stage}`` of every run with a folder or a log under ``results``."""
     found: dict[str, str] = {}
     for stage in STAGES:
+        root = folder_root(stage)
         for marker in (METRICS_FILE, RESUME_FILE, BEST_FILE):
-            for file in (results / "runs" / stage).glob(f"**/{marker}"):
+            for file in (results / "runs" / root).glob(f"**/{marker}"):
                 found[file.parent.relative_to(results / "runs").as_posix()] = stage
-        for file in (results / "logs" / stage).glob("**/*.log"):
+        for file in (results / "logs" / root).glob("**/*.log"):
             found[file.relative_to(results / "logs").as_posix().removesuffix(".log")] = stage
     return found
 
@@ -208,7 +209,7 @@ def study_status(
     if not results.is_dir():
         raise DataError(f"results folder {results} does not exist (give the study's results folder)")
     now = time.time() if now is None else now
-    expected: dict[str, ExpectedRun] = {run.path: run for run in expected_runs(study)} if study else {}
+    expected: dict[str, Run] = {run.folder: run for run in build_study(study).runs} if study else {}
     paths = {path: run.stage for path, run in expected.items()} | runs_on_disk(results)
     runs = [
         run_status(results, stage, path, expected[path].epochs if path in expected else None, now, stale_after)

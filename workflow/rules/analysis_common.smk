@@ -34,13 +34,7 @@ def reference_zip() -> str | None:
     return (config.get("analysis") or {}).get("reference_zip") or None
 
 
-def check_analysis_config() -> None:
-    """An analysis-only study needs the zip of the runs it analyses; checked before any job."""
-    if analysis_runs_from() == "reference" and not reference_zip():
-        raise ValueError("config key 'analysis.reference_zip' is required when analysis.runs_from is 'reference'")
-
-
-check_analysis_config()
+# (an analysis-only study without analysis.reference_zip is refused by kdcore.config.validate_study_config)
 ANALYSIS_FROM_REFERENCE = analysis_runs_from() == "reference"
 # An analysis-only study writes beside a trained one, not over it.
 ANALYSIS_ROOT = "results/paper" if ANALYSIS_FROM_REFERENCE else "results"

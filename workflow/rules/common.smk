@@ -168,25 +168,6 @@ def check_study_schema() -> None:
         raise StudyConfigError(str(exc)) from None
 
 
-def check_study() -> None:
-    """Cross-key checks the schema cannot express; each error names the key."""
-    if config["teachers"]["distill_seed"] not in config["teachers"]["seeds"]:
-        raise StudyConfigError(
-            f"config key 'teachers.distill_seed': {config['teachers']['distill_seed']} is not one of teachers.seeds"
-        )
-    for method, spec in config["methods"].items():
-        if not selection_enabled() and not spec.get("fixed"):
-            raise StudyConfigError(f"config key 'methods.{method}.fixed' is required when selection.enabled is false")
-        names = [name for name, _ in grid_points(method)]
-        if len(set(names)) != len(names):
-            raise StudyConfigError(f"config key 'methods.{method}.grid': two grid points share a name")
-    clip = config["ablations"].get("clip") or {}
-    if clip.get("enabled") and clip["method"] not in config["methods"]:
-        raise StudyConfigError(f"config key 'ablations.clip.method': {clip['method']!r} is not a key of methods")
-    if clip.get("enabled") and not selection_enabled() and not config["methods"][clip["method"]].get("fixed"):
-        raise StudyConfigError(f"config key 'methods.{clip['method']}.fixed' is required by ablations.clip")
-
-
 # ----------------------------------------------------------------------------- paths
 def run_dir(stage: str, **w) -> str:
     """The literal folder of one run; ``stage`` in teacher, baseline, select, final, stem, clip."""
