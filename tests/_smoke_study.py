@@ -75,6 +75,6 @@ def build_smoke_study(base: Path) -> SmokeStudy:
             copy_workflow(root)
             (root / CACHE_ON).write_text("teacher_cache: {enabled: true}\n", encoding="utf-8")
             plan = dry_run(root, *CONFIGS)
-            snakemake(root, *CONFIGS, "--cores", "2", timeout=900)
+            snakemake(root, *CONFIGS, "--cores", "2", timeout=2400)
             plan_file.write_text(plan.text, encoding="utf-8")
     return SmokeStudy(root, parse_dry_run(plan_file.read_text(encoding="utf-8")), smoke_config())

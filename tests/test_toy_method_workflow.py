@@ -1,16 +1,18 @@
 """A method that is one module outside src/, and nothing else: a toy method written to a temporary folder,
 made visible with KDCORE_METHOD_PATH, runs through selection, final runs, the run table, statistics, LaTeX
-tables and figures of a smoke-sized study, under its own label and hyper-parameter."""
+tables and figures of a smoke-sized study, under its own label and hyper-parameter. The study reuses the shared
+smoke study's data, teacher and baselines (same settings and code), which the toy method leaves alone."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from _workflow_tools import REPO, copy_workflow, dry_run, snakemake
-from snakemake.utils import update_config
+from _smoke_study import SmokeStudy
+from _workflow_tools import copy_workflow, dry_run, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -43,26 +45,30 @@ METHOD = ToyKD
 '''
 
 
-def toy_study() -> dict:
-    """The smoke study with the toy method as its only KD method and no ablations."""
-    config = yaml.safe_load((REPO / "config.yaml").read_text(encoding="utf-8"))
-    update_config(config, yaml.safe_load((REPO / "config/smoke.yaml").read_text(encoding="utf-8")))
+def toy_study(smoke: dict) -> dict:
+    """The smoke study with the toy method as its only KD method, no ablations and no teacher-output cache."""
+    config = copy.deepcopy(smoke)
+    config["teacher_cache"]["enabled"] = False
     config["methods"] = {"toykd": {"grid": {"weight": [0.5, 2.0]}, "fixed": None}}
     config["ablations"]["stem"]["enabled"] = False
     config["ablations"]["clip"]["enabled"] = False
     return config
 
 
-def test_toy_method_runs_from_selection_to_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_toy_method_runs_from_selection_to_report(
+    smoke_study: SmokeStudy, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     methods = tmp_path / "methods"
     methods.mkdir()
     (methods / "toykd.py").write_text(TOY_METHOD, encoding="utf-8")
     monkeypatch.setenv("KDCORE_METHOD_PATH", str(methods))
     work = copy_workflow(tmp_path / "wf")
     # the study is the whole config (an overlay would merge the toy method into config.yaml's methods)
-    (work / "config.yaml").write_text(yaml.safe_dump(toy_study()), encoding="utf-8")
+    (work / "config.yaml").write_text(yaml.safe_dump(toy_study(smoke_study.config), sort_keys=False), encoding="utf-8")
+    smoke_study.seed(work)  # its data, teacher and baselines: the same settings, so not trained again
 
     plan = dry_run(work)
+    assert not {"prepare_data", "train_teacher", "train_baseline"} & set(plan.counts)
     assert {w["hp"] for w in plan.of("train_select", method="toykd")} == {"w0.5", "w2"}
     assert len(plan.of("train_final", method="toykd")) == 2
     snakemake(work, "--cores", "2", timeout=1500)

@@ -1,15 +1,17 @@
 """The workflow reused as a Snakemake module: an outer workflow in another folder includes it with
-`module kdcap: snakefile: ...` and its own config, runs the smoke study, and the module still runs and
-hashes its own src/ (an edit there reruns exactly what it should)."""
+`module kdcap: snakefile: ...` and its own config (the smoke study's). The module plans the same jobs as the
+workflow run directly and takes the finished smoke study as its own (nothing to do), runs the jobs of a
+deleted run into the outer folder, and hashes its own src/ (an edit there reruns exactly what it should)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
-from _workflow_tools import REPO, append_code, copy_workflow, dry_run, snakemake
-from snakemake.utils import update_config
+from _smoke_study import SmokeStudy
+from _workflow_tools import append_code, copy_workflow, dry_run, snakemake
 
 pytestmark = pytest.mark.slow
 
@@ -34,27 +36,38 @@ rule everything:
 """
 
 
-def smoke_config() -> dict:
-    """config.yaml with config/smoke.yaml merged in, as Snakemake merges an overlay."""
-    config = yaml.safe_load((REPO / "config.yaml").read_text(encoding="utf-8"))
-    update_config(config, yaml.safe_load((REPO / "config/smoke.yaml").read_text(encoding="utf-8")))
-    return config
+def without_all(counts: dict[str, int]) -> dict[str, int]:
+    """Jobs per rule without the workflow's target rule ``all``."""
+    return {rule: n for rule, n in counts.items() if rule != "all"}
 
 
-def test_smoke_study_runs_as_a_module(tmp_path: Path) -> None:
+def test_smoke_study_runs_as_a_module(smoke_study: SmokeStudy, tmp_path: Path) -> None:
     module = copy_workflow(tmp_path / "kdcap")
     outer = tmp_path / "outer"
     outer.mkdir()
-    (outer / "study.yaml").write_text(yaml.safe_dump(smoke_config()), encoding="utf-8")
+    (outer / "study.yaml").write_text(yaml.safe_dump(smoke_study.config, sort_keys=False), encoding="utf-8")
     (outer / "Snakefile").write_text(OUTER_SNAKEFILE.format(snakefile=module / "Snakefile"), encoding="utf-8")
 
     plan = dry_run(outer)
-    assert plan.counts["train_teacher"] == 1 and plan.counts["train_final"] == 4
+    # the module plans the same study as the workflow itself (under the outer workflow's target rule)
+    assert plan.counts == {**without_all(smoke_study.plan.counts), "everything": 1}
+    # the finished smoke study, copied into the outer folder, is the module's study finished: same jobs,
+    # same settings, same code
+    shutil.copytree(smoke_study.root / "results", outer / "results", dirs_exist_ok=True)
+    shutil.copytree(smoke_study.root / ".snakemake/metadata", outer / ".snakemake/metadata", dirs_exist_ok=True)
+    assert dry_run(outer).counts == {}
+
+    # the module runs jobs, and their results land in the outer workflow's folder
+    final = outer / "results/runs/final/resnet34-resnet18/feature/seed1"
+    control = outer / "results/runs/baselines/resnet18/seed0/fidelity-resnet34.json"
+    shutil.rmtree(final)
+    control.unlink()
+    rerun = dry_run(outer)
+    assert rerun.counts["train_final"] == 1 and rerun.counts["fidelity_final"] == 1
+    assert rerun.counts["fidelity_baseline"] == 1
     snakemake(outer, "--cores", "2", timeout=900)
-    runs = outer / "results/runs"
-    assert (runs / "final/resnet34-resnet18/feature/seed1/metrics.json").is_file()
-    assert (outer / "results/runs/baselines/resnet18/seed0/fidelity-resnet34.json").is_file()
-    assert not (module / "results").exists()  # results land in the outer workflow's folder
+    assert (final / "metrics.json").is_file() and control.is_file()
+    assert not (module / "results").exists()
     assert dry_run(outer).counts == {}
 
     # the module's own src/ is what its rules hash: a feature-KD edit there reruns the feature branch
