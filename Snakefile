@@ -12,11 +12,11 @@ import kdcore.config as kdcore_config  # importable once common.smk has put the 
 
 
 # Snakemake reports a YAML syntax error without file or line: check the workflow's own config first.
-configfile: checked_yaml_file("config.yaml")
+configfile: kdcore_checked(kdcore_config.checked_yaml_file, "config.yaml")
 
 
 # `--config key={...}` gives nested values as strings: type them before the schema sees them.
-coerce_override_strings(config)
+kdcore_config.coerce_override_strings(config)
 # An overlay removes a method of config.yaml with `methods: {<name>: null}`.
 kdcore_config.drop_removed_methods(config)
 # The study's schema and cross-key rules: kdcore.config.validate_study_config, as `kdcore plan` and
@@ -24,9 +24,8 @@ kdcore_config.drop_removed_methods(config)
 check_study_schema()
 validate(config, "src/kdcore/schemas/config.schema.yaml", set_default=True)
 # Everything the DAG will train is checked now, before any job: every run config (by the engine's own
-# resolve_config), the data spec, and whether an existing dataset.pt fits the config.
-check_run_configs()
-check_dataset_artefact()
+# resolve_config), what finished runs used, the data spec, and whether an existing dataset.pt fits the config.
+check_before_jobs()
 
 
 report: "workflow/report/workflow.rst"

@@ -1,12 +1,15 @@
 # Data: one prepared dataset artefact for the whole study. An existing artefact that was not made from
-# this config's data section is rebuilt: when the workflow is parsed, check_dataset_artefact (common.smk)
+# this config's data section is rebuilt: when the workflow is parsed, check_before_jobs (common.smk)
 # compares the artefact's record with the config and, on a difference, logs it and renews the spec stamp,
 # an input of prepare_data.
 
 
+from kdcore.data import source_files
+
+
 rule prepare_data:
     input:
-        source=data_source_files,
+        source=source_files(config["data"]),
         spec=DATA_SPEC_STAMP,
     output:
         dataset=DATASET,

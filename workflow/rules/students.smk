@@ -8,9 +8,9 @@ use rule training_job as train_baseline with:
     output:
         **run_outputs("baseline", student="{student}", seed="{seed}"),
     log:
-        job_log("baselines/{student}/seed{seed}"),
+        job_log(FOLDER_PATTERNS["baseline"]),
     benchmark:
-        job_benchmark("baselines/{student}/seed{seed}")
+        job_benchmark(FOLDER_PATTERNS["baseline"])
     resources:
         **train_resources(lambda w: train_runtime(w.student, "student")),
     params:
@@ -26,9 +26,9 @@ use rule training_job as train_select with:
     output:
         **run_outputs("select", teacher="{teacher}", student="{student}", method="{method}", hp="{hp}", seed="{seed}"),
     log:
-        job_log("select/{teacher}-{student}/{method}/{hp}/seed{seed}"),
+        job_log(FOLDER_PATTERNS["select"]),
     benchmark:
-        job_benchmark("select/{teacher}-{student}/{method}/{hp}/seed{seed}")
+        job_benchmark(FOLDER_PATTERNS["select"])
     resources:
         **train_resources(lambda w: train_runtime(w.student, "student", w.teacher)),
     params:
@@ -40,11 +40,11 @@ rule select_winner:
     input:
         runs=lambda w: select_metrics(w.teacher, w.student, w.method),
     output:
-        "results/selection/{teacher}-{student}/{method}.json",
+        winner_file("{teacher}", "{student}", "{method}"),
     log:
-        job_log("selection/{teacher}-{student}/{method}"),
+        job_log(WINNER_PATTERN.removesuffix(".json")),
     benchmark:
-        job_benchmark("selection/{teacher}-{student}/{method}")
+        job_benchmark(WINNER_PATTERN.removesuffix(".json"))
     conda:
         "../envs/kdcore.yaml"
     threads: config["compute"]["threads"]["light"]
@@ -70,9 +70,9 @@ use rule training_job as train_final with:
     output:
         **run_outputs("final", teacher="{teacher}", student="{student}", method="{method}", seed="{seed}"),
     log:
-        job_log("final/{teacher}-{student}/{method}/seed{seed}"),
+        job_log(FOLDER_PATTERNS["final"]),
     benchmark:
-        job_benchmark("final/{teacher}-{student}/{method}/seed{seed}")
+        job_benchmark(FOLDER_PATTERNS["final"])
     resources:
         **train_resources(lambda w: train_runtime(w.student, "student", w.teacher)),
     params:
@@ -88,11 +88,11 @@ use rule fidelity_job as fidelity_final with:
     output:
         run_file("final", "fidelity.json", teacher="{teacher}", student="{student}", method="{method}", seed="{seed}"),
     log:
-        job_log("fidelity/final/{teacher}-{student}/{method}/seed{seed}"),
+        job_log(f"fidelity/{FOLDER_PATTERNS['final']}"),
     benchmark:
-        job_benchmark("fidelity/final/{teacher}-{student}/{method}/seed{seed}")
+        job_benchmark(f"fidelity/{FOLDER_PATTERNS['final']}")
     params:
-        labels=lambda w: fidelity_labels("final", f"final/{w.teacher}-{w.student}/{w.method}/seed{w.seed}", w),
+        labels=lambda w: fidelity_labels("final", w),
         code=lambda w: fidelity_code(w.student, w.teacher),
 
 
@@ -104,11 +104,11 @@ use rule fidelity_job as fidelity_baseline with:
     output:
         run_file("baseline", "fidelity-{teacher}.json", student="{student}", seed="{seed}"),
     log:
-        job_log("fidelity/baselines/{student}/seed{seed}-{teacher}"),
+        job_log(f"fidelity/{FOLDER_PATTERNS['baseline']}-{{teacher}}"),
     benchmark:
-        job_benchmark("fidelity/baselines/{student}/seed{seed}-{teacher}")
+        job_benchmark(f"fidelity/{FOLDER_PATTERNS['baseline']}-{{teacher}}")
     params:
-        labels=lambda w: fidelity_labels("baseline", f"baselines/{w.student}/seed{w.seed}", w),
+        labels=lambda w: fidelity_labels("baseline", w),
         code=lambda w: fidelity_code(w.student, w.teacher),
 
 
@@ -118,9 +118,9 @@ use rule training_job as train_stem with:
     output:
         **run_outputs("stem", arch="{arch}", seed="{seed}"),
     log:
-        job_log("stem/{arch}-imagenet/seed{seed}"),
+        job_log(FOLDER_PATTERNS["stem"]),
     benchmark:
-        job_benchmark("stem/{arch}-imagenet/seed{seed}")
+        job_benchmark(FOLDER_PATTERNS["stem"])
     resources:
         **train_resources(lambda w: train_runtime(w.arch, stem_epochs_kind(w.arch, w.seed))),
     params:
@@ -137,9 +137,9 @@ use rule training_job as train_clip with:
     output:
         **run_outputs("clip", teacher="{teacher}", student="{student}", method="{method}", seed="{seed}"),
     log:
-        job_log("clip/{teacher}-{student}/{method}/seed{seed}"),
+        job_log(FOLDER_PATTERNS["clip"]),
     benchmark:
-        job_benchmark("clip/{teacher}-{student}/{method}/seed{seed}")
+        job_benchmark(FOLDER_PATTERNS["clip"])
     resources:
         **train_resources(lambda w: train_runtime(w.student, "student", w.teacher)),
     params:

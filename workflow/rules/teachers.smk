@@ -7,9 +7,9 @@ use rule training_job as train_teacher with:
     output:
         **run_outputs("teacher", arch="{arch}", seed="{seed}"),
     log:
-        job_log("teachers/{arch}/seed{seed}"),
+        job_log(FOLDER_PATTERNS["teacher"]),
     benchmark:
-        job_benchmark("teachers/{arch}/seed{seed}")
+        job_benchmark(FOLDER_PATTERNS["teacher"])
     # teachers gate every KD job: start them first so that no core idles waiting on them at the end
     priority: 10
     resources:
