@@ -49,6 +49,11 @@ EXPECTED_RULES = {
     "results/tables/clip_ablation.tex": CLIP | {PART, "analysis_stat_table", "analysis_latex"},
     "results/tables/selection.tex": (KD - {"train_baseline"}) | {PART, "analysis_selection", "analysis_latex"},
     "results/tables/moderation.tex": KD | {PART, "analysis_moderation", "analysis_latex"},
+    "results/tables/moderation_sensitivity.tex": KD | {PART, "analysis_moderation_sensitivity", "analysis_latex"},
+    # tables drawn from the runs' stored test logits: one job each writes the CSV and the LaTeX table
+    "results/tables/paired_images.tex": KD | {PART, "analysis_paired_images"},
+    "results/tables/variance.tex": KD | {PART, "analysis_variance"},
+    "results/tables/ensembles.tex": KD | {PART, "analysis_ensembles"},
 }
 
 
@@ -76,6 +81,7 @@ def planned_outputs(stdout: str) -> set[str]:
 def test_every_output_is_covered():
     names = {f"results/figures/{n}.pdf" for n in outputs.FIGURES}
     names |= {f"results/tables/{n}.tex" for n in outputs.TEX_TABLES}
+    names |= {f"results/tables/{n}.tex" for n in outputs.LOGIT_TABLES if n != "audit"}  # audit: only when asked
     assert names == set(EXPECTED_RULES)
 
 
@@ -85,8 +91,10 @@ def test_target_plans_only_its_rules(tmp_path, target):
     assert proc.returncode == 0, proc.stderr[-3000:]
     counts = job_counts(proc.stdout)
     assert set(counts) == EXPECTED_RULES[target]
+    name = Path(target).stem
     catalog = outputs.FIGURES if target.endswith(".pdf") else outputs.TEX_TABLES
-    assert counts[PART] == len(catalog[Path(target).stem].parts())
+    reads = catalog[name] if name in catalog else outputs.LOGIT_TABLES[name]
+    assert counts[PART] == len(reads.parts())
 
 
 def test_gain_vs_capacity_job_counts(tmp_path):
@@ -112,7 +120,12 @@ def test_stem_figure_plans_only_stem_runs_and_their_cifar_arms(tmp_path):
 
 
 STUDY_OUTPUTS = {
-    "selection": ({"selection": {"enabled": False}}, {"train_select", "select_winner"}, ["selection"], []),
+    "selection": (
+        {"selection": {"enabled": False}},
+        {"train_select", "select_winner"},
+        ["selection", "moderation_sensitivity"],
+        [],
+    ),
     "stem": ({"ablations": {"stem": {"enabled": False}}}, {"train_stem"}, ["stem_ablation"], ["stem_ablation"]),
     "clip": ({"ablations": {"clip": {"enabled": False}}}, {"train_clip"}, ["clip_ablation"], ["clip_ablation"]),
     "fidelity": ({"fidelity": {"final": False, "baseline_controls": False}}, FIDELITY, ["fidelity"], ["fidelity"]),

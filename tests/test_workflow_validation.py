@@ -143,7 +143,7 @@ def test_dataset_from_another_study_is_rebuilt(tmp_path: Path) -> None:
     plan = dry_run(root, "--configfile", SMOKE)
     assert plan.counts["prepare_data"] == 1
     assert "results/data/dataset.pt will be rebuilt: it was not made from this config's data section" in plan.text
-    assert "source.n_train: recorded 600, config 700" in plan.text
+    assert f"source.n_train: recorded 600, config {SMOKE_DATA['synthetic']['n_train']}" in plan.text
 
     # the real run rebuilds it from this config; then it is kept
     snakemake(root, "results/data/dataset.pt", "--cores", "1", "--configfile", SMOKE)
