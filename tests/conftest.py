@@ -4,6 +4,7 @@ tests/_analysis_study.py)."""
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import Any
@@ -57,24 +58,48 @@ def analysis_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_analysis_study(_shared_temp(tmp_path_factory) / "analysis-study")
 
 
+#: What a test's own code calls to run Snakemake (a dry run or a study): such a test takes seconds to minutes.
+SNAKEMAKE_CALLS = ("dry_run(", "snakemake(", "snakemake_cmd(", "dry_run_with_profile(", '"-m", "snakemake"')
+
+
+def _runs_snakemake(item: pytest.Item) -> bool:
+    """Whether the test function's source calls Snakemake (see :data:`SNAKEMAKE_CALLS`)."""
+    function = getattr(item, "function", None)
+    try:
+        source = inspect.getsource(function) if function is not None else ""
+    except (OSError, TypeError):
+        return False
+    return any(call in source for call in SNAKEMAKE_CALLS)
+
+
+def _uses_module_fixture(item: pytest.Item) -> bool:
+    """Whether the test uses a fixture made once per module (or class): its tests must share one worker."""
+    info = getattr(item, "_fixtureinfo", None)
+    if info is None:
+        return False
+    return any(d.scope in ("module", "class") for defs in info.name2fixturedefs.values() for d in defs)
+
+
 def _xdist_group(item: pytest.Item) -> str | None:
-    """The pytest-xdist group of a test: the users of the shared smoke study together (one worker builds it while
-    the others run other tests), and each other slow test module on one worker (its module-scoped study is
-    built once)."""
+    """The pytest-xdist group of a test: the users of a shared study together (one worker builds it while the
+    others run other tests), and the tests of a module-scoped fixture on one worker (it is built once)."""
     fixtures = getattr(item, "fixturenames", ())
     for shared in ("smoke_study", "analysis_study"):
         if shared in fixtures:
             return shared.replace("_", "-")
-    if item.get_closest_marker("slow") is not None:
-        return item.module.__name__ if item.module is not None else None
+    if _uses_module_fixture(item) and item.module is not None:
+        return item.module.__name__
     return None
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Slow tests first (pytest-xdist then starts the long studies at once, and the quick tests fill the gaps),
-    each in its xdist group (``--dist loadgroup``); the order of the rest is kept."""
+    """Tests that run Snakemake are ``slow`` (``-m "not slow"`` is the inner loop). Slow tests first (pytest-xdist
+    then starts the long studies at once, and the quick tests fill the gaps), each in its xdist group
+    (``--dist loadgroup``); the order of the rest is kept."""
     for item in items:
+        if item.get_closest_marker("slow") is None and _runs_snakemake(item):
+            item.add_marker(pytest.mark.slow)
         group = _xdist_group(item)
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
