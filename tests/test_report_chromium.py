@@ -23,6 +23,8 @@ import pytest
 from _analysis_study import REPO
 from _chromium import HeadlessChromium, find_chromium
 
+from kdcore.analysis import outputs
+
 pytestmark = pytest.mark.slow
 
 CHROMIUM = find_chromium()
@@ -31,9 +33,18 @@ REPORT_RST = REPO / "workflow" / "report"
 #: moderation; comparison only when a reference zip is configured, which this study does not). summary.json is
 #: under Summary, listed by its warnings label.
 REPORT_TABLES = {
-    "Tables": ("runs.csv", "comparisons.csv", "selection.csv", "moderation.csv"),
+    "Tables": (
+        "runs.csv",
+        "comparisons.csv",
+        "selection.csv",
+        "moderation.csv",
+        "moderation_sensitivity.csv",
+        *(f"{name}.csv" for name in outputs.LOGIT_TABLES if name != "audit"),  # audit: only when asked for
+    ),
     "Summary": ("summary.json",),
 }
+#: The LaTeX tables of this study: every table of kdcore.analysis.outputs (the audit only when asked for).
+N_TEX_TABLES = len(outputs.TEX_TABLES) + len(outputs.LOGIT_TABLES) - 1
 
 #: Page-side helpers: the navbar's links and result rows, found by their visible text.
 HELPERS_JS = r"""
@@ -212,8 +223,10 @@ def test_every_figure_renders_with_its_caption(browser: HeadlessChromium, report
 def test_every_table_is_listed_with_caption_and_data(browser: HeadlessChromium, report: Path, category: str) -> None:
     tables = report / "results/tables"
     if category == "LaTeX tables":
-        files = {p.stem: p for p in sorted(tables.glob("*.tex"))}
-        assert len(files) == 8, sorted(files)
+        # the report lists the LaTeX tables of kdcore.analysis.outputs.TEX_TABLES (the stored-logit tables are
+        # in the report as CSV)
+        assert len(list(tables.glob("*.tex"))) == N_TEX_TABLES, sorted(tables.glob("*.tex"))
+        files = {name: tables / f"{name}.tex" for name in sorted(outputs.TEX_TABLES)}
         openings = dict.fromkeys(files, caption_openings("latex"))
     elif category == "Summary":
         # a labelled result is listed by its label (the warnings of summary.json, "none" for this study)
