@@ -3,7 +3,7 @@
 ``make_study`` writes a small study with known accuracies: two students, three teachers, both KD methods,
 a selection grid, stem and clip ablations. Accuracies are chosen per (cell, seed) by ``acc``.
 ``write_analysis_snakefile`` puts a Snakefile beside it that runs the real analysis rules on those files, and
-``build_analysis_study`` runs them and the HTML report once per test session (the tests that read the finished
+``build_analysis_study`` runs them and the HTML report once per pytest run (the tests that read the finished
 analysis share it). Nothing here is a test itself.
 """
 

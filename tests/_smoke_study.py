@@ -1,6 +1,6 @@
 """The finished smoke study that the workflow tests share (no tests here).
 
-The smoke study (config/smoke.yaml with the teacher-output cache on) is trained once per test session, in a
+The smoke study (config/smoke.yaml with the teacher-output cache on) is trained once per pytest run, in a
 folder shared by every pytest-xdist worker (a file lock makes the first worker build it and the others wait).
 Tests that only read it use ``root``; tests that change anything work on a ``copy`` (mtimes and the
 ``.snakemake`` metadata kept, so Snakemake sees the same finished study) or ``seed`` a study of their own with

@@ -39,14 +39,14 @@ def synthetic_dataset(tmp_path: Path, synthetic_spec: dict[str, Any]) -> Path:
 
 
 def _shared_temp(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The session's temporary folder that every pytest-xdist worker sees (above the workers' own)."""
+    """The temporary folder of this pytest run that every pytest-xdist worker sees (above the workers' own)."""
     base = tmp_path_factory.getbasetemp()
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
 @pytest.fixture(scope="session")
 def smoke_study(tmp_path_factory: pytest.TempPathFactory) -> SmokeStudy:
-    """The smoke study, trained once per test session and shared by every pytest-xdist worker: read its
+    """The smoke study, trained once per pytest run and shared by every pytest-xdist worker: read its
     ``root``, never change it; ``copy`` it (or ``seed`` a study from it) to change anything."""
     return build_smoke_study(_shared_temp(tmp_path_factory) / "smoke-study")
 
@@ -54,7 +54,7 @@ def smoke_study(tmp_path_factory: pytest.TempPathFactory) -> SmokeStudy:
 @pytest.fixture(scope="session")
 def analysis_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The hand-made study of tests/_analysis_study.py with its analysis and HTML report finished (once per
-    session, shared by every pytest-xdist worker; read only)."""
+    pytest run, shared by every pytest-xdist worker; read only)."""
     return build_analysis_study(_shared_temp(tmp_path_factory) / "analysis-study")
 
 
