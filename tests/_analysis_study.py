@@ -10,12 +10,11 @@ analysis share it). Nothing here is a test itself.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from _workflow_tools import snakemake
 from filelock import FileLock
 
 REPO = Path(__file__).resolve().parents[1]
@@ -313,8 +312,7 @@ def write_analysis_snakefile(
 
 def run_analysis(work: Path, *extra: str) -> None:
     """Run the analysis Snakefile in ``work`` (``extra``: e.g. ``--report``); a failure raises with its log."""
-    run = [sys.executable, "-m", "snakemake", "--cores", "2", "--quiet", *extra]
-    proc = subprocess.run(run, cwd=work, capture_output=True, text=True, timeout=600, check=False)
+    proc = snakemake(work, "--cores", "2", "--quiet", *extra, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 

@@ -5,11 +5,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import select
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +35,62 @@ def copy_workflow(dst: Path) -> Path:
     return dst
 
 
+SERVER = Path(__file__).resolve().parent / "_snakemake_server.py"
+
+
+class SnakemakeLauncher:
+    """Runs ``python -m snakemake`` commands as children of one tests/_snakemake_server.py process (started on
+    first use, one per pytest worker), which saves each command the seconds of importing torch, torchvision
+    and Snakemake. ``KDCORE_TEST_FORK=0`` in the environment runs every command as its own process instead."""
+
+    def __init__(self) -> None:
+        self.server: subprocess.Popen | None = None
+
+    def _started(self) -> subprocess.Popen:
+        if self.server is None or self.server.poll() is not None:
+            self.server = subprocess.Popen(
+                [sys.executable, str(SERVER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO
+            )
+        return self.server
+
+    def _reply(self, server: subprocess.Popen, timeout: float | None) -> dict:
+        assert server.stdout is not None
+        ready, _, _ = select.select([server.stdout], [], [], timeout)
+        if not ready:
+            raise TimeoutError
+        line = server.stdout.readline()
+        if not line:
+            raise RuntimeError(f"tests/_snakemake_server.py ended (exit code {server.poll()})")
+        return json.loads(line)
+
+    def run(self, cwd: Path, args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "snakemake", *args]
+        if os.environ.get("KDCORE_TEST_FORK", "1") == "0":
+            return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+        server = self._started()
+        assert server.stdin is not None
+        with tempfile.TemporaryDirectory(prefix="snakemake-output-") as tmp:
+            out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
+            request = {"cwd": str(cwd), "args": list(args), "env": env, "stdout": str(out), "stderr": str(err)}
+            server.stdin.write(json.dumps(request) + "\n")
+            server.stdin.flush()
+            pid = self._reply(server, 60)["pid"]
+            try:
+                rc = self._reply(server, timeout)["rc"]
+            except TimeoutError:
+                os.killpg(pid, signal.SIGKILL)
+                self._reply(server, 60)
+                raise subprocess.TimeoutExpired(command, timeout, out.read_text(), err.read_text()) from None
+            return subprocess.CompletedProcess(command, rc, out.read_text(), err.read_text())
+
+
+LAUNCHER = SnakemakeLauncher()
+
+
 def snakemake(cwd: Path, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
     """Run ``python -m snakemake *args`` in ``cwd``; with ``check`` a failure raises with its output."""
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "KDCORE_LOCK_DIR": str(cwd / ".locks")}
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
-    )
+    proc = LAUNCHER.run(cwd, list(args), env, timeout)
     if check and proc.returncode != 0:
         raise AssertionError(
             f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-5000:]}\n{proc.stderr[-5000:]}"

@@ -8,13 +8,13 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 import zipfile
 from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
 import yaml
+from _workflow_tools import snakemake
 
 from kdcore.analysis import outputs
 from kdcore.analysis.parts import part_tables
@@ -120,9 +120,8 @@ def _snakemake(work: Path, zip_file: Path | None, *args: str) -> subprocess.Comp
     shutil.copy(REPO / "config/paper-runs.yaml", work / "paper-runs.yaml")
     overlay = {"analysis": {"reference_zip": str(zip_file) if zip_file else None}}
     (work / "overlay.yaml").write_text(yaml.safe_dump(overlay))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), *args]
-    cmd += ["--configfile", "paper-runs.yaml", "overlay.yaml"]
-    return subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=600, check=False)
+    args = ("--snakefile", str(REPO / "Snakefile"), *args, "--configfile", "paper-runs.yaml", "overlay.yaml")
+    return snakemake(work, *args, timeout=600, check=False)
 
 
 def _planned_rules(stdout: str) -> dict[str, int]:

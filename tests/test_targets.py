@@ -6,12 +6,12 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import pytest
 import yaml
+from _workflow_tools import snakemake
 
 from kdcore.analysis import outputs
 
@@ -60,11 +60,11 @@ EXPECTED_RULES = {
 def dry_run(work: Path, *targets: str, overlay: dict | None = None) -> subprocess.CompletedProcess:
     """``snakemake -n`` of the repository's Snakefile on config.yaml (plus ``overlay``) in an empty folder."""
     shutil.copy(REPO / "config.yaml", work / "config.yaml")
-    cmd = [sys.executable, "-m", "snakemake", *targets, "-n", "--snakefile", str(REPO / "Snakefile")]
+    args = [*targets, "-n", "--snakefile", str(REPO / "Snakefile")]
     if overlay:
         (work / "overlay.yaml").write_text(yaml.safe_dump(overlay))
-        cmd += ["--configfile", "config.yaml", "overlay.yaml"]
-    return subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=300, check=False)
+        args += ["--configfile", "config.yaml", "overlay.yaml"]
+    return snakemake(work, *args, timeout=300, check=False)
 
 
 def job_counts(stdout: str) -> Counter:
