@@ -81,12 +81,9 @@ def _uses_module_fixture(item: pytest.Item) -> bool:
 
 
 def _xdist_group(item: pytest.Item) -> str | None:
-    """The pytest-xdist group of a test: the users of a shared study together (one worker builds it while the
-    others run other tests), and the tests of a module-scoped fixture on one worker (it is built once)."""
-    fixtures = getattr(item, "fixturenames", ())
-    for shared in ("smoke_study", "analysis_study"):
-        if shared in fixtures:
-            return shared.replace("_", "-")
+    """The pytest-xdist group of a test: the tests of a module-scoped (or class-scoped) fixture run on one
+    worker, which builds it once. Users of the session-wide shared studies need no group: the first worker to
+    ask builds the study under a file lock, and any other waits for it and reads the same folder."""
     if _uses_module_fixture(item) and item.module is not None:
         return item.module.__name__
     return None
@@ -95,8 +92,8 @@ def _xdist_group(item: pytest.Item) -> str | None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Tests that run Snakemake are ``slow`` (``-m "not slow"`` is the inner loop). Slow tests first (pytest-xdist
-    then starts the long studies at once, and the quick tests fill the gaps), each in its xdist group
-    (``--dist loadgroup``); the order of the rest is kept."""
+    then starts the long studies at once, and the quick tests fill the gaps), a module-scoped study's tests in
+    one xdist group (``--dist loadgroup``); the order of the rest is kept."""
     for item in items:
         if item.get_closest_marker("slow") is None and _runs_snakemake(item):
             item.add_marker(pytest.mark.slow)

@@ -248,7 +248,8 @@ def study_runs(tmp_path_factory: pytest.TempPathFactory) -> StudyRuns:
                 # the CI cluster has no accounting database: job states come from squeue, which keeps
                 # finished jobs for MinJobAge (600 s) seconds; first status check after 2 s, not 40 s
                 "--slurm-status-command", "squeue", "--slurm-no-account",
-                "--slurm-init-seconds-before-status-checks", "2", "--slurm-keep-successful-logs",
+                "--slurm-init-seconds-before-status-checks", "2", "--seconds-between-status-checks", "2",
+                "--slurm-keep-successful-logs",
                 *TARGETS,
             ),
             check=False, capture_output=True, text=True, env=base_env(SBATCH_PARTITION=PARTITION or ""), cwd=REPO,

@@ -101,6 +101,27 @@ def require_cuda(requested: str, reason: str) -> None:
     )
 
 
+def gpu_jobs_refusal(device: str, gpu_jobs: int, gpu_minutes: float, cuda_available: bool) -> str | None:
+    """Why a workflow run on this machine must not start: ``gpu_jobs`` jobs that ask for a GPU (their runtime
+    estimates adding up to ``gpu_minutes``) with no CUDA device visible to torch; None when it may start.
+
+    Each such job would fail at once anyway (:func:`check_gpu_request`); refusing before the first job says
+    it once, with the size of what was asked for, before data preparation or analysis jobs run. A study on
+    ``compute.device: cpu`` plans no GPU job; ``KDCORE_REQUIRE_GPU=0`` lets ``auto`` fall back to the CPU.
+    """
+    if gpu_jobs == 0 or cuda_available or str(device).strip().lower() == "cpu":
+        return None
+    if os.environ.get(REQUIRE_GPU_ENV, "").strip() == "0":
+        return None
+    return (
+        f"{gpu_jobs} GPU job(s) to run on this machine (runtime limits adding up to {gpu_minutes / 60:.1f} GPU-hours, "
+        f"compute.device {device}) but torch sees no CUDA device: {cuda_diagnosis()}. No job was started. "
+        "On a cluster, run with --profile profiles/slurm (docs/slurm.md); to train on this machine's CPU on "
+        "purpose, set compute.device: cpu (e.g. --config compute.device=cpu), or KDCORE_REQUIRE_GPU=0 to let "
+        "compute.device auto fall back to the CPU"
+    )
+
+
 def check_gpu_request(requested: str, n_gpus: int) -> None:
     """NoCudaError when no CUDA device is visible although one was asked for: ``requested`` names CUDA, or
     it is ``auto`` in a process that :func:`gpu_expected` says should have a GPU. ``cpu`` always passes."""

@@ -16,6 +16,27 @@ if str(config["compute"]["device"]).strip().lower() != "cpu":
     )
 
 
+def refuse_gpu_jobs_without_cuda(_log) -> None:
+    """onstart (a real run, not a dry run, after the DAG is built and before the first job): a run whose jobs
+    execute on this machine (not through a cluster executor) and would start GPU jobs where torch sees no
+    CUDA device stops, naming the jobs' GPU-hours (kdcore.devices.gpu_jobs_refusal). --no-hooks skips it."""
+    if not (workflow.is_main_process and workflow.local_exec):
+        return
+    import torch
+    from kdcore.devices import gpu_jobs_refusal
+
+    jobs = [job for job in workflow.dag.needrun_jobs() if job.resources.get("gpu", 0)]
+    minutes = sum(job.resources.get("runtime", 0) for job in jobs)
+    device = config["compute"]["device"]
+    refusal = gpu_jobs_refusal(device, len(jobs), minutes, torch.cuda.is_available())
+    if refusal is not None:
+        raise StudyConfigError(refusal)
+
+
+onstart:
+    refuse_gpu_jobs_without_cuda(log)
+
+
 rule training_job:
     log:
         job_log("templates/training_job"),
