@@ -20,7 +20,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW_PARTS = ("Snakefile", "config.yaml", "config", "workflow", "src", "profiles")
-IGNORE = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc")
+# Compiled modules are copied with their sources (copy2 keeps the mtimes their validity is checked against),
+# and the jobs may write more: each job process then imports kdcore without compiling it again.
+IGNORE = shutil.ignore_patterns("*.egg-info")
 
 
 def copy_workflow(dst: Path) -> Path:
@@ -71,7 +73,13 @@ class SnakemakeLauncher:
         assert server.stdin is not None
         with tempfile.TemporaryDirectory(prefix="snakemake-output-") as tmp:
             out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
-            request = {"cwd": str(cwd), "args": list(args), "env": env, "stdout": str(out), "stderr": str(err)}
+            request = {
+                "cwd": str(Path(cwd).resolve()),
+                "args": list(args),
+                "env": env,
+                "stdout": str(out),
+                "stderr": str(err),
+            }
             server.stdin.write(json.dumps(request) + "\n")
             server.stdin.flush()
             pid = self._reply(server, 60)["pid"]
@@ -89,7 +97,7 @@ LAUNCHER = SnakemakeLauncher()
 
 def snakemake(cwd: Path, *args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
     """Run ``python -m snakemake *args`` in ``cwd``; with ``check`` a failure raises with its output."""
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "KDCORE_LOCK_DIR": str(cwd / ".locks")}
+    env = {**os.environ, "KDCORE_LOCK_DIR": str(cwd / ".locks")}
     proc = LAUNCHER.run(cwd, list(args), env, timeout)
     if check and proc.returncode != 0:
         raise AssertionError(

@@ -39,7 +39,7 @@ ARGS = ("--cores", "1", "--configfile", "config/smoke.yaml", "config/resume.yaml
 def interrupt_after_first_epoch(root: Path, timeout: float = 600) -> None:
     """Run the study and kill -9 Snakemake and its jobs as soon as the KD run has saved an epoch
     (its last.pt exists)."""
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "KDCORE_LOCK_DIR": str(root / ".locks")}
+    env = {**os.environ, "KDCORE_LOCK_DIR": str(root / ".locks")}
     cmd = [sys.executable, "-m", "snakemake", f"{RUN}/metrics.json", *ARGS]
     proc = subprocess.Popen(
         cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True

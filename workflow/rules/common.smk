@@ -18,7 +18,7 @@ if str(SRC) not in sys.path:
 from kdcore.codehash import code_digest as _code_digest
 from kdcore.config import network_arch
 from kdcore.errors import KDCoreError
-from kdcore.runfolder import BEST_FILE, FINAL_FILE, METRICS_FILE
+from kdcore.runfolder import BEST_FILE, FINAL_FILE, METRICS_FILE, TEST_LOGITS_FILE
 from kdcore.study import build_study, cache_build_minutes, network_regex, run_config, run_folder, teacher_regex
 from kdcore.study import FOLDER_PATTERNS, WINNER_PATTERN, teacher_run, training_minutes
 from kdcore.study import winner_file as study_winner_file
@@ -103,8 +103,9 @@ def run_file(stage: str, name: str, **w) -> str:
 
 
 def run_outputs(stage: str, **w) -> dict[str, str]:
-    """The declared outputs of one training job: the files kdcore.engine.train_run writes into its folder."""
-    files = {"metrics": METRICS_FILE, "best": BEST_FILE, "final": FINAL_FILE}
+    """The declared outputs of one training job: the files kdcore.engine.train_run writes into its folder
+    (the test logits too: the per-image analysis reads them, and a missing file reruns its run)."""
+    files = {"metrics": METRICS_FILE, "best": BEST_FILE, "final": FINAL_FILE, "logits": TEST_LOGITS_FILE}
     return {key: run_file(stage, name, **w) for key, name in files.items()}
 
 

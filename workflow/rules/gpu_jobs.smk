@@ -16,25 +16,23 @@ if str(config["compute"]["device"]).strip().lower() != "cpu":
     )
 
 
-def refuse_gpu_jobs_without_cuda(_log) -> None:
-    """onstart (a real run, not a dry run, after the DAG is built and before the first job): a run whose jobs
-    execute on this machine (not through a cluster executor) and would start GPU jobs where torch sees no
-    CUDA device stops, naming the jobs' GPU-hours (kdcore.devices.gpu_jobs_refusal). --no-hooks skips it."""
-    if not (workflow.is_main_process and workflow.local_exec):
-        return
-    import torch
-    from kdcore.devices import gpu_jobs_refusal
-
-    jobs = [job for job in workflow.dag.needrun_jobs() if job.resources.get("gpu", 0)]
-    minutes = sum(job.resources.get("runtime", 0) for job in jobs)
-    device = config["compute"]["device"]
-    refusal = gpu_jobs_refusal(device, len(jobs), minutes, torch.cuda.is_available())
-    if refusal is not None:
-        raise StudyConfigError(refusal)
-
-
+# A real run (not a dry run), after the DAG is built and before its first job: a run whose jobs execute on this
+# machine (not through a cluster executor) and would start GPU jobs where torch sees no CUDA device stops,
+# naming the jobs' GPU-hours (kdcore.devices.gpu_jobs_refusal). --no-hooks skips it.
 onstart:
-    refuse_gpu_jobs_without_cuda(log)
+    if workflow.is_main_process and workflow.local_exec:
+        import torch
+        from kdcore.devices import gpu_jobs_refusal
+
+        _gpu_jobs = [job for job in workflow.dag.needrun_jobs() if job.resources.get("gpu", 0)]
+        _refusal = gpu_jobs_refusal(
+            config["compute"]["device"],
+            len(_gpu_jobs),
+            sum(job.resources.get("runtime", 0) for job in _gpu_jobs),
+            torch.cuda.is_available(),
+        )
+        if _refusal is not None:
+            raise StudyConfigError(_refusal)
 
 
 rule training_job:
