@@ -23,6 +23,14 @@ fidelity: {final: true, baseline_controls: false}
 CONFIGS = ("--configfile", "config/smoke.yaml", "config/smoke-chain.yaml", "fixed.yaml")
 CHAIN = "resnet101.logit.resnet50"
 ASSISTANT = "results/runs/final/resnet101-resnet50/logit/seed0"
+# what the tests read: every run (through runs.csv), one fidelity record, the tables and the figure below
+TARGETS = (
+    "results/tables/runs.csv",
+    "results/tables/summary.json",
+    "results/tables/main_results.tex",
+    "results/figures/gain_vs_capacity.pdf",
+    f"results/runs/final/{CHAIN}-resnet18/logit/seed1/fidelity.json",
+)
 
 
 def read_json(path: Path) -> dict:
@@ -33,7 +41,7 @@ def read_json(path: Path) -> dict:
 def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = copy_workflow(tmp_path_factory.mktemp("chain") / "wf")
     (root / "fixed.yaml").write_text(FIXED, encoding="utf-8")
-    snakemake(root, *CONFIGS, "--cores", "2", timeout=1200)
+    snakemake(root, *TARGETS, "--cores", "2", *CONFIGS, timeout=1200)
     return root
 
 
@@ -64,4 +72,4 @@ def test_analysis_reports_the_chain_teacher(study: Path) -> None:
 
 
 def test_finished_chain_study_is_up_to_date(study: Path) -> None:
-    assert dry_run(study, *CONFIGS).counts == {}
+    assert dry_run(study, *TARGETS, *CONFIGS).counts == {}
