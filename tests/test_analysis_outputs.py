@@ -70,6 +70,7 @@ def test_latex_tables_and_compile(study, tmp_path):
     assert (tmp_path / "doc.pdf").stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_comparison_against_itself_and_reduced_scale(study):
     _, runs = study
     full = runs.assign(synthetic=False, width=64)

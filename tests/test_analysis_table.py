@@ -101,6 +101,7 @@ def test_run_table_without_any_fidelity_files(tmp_path):
     assert len(runs) == len(m) and runs["agreement"].isna().all()
 
 
+@pytest.mark.slow
 def test_part_tables_give_the_whole_study_statistics(tmp_path):
     """A statistics table computed from the run tables of its parts (kdcore.analysis.outputs) equals the one
     computed from the whole study's run table, written as CSV as the workflow does."""

@@ -16,6 +16,7 @@ def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "kdcore", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_prepare_train_fidelity_end_to_end(tmp_path):
     spec = {"source": "synthetic", "synthetic": {"n_train": 300, "n_test": 100, "seed": 1}, "val_size": 60}
     (tmp_path / "data.yaml").write_text(yaml.safe_dump(spec))
@@ -73,6 +74,7 @@ def test_bad_input_gives_one_error_line_and_exit_2(tmp_path, run, message):
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_benchmark_quick_mode_runs_and_writes_parsable_json(tmp_path):
     out = tmp_path / "bench.json"
     done = subprocess.run(

@@ -178,6 +178,7 @@ def _train_in_child(config: dict, out: str) -> None:
     engine.train_run(config, out)
 
 
+@pytest.mark.slow
 def test_resume_after_kill_equals_uninterrupted_run(dataset, teacher_ckpt, tmp_path):
     config = run_config(dataset, {"name": "logit"}, teacher_ckpt, epochs=4)
     config["runtime"]["log_every_epoch"] = False

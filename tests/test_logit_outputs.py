@@ -83,6 +83,7 @@ def test_the_workflow_builds_the_tables_drawn_from_stored_logits(smoke_study):
     assert not (tables / "audit.csv").exists()  # the smoke study does not audit
 
 
+@pytest.mark.slow
 def test_the_audit_table_is_planned_only_with_the_audit_flag(smoke_study, tmp_path):
     root = smoke_study.copy(tmp_path / "wf")
     (root / "config" / "audit-on.yaml").write_text("audit: {test_every_epoch: true}\n", encoding="utf-8")

@@ -93,6 +93,7 @@ def test_disjoint_final_and_selection_seeds_leave_every_run():
     assert len(kept) == len(df) and label == "final seeds disjoint from selection"
 
 
+@pytest.mark.slow
 def test_the_parts_it_reads_give_the_whole_studys_table():
     from kdcore.analysis.outputs import STAT_TABLES
 

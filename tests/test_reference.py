@@ -207,6 +207,7 @@ def paper_runs(tmp_path_factory):
     return build_run_table(sorted(out.rglob("metrics.json")), sorted(out.rglob("fidelity.json")))
 
 
+@pytest.mark.slow
 def test_paper_baselines(paper_runs):
     cells = stats.cell_summary(paper_runs)
     base = cells[cells["stage"] == "baseline"].set_index("student")

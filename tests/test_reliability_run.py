@@ -145,6 +145,7 @@ def _cli_train(src: Path, cwd: Path, *args: str) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_cli_run_killed_then_rerun_after_a_loss_edit_restarts_from_epoch_0(tmp_path, data):
     """The 'code fix after an interrupted study' case, end to end on a copy of the source tree."""
     src = tmp_path / "src"

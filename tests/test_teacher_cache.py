@@ -126,6 +126,7 @@ def _mismatch(tmp_path: Path, cache: Path, expected: dict[str, Any], **changes: 
     return str(info.value)
 
 
+@pytest.mark.slow
 def test_verification_names_what_differs(tmp_path: Path, small_dataset: Path, teacher_checkpoint: Path) -> None:
     out = tmp_path / "teacher_cache.pt"
     build_teacher_cache(teacher_checkpoint, small_dataset, out, device="cpu", precision="bf16", batch_size=2000)
@@ -176,6 +177,7 @@ def test_bad_build_input_fails_before_compute(tmp_path: Path, small_dataset: Pat
     assert not (tmp_path / "x.pt").exists()
 
 
+@pytest.mark.slow
 def test_cli_writes_cache_and_reports_errors(tmp_path: Path, small_dataset: Path, teacher_checkpoint: Path, capsys):
     out = tmp_path / "cli_cache.pt"
     args = ["--teacher", str(teacher_checkpoint), "--data", str(small_dataset), "--out", str(out), "--device", "cpu"]
