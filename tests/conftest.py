@@ -58,6 +58,8 @@ def analysis_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_analysis_study(_shared_temp(tmp_path_factory) / "analysis-study")
 
 
+#: The session fixtures that build a study (minutes, once per run): their users are slow tests.
+SHARED_STUDIES = ("smoke_study", "analysis_study")
 #: What a test's own code calls to run Snakemake (a dry run or a study): such a test takes seconds to minutes.
 SNAKEMAKE_CALLS = ("dry_run(", "snakemake(", "snakemake_cmd(", "dry_run_with_profile(", '"-m", "snakemake"')
 
@@ -91,11 +93,12 @@ def _xdist_group(item: pytest.Item) -> str | None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests that run Snakemake are ``slow`` (``-m "not slow"`` is the inner loop). Slow tests first (pytest-xdist
+    """Tests that run Snakemake or read a shared study are ``slow`` (``-m "not slow"`` is the inner loop). Slow tests first (pytest-xdist
     then starts the long studies at once, and the quick tests fill the gaps), a module-scoped study's tests in
     one xdist group (``--dist loadgroup``); the order of the rest is kept."""
     for item in items:
-        if item.get_closest_marker("slow") is None and _runs_snakemake(item):
+        uses_a_study = any(name in getattr(item, "fixturenames", ()) for name in SHARED_STUDIES)
+        if item.get_closest_marker("slow") is None and (_runs_snakemake(item) or uses_a_study):
             item.add_marker(pytest.mark.slow)
         group = _xdist_group(item)
         if group is not None:
