@@ -41,7 +41,7 @@ GPU_RULE = re.compile(r"^(train_\w+|fidelity_\w+|teacher_cache)$")
 # job) instead of ~25 jobs. One teacher seed, fixed KD hyper-parameters, one final seed, no ablations (the
 # dry-run tests above cover the SLURM resources of every rule). The teacher trains 2 epochs (smoke),
 # which gives the cancellation its window between epoch 1 and 2 (on 600 training images, not the smoke
-# study's 200, so that the window is a few seconds long).
+# study's 150, so that the window is a few seconds long).
 TRIM_OVERLAY = """\
 data: {synthetic: {n_train: 700, n_test: 300, seed: 0}}
 teachers: {seeds: [0], distill_seed: 0}
