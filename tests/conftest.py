@@ -93,9 +93,9 @@ def _xdist_group(item: pytest.Item) -> str | None:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests that run Snakemake or read a shared study are ``slow`` (``-m "not slow"`` is the inner loop). Slow tests first (pytest-xdist
-    then starts the long studies at once, and the quick tests fill the gaps), a module-scoped study's tests in
-    one xdist group (``--dist loadgroup``); the order of the rest is kept."""
+    """Tests that run Snakemake or read a shared study are ``slow`` (``-m "not slow"`` is the inner loop). Slow
+    tests first (pytest-xdist then starts the long studies at once, and the quick tests fill the gaps), a
+    module-scoped study's tests in one xdist group (``--dist loadgroup``); the order of the rest is kept."""
     for item in items:
         uses_a_study = any(name in getattr(item, "fixturenames", ()) for name in SHARED_STUDIES)
         if item.get_closest_marker("slow") is None and (_runs_snakemake(item) or uses_a_study):

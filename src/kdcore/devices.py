@@ -103,7 +103,7 @@ def require_cuda(requested: str, reason: str) -> None:
 
 def gpu_jobs_refusal(device: str, gpu_jobs: int, gpu_minutes: float, cuda_available: bool) -> str | None:
     """Why a workflow run on this machine must not start: ``gpu_jobs`` jobs that ask for a GPU (their runtime
-    estimates adding up to ``gpu_minutes``) with no CUDA device visible to torch; None when it may start.
+    limits adding up to ``gpu_minutes``) with no CUDA device visible to torch; None when it may start.
 
     Each such job would fail at once anyway (:func:`check_gpu_request`); refusing before the first job says
     it once, with the size of what was asked for, before data preparation or analysis jobs run. A study on
