@@ -1,7 +1,12 @@
-"""Hand-made metrics.json / fidelity.json files for the analysis tests (no training, no shared data).
+"""Hand-made metrics.json / fidelity.json / test-logits files for the analysis tests (no training, no shared
+data).
 
 ``make_study`` writes a small study with known accuracies: two students, three teachers, both KD methods,
-a selection grid, stem and clip ablations. Accuracies are chosen per (cell, seed) by ``acc``.
+a selection grid, stem and clip ablations. Accuracies are chosen per (cell, seed) by ``acc``. Each run also
+stores synthetic test logits (kdcore.predictions) whose top classes give its test accuracies on
+:data:`N_TEST` images, and its metrics.json is sealed as a finished run's is (kdcore.runfolder.seal_record),
+so the analysis measures fidelity from the logits as in a trained study; the fidelity.json files stand for
+the imported paper's runs (kdcore.analysis.table.build_fidelity_table).
 ``write_analysis_snakefile`` puts a Snakefile beside it that runs the real analysis rules on those files, and
 ``build_analysis_study`` runs them and the HTML report once per pytest run (the tests that read the finished
 analysis share it). Nothing here is a test itself.
@@ -10,16 +15,23 @@ analysis share it). Nothing here is a test itself.
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from _workflow_tools import snakemake
 from filelock import FileLock
+
+from kdcore.predictions import write_test_logits
+from kdcore.runfolder import TEST_LOGITS_FILE, seal_record
 
 REPO = Path(__file__).resolve().parents[1]
 
 PAIRS = [("resnet34", "resnet18"), ("resnet50", "resnet18"), ("resnet50", "resnet34")]
+N_TEST = 1000
+TEST_LABELS = np.random.default_rng(0).integers(0, 10, N_TEST)
 PARAMS = {"resnet18": 11_173_962, "resnet34": 21_282_122, "resnet50": 23_520_842}
 
 
@@ -41,6 +53,7 @@ def metrics(
     width: int = 16,
     val_acc: float | None = None,
     proj: float | None = None,
+    teacher_checkpoint: str = "t.pt",
 ) -> dict[str, Any]:
     """A metrics.json dict in the schema of docs/design.md (accuracies as fractions)."""
     method_cfg: dict[str, Any] = {"name": method}
@@ -77,7 +90,7 @@ def metrics(
             "model": {"arch": student, "width": width, "stem": stem},
             "teacher": None
             if teacher is None
-            else {"arch": teacher, "width": width, "stem": "cifar", "checkpoint": "t.pt"},
+            else {"arch": teacher, "width": width, "stem": "cifar", "checkpoint": teacher_checkpoint},
             "method": method_cfg,
             "train": {"epochs": epochs, "seed": seed, "clip_scope": clip_scope, "clip_norm": 1.0},
             "labels": labels,
@@ -101,7 +114,7 @@ def metrics(
             "width": width,
             "stem": "cifar",
             "params": PARAMS.get(teacher, 2000),
-            "checkpoint": "t.pt",
+            "checkpoint": teacher_checkpoint,
         },
         "history": history,
         "results": {
@@ -137,6 +150,49 @@ def fidelity(run: dict[str, Any], teacher: str, agreement: float, kl: float) -> 
         "per_class_acc_teacher": {},
         "labels": dict(run["labels"]),
     }
+
+
+def synthetic_logits(run_id: str, acc: float) -> np.ndarray:
+    """Test logits (float32 [N_TEST, 10]) whose top class is right on round(acc * N_TEST) images."""
+    rng = np.random.default_rng(zlib.crc32(run_id.encode()))
+    right = rng.permutation(N_TEST) < round(acc * N_TEST)
+    top = np.where(right, TEST_LABELS, (TEST_LABELS + rng.integers(1, 10, N_TEST)) % 10)
+    logits = rng.normal(0.0, 1.0, (N_TEST, 10)).astype(np.float32)
+    logits[np.arange(N_TEST), top] += 20.0  # beyond any normal draw: the top class is `top`
+    return logits
+
+
+def write_run(folder: Path, data: dict[str, Any]) -> Path:
+    """The run's test logits (at best and final) and its sealed metrics.json in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    run_id, results = data["labels"]["run_id"], data["results"]
+    write_test_logits(
+        folder / TEST_LOGITS_FILE,
+        synthetic_logits(run_id, results["test_acc_best"]),
+        synthetic_logits(run_id + "/final", results["test_acc_final"]),
+        TEST_LABELS,
+        results["best_epoch"],
+        results["epochs"],
+    )
+    path = folder / "metrics.json"
+    path.write_text(json.dumps(seal_record(data, folder)))
+    return path
+
+
+def teacher_checkpoint(root: Path, teacher: str) -> str:
+    """best.pt of the teacher run that the KD runs of ``make_study`` distil from (seed 0)."""
+    return str(root / "teachers" / teacher / "seed0" / "best.pt")
+
+
+def fidelity_checks(root: Path, fidelity_paths: list[Path]) -> list[dict[str, str]]:
+    """The fidelity comparisons of the study's fidelity files as the workflow passes them to the analysis
+    (common.smk's fidelity_checks()): the student run's metrics.json, the teacher, its run's test logits."""
+    checks = []
+    for path in fidelity_paths:
+        teacher = json.loads(path.read_text())["teacher_arch"]
+        teacher_logits = str(Path(teacher_checkpoint(root, teacher)).parent / TEST_LOGITS_FILE)
+        checks.append({"run": str(path.parent / "metrics.json"), "teacher": teacher, "teacher_logits": teacher_logits})
+    return checks
 
 
 def default_acc(stage: str, student: str, teacher: str | None, method: str, seed: int) -> float:
@@ -182,6 +238,7 @@ def make_study(
                     0,
                     0.9,
                     teacher=t,
+                    teacher_checkpoint=teacher_checkpoint(root, t),
                     method=m,
                     alpha=a,
                     temperature=T,
@@ -198,6 +255,7 @@ def make_study(
                     s,
                     acc("final", st, t, m, s),
                     teacher=t,
+                    teacher_checkpoint=teacher_checkpoint(root, t),
                     method=m,
                     alpha=a,
                     temperature=T,
@@ -228,6 +286,7 @@ def make_study(
             s,
             acc("final", "resnet18", "resnet50", "feature", s) - 0.001,
             teacher="resnet50",
+            teacher_checkpoint=teacher_checkpoint(root, "resnet50"),
             method="feature",
             alpha=0.9,
             clip_scope="student_only",
@@ -236,10 +295,7 @@ def make_study(
         )
     mpaths, fpaths = [], []
     for rid, data in runs.items():
-        p = root / rid / "metrics.json"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps(data))
-        mpaths.append(p)
+        mpaths.append(write_run(root / rid, data))
     if with_fidelity:
         for rel, data in fids.items():
             p = root / rel
@@ -257,7 +313,7 @@ FIDELITY = {fidelity!r}
 RUNS = {runs!r}
 def stage(name): return [p for p in METRICS if p.startswith(f"{{RUNS}}/{{name}}/")]
 def all_run_metrics(wildcards=None): return METRICS
-def all_fidelity_files(wildcards=None): return FIDELITY
+def fidelity_checks(): return FIDELITY
 def teacher_metrics(): return stage("teachers")
 def baseline_metrics(): return stage("baselines")
 def select_metrics(): return stage("select")
@@ -300,7 +356,7 @@ def write_analysis_snakefile(
         SNAKEFILE.format(
             src=str(REPO / "src"),
             metrics=[str(p) for p in metrics],
-            fidelity=[str(p) for p in fidelity],
+            fidelity=fidelity_checks(work / "runs", fidelity),
             runs=str(work / "runs"),
             analysis=ANALYSIS_CONFIG,
             workflow_rst=str(REPO / "workflow/report/workflow.rst"),

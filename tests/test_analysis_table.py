@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
-from _analysis_study import make_study, metrics
+from _analysis_study import N_TEST, fidelity_checks, make_study, metrics
 
 from kdcore.analysis.table import (
     RUN_COLUMNS,
     build_fidelity_table,
     build_history_table,
     build_run_table,
+    build_tables,
     read_table,
     write_run_tables,
 )
@@ -49,6 +51,35 @@ def test_fidelity_table_has_controls(tmp_path):
     assert len(ctl) == 3 * 3  # (R18: R34, R50 teachers; R34: R50) x 3 seeds
     assert set(ctl["pair"]) == {"resnet34-resnet18", "resnet50-resnet18", "resnet50-resnet34"}
     assert (fid[~fid["control"]]["method"] != "baseline").all()
+
+
+def test_fidelity_from_stored_logits_for_each_check(tmp_path):
+    """A trained study's fidelity table: one row per comparison, measured from the runs' test logits; the
+    KD runs' rows reach the run table, the controls stay in the fidelity table."""
+    m, f = make_study(tmp_path)
+    checks = fidelity_checks(tmp_path, f)
+    runs, fid = build_tables(m, fidelity_checks=checks)
+    assert len(fid) == len(checks) == len(f) and fid["control"].sum() == 9
+    # the synthetic logits are right on exactly round(acc * N_TEST) images of each run
+    right = {
+        json.loads(p.read_text())["labels"]["run_id"]: round(
+            json.loads(p.read_text())["results"]["test_acc_best"] * N_TEST
+        )
+        for p in m
+    }
+    assert np.allclose(fid["student_acc"], [100 * right[r] / N_TEST for r in fid["run_id"]], rtol=0, atol=1e-9)
+    teacher_acc = [100 * right[f"teachers/{t}/seed0"] / N_TEST for t in fid["teacher"]]
+    assert np.allclose(fid["teacher_acc"], teacher_acc, rtol=0, atol=1e-9)
+    assert fid["agreement"].between(0, 100).all() and (fid["kl_t1"] > 0).all() and (fid["kl_t4"] < fid["kl_t1"]).all()
+    kd = runs[runs["stage"] == "final"]
+    assert kd["agreement"].notna().all() and runs[runs["stage"] == "baseline"]["agreement"].isna().all()
+    with pytest.raises(DataError, match="not one of the run table's metrics files"):
+        build_tables([p for p in m if "final" not in str(p)], fidelity_checks=checks)
+    with pytest.raises(DataError, match="from fidelity files or from stored logits, not both"):
+        build_tables(m, f, checks)
+    checks[0]["teacher_logits"] = str(tmp_path / "missing.npz")
+    with pytest.raises(DataError, match="missing.npz"):
+        build_tables(m, fidelity_checks=checks)
 
 
 def test_history_and_roundtrip(tmp_path):

@@ -15,7 +15,7 @@ from _workflow_tools import REPO, copy_workflow, dry_run, snakemake
 from kdcore.analysis.latex import pair_tex, short, split_pair, tex_short
 from kdcore.analysis.stats import cell_summary, teacher_premise, teacher_runs
 from kdcore.analysis.table import RUN_COLUMNS
-from kdcore.config import merge_config, network_spec, validate_study_config
+from kdcore.config import load_study_config, merge_config, network_spec, validate_study_config
 from kdcore.errors import ConfigError
 from kdcore.labels import chain_network, split_chain
 from kdcore.plan import plan_study, render_text
@@ -159,7 +159,12 @@ def test_chain_study_plan_waits_on_the_final_run(tmp_path: Path) -> None:
     assert plan.of("train_teacher") == [{"arch": "resnet101", "seed": "0"}]
     assert len(plan.of("train_final", teacher=CHAIN)) == 2 and len(plan.of("train_select", teacher=CHAIN)) == 1
     assert not plan.of("teacher_cache")  # off in smoke-chain.yaml
-    assert {w["teacher"] for w in plan.of("fidelity_baseline", student="resnet18")} == {CHAIN, "resnet101"}
+    study = build_study(
+        load_study_config([root / "config.yaml", root / "config/smoke.yaml", root / "config/smoke-chain.yaml"])
+    )
+    controls = {c.teacher: c.teacher_run for c in study.fidelity if c.stage == "baseline" and c.student == "resnet18"}
+    assert controls == {CHAIN: "final/resnet101-resnet50/logit/seed0", "resnet101": "teachers/resnet101/seed0"}
+    assert "results/runs/final/resnet101-resnet50/logit/seed0/test_logits.npz" in plan.text  # read by the analysis
     proc = snakemake(
         root, "-n", "--cores", "1", "--configfile", "config/smoke.yaml", "config/smoke-chain.yaml",
         "--forceall", f"results/runs/final/{CHAIN}-resnet18/logit/seed1/metrics.json", "-p",

@@ -33,25 +33,17 @@ def test_prepare_train_fidelity_end_to_end(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "epoch 1/1" in done.stderr and "ETA" in done.stderr
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["results"]["epochs"] == 1
-    done = run_cli(
-        "fidelity",
-        "--student",
-        "run/best.pt",
-        "--teacher",
-        "run/final.pt",
-        "--data",
-        "data.pt",
-        "--out",
-        "fid.json",
-        "--device",
-        "cpu",
-        cwd=tmp_path,
-    )
+    done = run_cli("fidelity", "--student", "run", "--teacher", "run/test_logits.npz", "--at", "final",
+                   "--out", "fid.json", cwd=tmp_path)  # fmt: skip
     assert done.returncode == 0, done.stderr
     record = json.loads((tmp_path / "fid.json").read_text())
     assert 0 <= record["top1_agreement"] <= 1 and set(record["per_class_acc_student"]) == set(
         record["per_class_acc_teacher"]
     )
+    assert record["student"]["at"] == "final" and record["teacher_arch"] == "resnet18"
+    done = run_cli("fidelity", "--student", "run", "--teacher", "run", "--out", "self.json", cwd=tmp_path)
+    itself = json.loads((tmp_path / "self.json").read_text())  # a run against itself: full agreement, no divergence
+    assert itself["top1_agreement"] == 1.0 and abs(itself["kl_t1"]) < 1e-12 and abs(itself["kl_t4"]) < 1e-12
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,6 @@ from kdcore.plan import (
     BENCH_EPOCH_IMAGES,
     DataSizes,
     data_sizes,
-    fidelity_evals,
     plan_study,
     training_jobs,
 )
@@ -36,7 +35,7 @@ STAGE_RULES = {
 }
 
 #: A tiny study: synthetic data (600 train, 100 val, 300 test), width 8, R34 teacher -> R18 student, both
-#: methods with fixed hyper-parameters, one seed: 1 teacher, 1 baseline, 2 final runs, 3 fidelity evaluations.
+#: methods with fixed hyper-parameters, one seed: 1 teacher, 1 baseline, 2 final runs.
 TINY: dict[str, Any] = {
     "data": {"source": "synthetic", "path": None, "download": False, "synthetic": {"n_train": 700, "n_test": 300}},
     "model": {"width": 8},
@@ -72,8 +71,6 @@ def test_full_study_jobs_are_the_workflows() -> None:
     study = study_of(load_config_file(REPO / "config.yaml"))
     expected = {rule: n for rule, n in FULL_STUDY_COUNTS.items() if rule.startswith("train_")}
     assert stage_counts(study) == expected
-    evals = fidelity_evals(study)
-    assert len(evals) == FULL_STUDY_COUNTS["fidelity_final"] + FULL_STUDY_COUNTS["fidelity_baseline"]
     jobs = {job.path: job for job in training_jobs(study)}
     job = jobs["select/resnet101-resnet34/logit/a0.7-T4/seed0"]
     assert (job.stage, job.student, job.teacher, job.method, job.epochs) == (
@@ -105,8 +102,7 @@ def test_jobs_match_a_snakemake_dry_run(tmp_path: Path) -> None:
     counts = dry_run(workdir, "--configfile", "config/plan.yaml").counts
     study = study_of(load_config_file(REPO / "config.yaml"), overlay)
     assert stage_counts(study) == {rule: n for rule, n in counts.items() if rule.startswith("train_")}
-    evals = fidelity_evals(study)
-    assert len(evals) == counts["fidelity_final"] + counts["fidelity_baseline"]
+    assert not [rule for rule in counts if rule.startswith("fidelity")]  # fidelity is measured by the analysis
 
 
 def test_data_sizes_full_split_subset_and_synthetic() -> None:
@@ -127,7 +123,6 @@ def test_flops_estimate_by_hand() -> None:
     teacher = 2 * 600 * 3 * f34 + 2 * 100 * f34 + 2 * 300 * f34
     baseline = 600 * 3 * f18 + 100 * f18 + 600 * f18
     final = 600 * (3 * f18 + f34) + 100 * f18 + 600 * f18
-    fidelity = 3 * 300 * (f18 + f34)  # 2 final runs + 1 baseline control, student + teacher on the test set
     plan = plan_study(study_of(TINY), throughput_tflops=2.0)
     hours = {e.job.path: e.gpu_hours for e in plan.jobs}
     assert hours == pytest.approx(
@@ -139,9 +134,8 @@ def test_flops_estimate_by_hand() -> None:
         }
     )
     totals = plan.totals()
-    assert totals["model_epochs"] == 5 and totals["images"] == 5 * 600 and totals["fidelity_evals"] == 3
-    assert totals["fidelity_gpu_hours"] == pytest.approx(fidelity / 2e12 / 3600)
-    assert totals["gpu_hours"] == pytest.approx((teacher + baseline + 2 * final + fidelity) / 2e12 / 3600)
+    assert totals["model_epochs"] == 5 and totals["images"] == 5 * 600
+    assert totals["gpu_hours"] == pytest.approx((teacher + baseline + 2 * final) / 2e12 / 3600)
     assert "2 TFLOP/s" in plan.basis
     assert plan_study(study_of(TINY), throughput_tflops=1.0).totals()["gpu_hours"] == pytest.approx(
         2 * totals["gpu_hours"]
@@ -181,7 +175,7 @@ def test_bench_estimate_by_hand() -> None:
     }
     assert {e.job.path: e.gpu_hours * 3600 for e in plan.jobs} == pytest.approx(expected)
     assert {e.source for e in plan.jobs} == {"bench"} and plan.flops_fallbacks == []
-    assert plan.totals()["fidelity_gpu_hours"] * 3600 == pytest.approx(3 * 300 * (1 + 2) * ms / 3)
+    assert plan.totals()["gpu_hours"] * 3600 == pytest.approx(sum(expected.values()))
     assert "Test GPU" in plan.basis and "width 8" in plan.basis
 
 
@@ -234,7 +228,7 @@ def test_cli_text_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert main(["-q", "plan", str(config), "--throughput", "2"]) == 0
     text = capsys.readouterr().out
     assert "FLOPs at a sustained 2 TFLOP/s (stated, not measured)" in text
-    assert "total: 4 training jobs, 5 model-epochs, 3 fidelity evaluations" in text
+    assert "total: 4 training jobs, 5 model-epochs:" in text and "no GPU job" in text
     assert main(["-q", "plan", str(config), "--throughput", "2", "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     expected = plan_study(study_of(TINY), throughput_tflops=2.0).totals()

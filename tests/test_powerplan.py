@@ -63,7 +63,7 @@ def test_power_plan_seeds_and_cost(flat_flops):
     assert M.slope_power(fam.mde_change / span, sd, x, 3, paired=True) == pytest.approx(0.8)
     # per seed: a baseline of each of the 2 students and a final run of each pair; the teacher runs are fixed
     assert power.runs_per_seed == 4 and power.runs == len(plan.jobs)
-    per_seed = sum(e.gpu_hours for e in plan.jobs if e.job.stage in ("baseline", "final")) + plan.fidelity_gpu_hours
+    per_seed = sum(e.gpu_hours for e in plan.jobs if e.job.stage in ("baseline", "final"))
     cost = power.cost(n)
     assert cost["runs"] == len(plan.jobs) + (n - 3) * 4
     assert cost["gpu_hours"] == pytest.approx(plan.totals()["gpu_hours"] + (n - 3) * per_seed / 3)

@@ -149,8 +149,7 @@ def test_fidelity_refuses_to_overwrite_a_metrics_json(tmp_path, finished, capsys
     runs = copy_runs(finished, tmp_path / "runs")
     run = runs / "baselines" / "resnet18" / "seed5"
     before = (run / "metrics.json").read_bytes()
-    args = ["-q", "fidelity", "--student", str(run / "best.pt"), "--teacher", str(run / "final.pt")]
-    args += ["--data", str(finished[0]), "--device", "cpu"]
+    args = ["-q", "fidelity", "--student", str(run), "--teacher", str(run), "--at", "final"]
     assert cli.main([*args, "--out", str(run / "metrics.json")]) == 2
     line = one_error_line(capsys)
     assert "metrics.json exists and it was made by `kdcore train`, not by `kdcore fidelity`" in line

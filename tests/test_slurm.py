@@ -8,9 +8,9 @@ Two kinds of tests:
 - cluster tests (marker ``slurm``, skipped unless ``sinfo`` reaches a cluster, e.g. the one-node cluster
   of ``.ci/slurm/start.sh``): a trimmed smoke study runs through the profile on the real cluster while
   the same study runs locally; one training job's SLURM job is cancelled after its first epoch. The
-  tests check that every job was a SLURM job, that training/fidelity jobs and only they asked for a GPU,
-  that the cancelled run was resubmitted and resumed from its last epoch, and that every metrics.json
-  and fidelity.json equals the local run's.
+  tests check that every job was a SLURM job, that training jobs and only they asked for a GPU, that the
+  cancelled run was resubmitted and resumed from its last epoch, and that every metrics.json, test-logits
+  file and the fidelity table equal the local run's.
 """
 
 from __future__ import annotations
@@ -27,17 +27,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+
+from kdcore.predictions import read_test_logits
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "profiles" / "slurm"
 SMOKE = REPO / "config" / "smoke.yaml"
 
 # Rules whose jobs need a GPU (they declare `gpu: 1`); every other rule is CPU-only.
-GPU_RULE = re.compile(r"^(train_\w+|fidelity_\w+|teacher_cache)$")
+GPU_RULE = re.compile(r"^(train_\w+|teacher_cache)$")
 
-# The smoke study trimmed for the cluster test, to keep it within a few minutes on 2 cores: 8 SLURM jobs
-# in 5 levels (data -> teacher + baseline -> 2 final KD runs -> their fidelity -> analysis, as one group
+# The smoke study trimmed for the cluster test, to keep it within a few minutes on 2 cores: 6 SLURM jobs
+# in 4 levels (data -> teacher + baseline -> 2 final KD runs -> analysis with their fidelity, as one group
 # job) instead of ~25 jobs. One teacher seed, fixed KD hyper-parameters, one final seed, no ablations (the
 # dry-run tests above cover the SLURM resources of every rule). The teacher trains 2 epochs (smoke),
 # which gives the cancellation its window between epoch 1 and 2 (on 600 training images, not the smoke
@@ -55,7 +58,7 @@ ablations:
   stem: {enabled: false}
   clip: {enabled: false}
 """
-TARGETS = ("results/tables/summary.json",)  # every run and fidelity file, then the analysis tables
+TARGETS = ("results/tables/summary.json",)  # every run, then the analysis tables (fidelity from the logits)
 CANCEL_RUN = "results/runs/teachers/resnet34/seed0"  # the training run whose SLURM job is cancelled
 CANCEL_RULE_LOGS = ".snakemake/slurm_logs/rule_train_teacher/resnet34_0"
 SITE_ENV = (
@@ -137,7 +140,7 @@ def test_profile_resources_per_rule_and_site_settings_from_environment(tmp_path:
     env = base_env(SBATCH_PARTITION="gpu-part", SBATCH_ACCOUNT="lab42", KD_SLURM_GPU_MODEL="a100")
     jobs = dry_run_with_profile(tmp_path, env)
     rules = {rule for rule, _ in jobs}
-    assert {"prepare_data", "train_teacher", "train_final", "fidelity_final", "select_winner"} <= rules
+    assert {"prepare_data", "train_teacher", "train_final", "select_winner"} <= rules
     for rule, res in jobs:
         assert res.get("slurm_partition") == "gpu-part", (rule, res)
         assert res.get("slurm_account") == "lab42", (rule, res)
@@ -176,7 +179,7 @@ def test_profile_names_only_rules_of_the_workflow() -> None:
     workflow_rules = set(proc.stdout.split())
     named = set(profile.get("set-resources", {})) | set(profile.get("groups", {}))
     assert named - workflow_rules == set(), "profiles/slurm names rules the workflow does not have"
-    templates = {"training_job", "fidelity_job"}  # workflow/rules/gpu_jobs.smk: no output, never run
+    templates = {"training_job", "cache_job"}  # workflow/rules/gpu_jobs.smk: no output, never run
     gpu_rules = {r for r in workflow_rules if GPU_RULE.match(r)} - templates
     assert gpu_rules <= set(profile["set-resources"]), "a GPU rule has no SLURM settings in the profile"
 
@@ -319,9 +322,8 @@ class TestStudyOnSlurm:
             else:
                 assert "gpu" not in job.get("TresPerJob", "") + job.get("TresPerNode", ""), (jobid, kind, job)
         trained = len(relative_files(study_runs.slurm, "metrics.json"))
-        fidelity = len(relative_files(study_runs.slurm, "fidelity.json"))
-        # one SLURM job per training and fidelity job, plus the resubmission of the cancelled one
-        assert gpu_jobs == trained + fidelity + (1 if study_runs.cancelled_jobid else 0)
+        # one SLURM job per training job, plus the resubmission of the cancelled one
+        assert gpu_jobs == trained + (1 if study_runs.cancelled_jobid else 0)
 
     def test_cancelled_training_job_was_resubmitted_and_resumed(self, study_runs: StudyRuns) -> None:
         assert study_runs.cancelled_jobid is not None, "the watcher never saw last.pt of " + CANCEL_RUN
@@ -340,15 +342,19 @@ class TestStudyOnSlurm:
 
     def test_outputs_equal_the_local_run(self, study_runs: StudyRuns) -> None:
         metrics = relative_files(study_runs.local, "metrics.json")
-        fidelity = relative_files(study_runs.local, "fidelity.json")
-        assert len(metrics) == 4 and len(fidelity) == 2, (metrics, fidelity)  # teacher, baseline, 2 KD runs
+        logits = relative_files(study_runs.local, "test_logits.npz")
+        assert len(metrics) == 4 == len(logits), (metrics, logits)  # teacher, baseline, 2 KD runs
         assert relative_files(study_runs.slurm, "metrics.json") == metrics
-        assert relative_files(study_runs.slurm, "fidelity.json") == fidelity
+        assert relative_files(study_runs.slurm, "test_logits.npz") == logits
         for rel in metrics:
             local, remote = load_json(study_runs.local / rel), load_json(study_runs.slurm / rel)
             for key in ("config", "labels", "data", "model", "teacher", "history", "results"):
                 assert without(remote[key], TIMING_KEYS) == without(local[key], TIMING_KEYS), (rel, key)
-        for rel in fidelity:
-            assert load_json(study_runs.slurm / rel) == load_json(study_runs.local / rel), rel
+        for rel in logits:
+            remote, local = read_test_logits(study_runs.slurm / rel), read_test_logits(study_runs.local / rel)
+            assert np.array_equal(remote.logits_best, local.logits_best), rel
+            assert np.array_equal(remote.logits_final, local.logits_final), rel
+        fidelity = "results/tables/fidelity.csv"
+        assert (study_runs.slurm / fidelity).read_text() == (study_runs.local / fidelity).read_text()
         local_summary = load_json(study_runs.local / TARGETS[0])
         assert without(load_json(study_runs.slurm / TARGETS[0]), TIMING_KEYS) == without(local_summary, TIMING_KEYS)

@@ -57,11 +57,16 @@ def test_each_stem_run_is_followed_by_its_cifar_arm(paper_study):
     assert folder_root(stem.stage) == "stem" and stem.folder.startswith(f"stem/{stem.network}-imagenet/")
 
 
-def test_fidelity_files_sit_in_their_student_run():
+def test_fidelity_checks_name_the_student_run_and_the_teacher_run_it_distils_from():
     study = build_study(load_study_config([REPO / "config.yaml", REPO / "config/smoke.yaml"]))
-    files = [check.file for check in study.fidelity]
-    assert all(f.endswith("/fidelity.json") or "/fidelity-" in f for f in files)
-    assert {check.stage for check in study.fidelity} <= {"final", "baseline"}
+    folders = {run.folder: run for run in study.runs}
+    assert {check.stage for check in study.fidelity} == {"final", "baseline"}
+    for check in study.fidelity:
+        student, teacher = folders[check.student_run], folders[check.teacher_run]
+        assert (student.stage, student.network, student.seed) == (check.stage, check.student, check.seed)
+        assert teacher.stage == "teacher" and check.teacher.startswith(teacher.network)
+        if check.stage == "final":
+            assert student.teacher_run == check.teacher_run and student.method == check.method
 
 
 def test_patterns_cover_every_stage():

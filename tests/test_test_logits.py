@@ -1,4 +1,5 @@
-"""Every run stores its test logits (kdcore.predictions); fidelity from them equals kdcore.fidelity's; the
+"""Every run stores its test logits (kdcore.predictions); fidelity from them (kdcore.fidelity) equals fidelity
+from the checkpoints' own float32 logits within float16 rounding, and its formulas equal torch's; the
 protocol audit (runtime.audit_test_every_epoch) changes nothing that a run selects, checkpoints or reports."""
 
 from __future__ import annotations
@@ -9,18 +10,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kdcore import engine
-from kdcore.analysis.logit_fidelity import fidelity_from_stored
-from kdcore.checkpoint import read_checkpoint
+from kdcore.checkpoint import load_model, read_checkpoint
+from kdcore.config import RUNTIME_DEFAULTS
 from kdcore.data import load_dataset, prepare_dataset
+from kdcore.devices import make_placement
 from kdcore.errors import DataError
-from kdcore.fidelity import evaluate_fidelity, fidelity_from_logits
+from kdcore.fidelity import ECE_BINS, fidelity_from_stored, fidelity_measures
 from kdcore.predictions import labels_fingerprint, read_test_logits, to_float16
 from kdcore.runfolder import TEST_LOGITS_FILE, verify_run_file
 
 WIDTH = 4
-SCALAR = ("student_test_acc", "teacher_test_acc", "top1_agreement", "kl_t1", "kl_t4", "ece_student", "ece_teacher")
 
 
 @pytest.fixture(scope="module")
@@ -100,29 +102,51 @@ def test_float16_storage_keeps_every_top_class_within_one_and_a_half_float16_ste
     assert error.max() <= 1.5 and np.mean(error > 0.5) < 0.01  # only raised top classes exceed half a step
 
 
-def test_fidelity_from_stored_logits_equals_the_fidelity_job_within_float16_rounding(runs, dataset):
+def checkpoint_logits(checkpoint: Path, dataset: Path) -> np.ndarray:
+    """The float32 test logits of a checkpoint, computed afresh (the model loaded, the test set run)."""
+    data = load_dataset(dataset)
+    placement = make_placement({**RUNTIME_DEFAULTS, "device": "cpu", "precision": "fp32"})
+    model, _ = load_model(checkpoint)
+    return engine.predict_logits(model, data.test_images, placement, 100, data.normalisation).numpy()
+
+
+def torch_ece(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """ECE written independently of kdcore.fidelity: a loop over the bins with torch."""
+    confidence, predicted = logits.softmax(dim=1).max(dim=1)
+    total = 0.0
+    for b in range(ECE_BINS):
+        low, high = b / ECE_BINS, (b + 1) / ECE_BINS
+        inside = (confidence > low) & (confidence <= high)
+        if inside.any():
+            gap = (predicted[inside] == labels[inside]).double().mean() - confidence[inside].double().mean()
+            total += inside.sum().item() / labels.numel() * abs(gap.item())
+    return total
+
+
+def test_fidelity_from_stored_logits_equals_fidelity_from_the_checkpoints_within_float16_rounding(runs, dataset):
     data = load_dataset(dataset)
     student = read_test_logits(runs["student"] / TEST_LOGITS_FILE)
     teacher = read_test_logits(runs["teacher"] / TEST_LOGITS_FILE)
     ours = fidelity_from_stored(student, teacher, list(data.classes))
-    today = evaluate_fidelity(
-        runs["student"] / "best.pt", runs["teacher"] / "best.pt", dataset, device="cpu", precision="fp32"
-    )
+    s32 = checkpoint_logits(runs["student"] / "best.pt", dataset)
+    t32 = checkpoint_logits(runs["teacher"] / "best.pt", dataset)
+    assert np.array_equal(student.labels, data.test_labels.numpy())
+    full = fidelity_measures(s32, t32, student.labels, list(data.classes))
     for key in ("student_test_acc", "teacher_test_acc", "top1_agreement"):  # the same image counts
-        assert round(ours[key] * 300) == round(today[key] * 300) and ours[key] == pytest.approx(today[key], abs=1e-7)
-    for role in ("student", "teacher"):  # today's are float32 means of the same per-class counts
-        assert ours[f"per_class_acc_{role}"] == pytest.approx(today[f"per_class_acc_{role}"], abs=1e-7)
+        assert round(ours[key] * 300) == round(full[key] * 300) and ours[key] == full[key]
+    for role in ("student", "teacher"):
+        assert ours[f"per_class_acc_{role}"] == full[f"per_class_acc_{role}"]
     for key in ("kl_t1", "kl_t4", "ece_student", "ece_teacher"):
-        assert ours[key] == pytest.approx(today[key], rel=2e-3, abs=2e-4), key
-    # the same float16 logits through kdcore.fidelity's own (torch) formulas: equal up to float32 arithmetic
-    same = fidelity_from_logits(
-        torch.from_numpy(student.logits_best.astype(np.float32)),
-        torch.from_numpy(teacher.logits_best.astype(np.float32)),
-        torch.from_numpy(student.labels),
-        list(data.classes),
-    )
-    for key in SCALAR:
-        assert ours[key] == pytest.approx(same[key], rel=1e-5, abs=1e-6), key
+        assert ours[key] == pytest.approx(full[key], rel=2e-3, abs=2e-4), key
+    # kdcore.fidelity's formulas against torch's KL and an independent ECE, on the same float32 logits
+    s, t, y = torch.from_numpy(s32).double(), torch.from_numpy(t32).double(), torch.from_numpy(student.labels)
+    for temperature, key in ((1.0, "kl_t1"), (4.0, "kl_t4")):
+        kl = F.kl_div(F.log_softmax(s / temperature, 1), F.log_softmax(t / temperature, 1), reduction="batchmean",
+                      log_target=True)  # fmt: skip
+        assert full[key] == pytest.approx(kl.item(), rel=1e-9, abs=1e-12), key
+    assert full["ece_student"] == pytest.approx(torch_ece(s, y), rel=1e-9, abs=1e-12)
+    assert full["ece_teacher"] == pytest.approx(torch_ece(t, y), rel=1e-9, abs=1e-12)
+    assert full["top1_agreement"] == (s.argmax(1) == t.argmax(1)).double().mean().item()
 
 
 def state_dicts_equal(a: Path, b: Path) -> bool:

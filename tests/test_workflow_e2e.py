@@ -15,6 +15,7 @@ from _smoke_study import CONFIGS, SMOKE, SmokeStudy
 from _workflow_tools import append_code, dry_run, snakemake
 
 from kdcore.analysis import outputs
+from kdcore.analysis.table import read_table
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +41,7 @@ def without(counts, *rules: str) -> dict[str, int]:
 
 def test_smoke_exercises_every_rule_kind(smoke: SmokeStudy) -> None:
     counts = smoke.plan.counts
-    for rule in (*TRAINING_RULES, "prepare_data", "select_winner", "fidelity_final", "fidelity_baseline"):
+    for rule in (*TRAINING_RULES, "prepare_data", "select_winner"):
         assert counts[rule] >= 1, rule
     assert smoke.analysis_counts()
 
@@ -71,11 +72,12 @@ def test_outputs_exist_and_carry_their_settings(smoke: SmokeStudy) -> None:
     teacher = read_json(runs / "teachers/resnet34/seed0/metrics.json")
     assert teacher["config"]["model"]["stem"] == "cifar" and teacher["labels"]["stage"] == "teacher"
 
-    fidelity = read_json(runs / "final/resnet34-resnet18/logit/seed0/fidelity.json")
-    assert fidelity["labels"]["run_id"] == "final/resnet34-resnet18/logit/seed0"
-    assert 0.0 <= fidelity["top1_agreement"] <= 1.0
-    control = read_json(runs / "baselines/resnet18/seed1/fidelity-resnet34.json")
-    assert control["labels"]["stage"] == "baseline" and control["labels"]["method"] == "baseline"
+    fidelity = read_table(root / "results/tables/fidelity.csv").set_index(["run_id", "teacher"])
+    kd = fidelity.loc[("final/resnet34-resnet18/logit/seed0", "resnet34")]
+    assert 0.0 <= kd["agreement"] <= 100.0 and not kd["control"]
+    control = fidelity.loc[("baselines/resnet18/seed1", "resnet34")]
+    assert control["control"] and control["method"] == "baseline"
+    assert not list(runs.rglob("fidelity*.json"))  # measured by the analysis from stored logits, no file per run
 
     log = (root / "results/logs/final/resnet34-resnet18/feature/seed1.log").read_text()
     leased = re.search(r"device lease: (cpu|cuda:\d+)", log)
@@ -118,24 +120,24 @@ def test_deleting_one_final_run_reruns_only_it_and_dependents(smoke: SmokeStudy,
     root = smoke.copy(tmp_path / "wf")
     (root / "results/runs/final/resnet34-resnet18/feature/seed1/metrics.json").unlink()
     plan = dry_run(root, *CONFIGS)
-    assert without(plan.counts, *smoke.analysis_counts()) == {"train_final": 1, "fidelity_final": 1, "all": 1}
+    assert without(plan.counts, *smoke.analysis_counts()) == {"train_final": 1, "all": 1}
     wanted = {"teacher": "resnet34", "student": "resnet18", "method": "feature", "seed": "1"}
-    assert plan.of("train_final") == [wanted] and plan.of("fidelity_final") == [wanted]
+    assert plan.of("train_final") == [wanted]
     assert plan.counts["analysis_run_table"] == 1
     # and a real run does exactly that: the run is back, untouched runs keep their files
     untouched = [
         root / "results/runs/final/resnet34-resnet18/feature/seed0/best.pt",
         root / "results/runs/teachers/resnet34/seed0/best.pt",
-        root / "results/runs/baselines/resnet18/seed1/fidelity-resnet34.json",
+        root / "results/runs/baselines/resnet18/seed1/test_logits.npz",
     ]
     before = {p: p.stat().st_mtime_ns for p in untouched}
     # the run's own jobs only (a rerun of the analysis jobs is run by tests/test_workflow_module.py)
     run = "results/runs/final/resnet34-resnet18/feature/seed1"
-    snakemake(root, *CONFIGS, "--cores", "2", f"{run}/metrics.json", f"{run}/fidelity.json", timeout=600)
+    snakemake(root, *CONFIGS, "--cores", "2", f"{run}/metrics.json", timeout=600)
     assert (root / run / "metrics.json").is_file()
     assert {p: p.stat().st_mtime_ns for p in untouched} == before
     left = dry_run(root, *CONFIGS).counts
-    assert left == {r: n for r, n in plan.counts.items() if r not in ("train_final", "fidelity_final")}
+    assert left == {r: n for r, n in plan.counts.items() if r != "train_final"}
 
 
 def reads_feature_runs(rule: str, wildcards: dict[str, str]) -> bool:
@@ -161,7 +163,6 @@ def test_feature_kd_edit_reruns_exactly_feature_kd_branches(smoke: SmokeStudy, t
         "select_winner": len(full.of("select_winner", method="feature")),
         "train_final": len(full.of("train_final", method="feature")),
         "train_clip": len(full.of("train_clip", method="feature")),
-        "fidelity_final": len(full.of("fidelity_final", method="feature")),
         **Counter(rule for rule, w in full.jobs if rule.startswith("analysis_") and reads_feature_runs(rule, w)),
         "all": 1,
     }
@@ -214,8 +215,8 @@ def test_placement_settings_rerun_nothing(smoke: SmokeStudy, tmp_path: Path) -> 
             "device": "cpu",
             "slots_per_gpu": 2,
             "lock_dir": str(tmp_path / "locks"),
-            "threads": {"train": 2, "fidelity": 2, "light": 2},
-            "mem_mb": {"train": 3000, "fidelity": 3000, "light": 3000},
+            "threads": {"train": 2, "light": 2},
+            "mem_mb": {"train": 3000, "light": 3000},
         }
     }
     (root / "config/placement.yaml").write_text(yaml.safe_dump(overlay), encoding="utf-8")

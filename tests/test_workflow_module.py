@@ -59,14 +59,11 @@ def test_smoke_study_runs_as_a_module(smoke_study: SmokeStudy, tmp_path: Path) -
 
     # the module runs jobs, and their results land in the outer workflow's folder
     final = outer / "results/runs/final/resnet34-resnet18/feature/seed1"
-    control = outer / "results/runs/baselines/resnet18/seed0/fidelity-resnet34.json"
     shutil.rmtree(final)
-    control.unlink()
     rerun = dry_run(outer)
-    assert rerun.counts["train_final"] == 1 and rerun.counts["fidelity_final"] == 1
-    assert rerun.counts["fidelity_baseline"] == 1
+    assert rerun.counts["train_final"] == 1 and rerun.counts["analysis_part_table"] >= 1
     snakemake(outer, "--cores", "2", timeout=900)
-    assert (final / "metrics.json").is_file() and control.is_file()
+    assert (final / "metrics.json").is_file() and (final / "test_logits.npz").is_file()
     assert not (module / "results").exists()
     assert dry_run(outer).counts == {}
 

@@ -16,7 +16,7 @@ import yaml
 from _workflow_tools import REPO, Plan, copy_workflow, dry_run, snakemake
 
 TRAINING_RULES = ("train_teacher", "train_baseline", "train_select", "train_final", "train_stem", "train_clip")
-GPU_RULES = (*TRAINING_RULES, "teacher_cache", "fidelity_final", "fidelity_baseline")
+GPU_RULES = (*TRAINING_RULES, "teacher_cache")
 
 FULL_STUDY_COUNTS = {
     "prepare_data": 1,
@@ -25,8 +25,6 @@ FULL_STUDY_COUNTS = {
     "train_select": 48,  # 4 pairs x (9 logit + 3 feature grid points) on seed 0
     "select_winner": 8,  # 4 pairs x 2 methods
     "train_final": 40,  # 4 pairs x 2 methods x seeds 0..4
-    "fidelity_final": 40,
-    "fidelity_baseline": 20,  # each baseline against each of its 2 teachers
     "train_stem": 7,  # R18, R34 seeds 0..2 (student epochs) + R50 seed 0 (teacher epochs)
     "train_clip": 5,  # R50->R18 feature, seeds 0..4
     "teacher_cache": 3,  # logit runs per teacher: R34 14, R50 28, R101 14 (9 grid + 5 final per pair), all >= 3
@@ -66,8 +64,8 @@ def test_full_study_paths_are_literal(full_plan: Plan) -> None:
         "results/runs/select/resnet101-resnet34/feature/a0.7/seed0/metrics.json",
         "results/selection/resnet50-resnet34/feature.json",
         "results/runs/final/resnet50-resnet34/feature/seed3/metrics.json",
-        "results/runs/final/resnet50-resnet34/feature/seed3/fidelity.json",
-        "results/runs/baselines/resnet18/seed0/fidelity-resnet34.json",
+        "results/runs/final/resnet50-resnet34/feature/seed3/test_logits.npz",
+        "results/runs/baselines/resnet18/seed0/test_logits.npz",
         "results/runs/stem/resnet50-imagenet/seed0/metrics.json",
         "results/runs/clip/resnet50-resnet18/feature/seed4/metrics.json",
         "results/logs/final/resnet50-resnet34/feature/seed3.log",
@@ -80,7 +78,7 @@ def test_full_study_paths_are_literal(full_plan: Plan) -> None:
     assert not [line for line in inputs if re.search(r"teachers/resnet\d+/seed[12]/best.pt", line)]
 
 
-def test_gpu_resources_only_on_training_and_fidelity(full_plan: Plan) -> None:
+def test_gpu_resources_only_on_training_and_cache_jobs(full_plan: Plan) -> None:
     blocks = re.split(r"\n(?=(?:local)?rule \w+:)", full_plan.text)
     seen = set()
     for block in blocks:
@@ -121,8 +119,6 @@ def test_study_without_selection_v1_style(workdir: Path) -> None:
         "train_baseline": 6,
         "train_final": 18,
         "teacher_cache": 3,  # each teacher has 3 logit final runs (>= teacher_cache.min_runs)
-        "fidelity_final": 18,
-        "fidelity_baseline": 9,  # R18 x {R34, R50} + R34 x {R101}, 3 seeds
         "all": 1,
     }
     assert "results/selection/" not in plan.text
@@ -212,12 +208,10 @@ def test_license_is_mit() -> None:
 
 
 def test_gpu_rules_share_one_template() -> None:
-    """Each training/fidelity rule is a `use rule` of a template: the shared block is written once."""
+    """Each GPU rule is a `use rule` of a template: the shared block is written once."""
     rules = "".join((REPO / "workflow/rules" / f).read_text() for f in ("teachers.smk", "students.smk"))
     for rule in GPU_RULES:
-        template = {"teacher_cache": "cache_job"}.get(
-            rule, "fidelity_job" if rule.startswith("fidelity") else "training_job"
-        )
+        template = {"teacher_cache": "cache_job"}.get(rule, "training_job")
         assert f"use rule {template} as {rule} with:" in rules, rule
     assert "conda:" not in rules.split("rule select_winner:")[0]
 

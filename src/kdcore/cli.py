@@ -2,7 +2,7 @@
 
     prepare-data      build the prepared dataset file from a data spec (YAML) or flags
     train             train one run from a run config (YAML)
-    fidelity          measure a student's fidelity to its teacher on the test set
+    fidelity          a student's fidelity to its teacher on the test set, from the runs' stored test logits
     import-reference  convert the paper's results zip into our per-run metrics files
     accept-edit       accept a metrics.json edited on purpose (recorded in the file, logged)
     status            runs done / running / pending of a study, ETAs, failures
@@ -71,11 +71,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_fidelity(args: argparse.Namespace) -> int:
     from kdcore.atomic import claim_outputs
-    from kdcore.fidelity import evaluate_fidelity, write_fidelity
+    from kdcore.fidelity import fidelity_record, write_fidelity
 
     claim_outputs([args.out], "fidelity", args.force)
-    _set_threads(args.threads)
-    record = evaluate_fidelity(args.student, args.teacher, args.data, device=args.device, precision=args.precision)
+    record = fidelity_record(args.student, args.teacher, which=args.at)
     write_fidelity(record, args.out)
     keys = ("student_test_acc", "teacher_test_acc", "top1_agreement", "kl_t1", "kl_t4")
     print(json.dumps({k: record[k] for k in keys}, indent=2))
@@ -167,14 +166,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="remove the results of a finished run in --out and train again")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("fidelity", help="student-vs-teacher fidelity on the test set")
-    p.add_argument("--student", type=Path, required=True, help="student checkpoint (best.pt)")
-    p.add_argument("--teacher", type=Path, required=True, help="teacher checkpoint")
-    p.add_argument("--data", type=Path, required=True, help="prepared dataset file")
+    p = sub.add_parser("fidelity", help="student-vs-teacher fidelity on the test set, from the runs' stored logits")
+    p.add_argument("--student", type=Path, required=True, help="student run folder (or its test_logits.npz)")
+    p.add_argument("--teacher", type=Path, required=True, help="teacher run folder (or its test_logits.npz)")
     p.add_argument("--out", type=Path, required=True, help="fidelity.json to write")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    p.add_argument("--threads", type=int)
+    p.add_argument(
+        "--at",
+        default="best",
+        choices=["best", "final"],
+        help="the student's logits at best-val or after the last epoch",
+    )
     p.add_argument("--force", action="store_true", help="overwrite --out even if it is not a fidelity.json")
     p.set_defaults(func=cmd_fidelity)
 

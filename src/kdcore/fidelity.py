@@ -1,119 +1,128 @@
-"""How faithfully a student imitates its teacher, measured on the test set.
+"""How faithfully a student imitates its teacher on the test set, from the two runs' stored test logits.
 
-Top-1 agreement, KL(p_T || p_S) at temperatures 1 and 4 (no T^2 factor: a divergence, not a loss),
-expected calibration error of both models, per-class and overall accuracy of both.
+Top-1 agreement, KL(p_T || p_S) at temperatures 1 and 4 (no T^2 factor: a divergence, not a loss), 15-bin
+expected calibration error of both models, per-class and overall accuracy of both. Computed in float64 from
+the float16 logits that every run stores (kdcore.predictions) at its best-val checkpoint and at its last
+epoch, so no model is loaded and no GPU is needed: the study's fidelity table is part of the analysis.
+
+The values equal those computed from the checkpoints' float32 logits up to the float16 rounding of the
+logits: accuracies and agreement exactly (float16 storage keeps every row's top class), KL and ECE to within
+that rounding (tests/test_test_logits.py measures it). NumPy and SciPy only (the analysis runs without torch).
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.nn.functional as F
+import numpy as np
+from scipy.special import log_softmax
 
 from kdcore.atomic import atomic_write_json
-from kdcore.checkpoint import load_model
-from kdcore.config import RUNTIME_DEFAULTS
-from kdcore.data import load_dataset
-from kdcore.devices import Placement, make_placement
-from kdcore.engine import predict_logits
 from kdcore.errors import DataError
+from kdcore.predictions import TestLogits, read_test_logits
+from kdcore.runfolder import METRICS_FILE, TEST_LOGITS_FILE
 
-FIDELITY_SCHEMA_VERSION = 1
+FIDELITY_SCHEMA_VERSION = 2
 ECE_BINS = 15
+#: The measures of a fidelity record, each a number.
+MEASURES = ("student_test_acc", "teacher_test_acc", "top1_agreement", "kl_t1", "kl_t4", "ece_student", "ece_teacher")
 
 
-def kl_divergence(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> float:
-    """Mean over samples of KL(softmax(t/T) || softmax(s/T))."""
-    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
-    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
-    return F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True).item()
+def kl_divergence(teacher_logits: np.ndarray, student_logits: np.ndarray, temperature: float) -> float:
+    """Mean over images of KL(softmax(t/T) || softmax(s/T))."""
+    log_p_t = log_softmax(np.asarray(teacher_logits, np.float64) / temperature, axis=1)
+    log_p_s = log_softmax(np.asarray(student_logits, np.float64) / temperature, axis=1)
+    return float(np.mean(np.sum(np.exp(log_p_t) * (log_p_t - log_p_s), axis=1)))
 
 
-def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor, bins: int = ECE_BINS) -> float:
-    """ECE with ``bins`` equal-width confidence bins: sum_b |B|/n * |acc(B) - conf(B)|."""
-    probs = logits.float().softmax(dim=1)
-    confidence, predicted = probs.max(dim=1)
-    correct = (predicted == labels).float()
-    edges = torch.linspace(0.0, 1.0, bins + 1, device=logits.device)
-    # bin b holds confidences in (edges[b], edges[b+1]]; confidence is > 0 for a softmax
-    bin_index = (torch.bucketize(confidence, edges, right=False) - 1).clamp(0, bins - 1)
-    n = labels.numel()
-    ece = torch.zeros((), device=logits.device)
-    for b in range(bins):
-        mask = bin_index == b
-        count = mask.sum()
-        if count > 0:
-            ece += count / n * (correct[mask].mean() - confidence[mask].mean()).abs()
-    return ece.item()
+def expected_calibration_error(logits: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
+    """ECE with ``bins`` equal-width confidence bins (b holds confidences in (edge_b, edge_b+1]):
+    sum_b |B|/n * |acc(B) - conf(B)|."""
+    probs = np.exp(log_softmax(np.asarray(logits, np.float64), axis=1))
+    confidence, predicted = probs.max(axis=1), probs.argmax(axis=1)
+    correct = (predicted == labels).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    index = np.clip(np.searchsorted(edges, confidence, side="left") - 1, 0, bins - 1)
+    gap = np.abs(np.bincount(index, correct, bins) - np.bincount(index, confidence, bins))
+    return float(gap.sum() / labels.size) if labels.size else float("nan")
 
 
-def per_class_accuracy(logits: torch.Tensor, labels: torch.Tensor, classes: list[str]) -> dict[str, float]:
-    predicted = logits.argmax(dim=1)
+def per_class_accuracy(logits: np.ndarray, labels: np.ndarray, classes: Sequence[str]) -> dict[str, float]:
+    """Accuracy on the images of each class (NaN for a class without images)."""
+    predicted = np.asarray(logits).argmax(axis=1)
     return {
-        name: (predicted[labels == k] == k).float().mean().item() if (labels == k).any() else float("nan")
+        name: float(np.mean(predicted[labels == k] == k)) if np.any(labels == k) else float("nan")
         for k, name in enumerate(classes)
     }
 
 
-def fidelity_from_logits(
-    student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, classes: list[str]
+def fidelity_measures(
+    student_logits: np.ndarray, teacher_logits: np.ndarray, labels: np.ndarray, classes: Sequence[str]
 ) -> dict[str, Any]:
-    """Every fidelity metric from the two models' test-set logits."""
+    """Every fidelity measure (:data:`MEASURES`, per-class accuracies) from the two models' test logits."""
+    s, t = np.asarray(student_logits), np.asarray(teacher_logits)
     return {
-        "student_test_acc": (student_logits.argmax(1) == labels).float().mean().item(),
-        "teacher_test_acc": (teacher_logits.argmax(1) == labels).float().mean().item(),
-        "top1_agreement": (student_logits.argmax(1) == teacher_logits.argmax(1)).float().mean().item(),
-        "kl_t1": kl_divergence(teacher_logits, student_logits, 1.0),
-        "kl_t4": kl_divergence(teacher_logits, student_logits, 4.0),
-        "ece_student": expected_calibration_error(student_logits, labels),
-        "ece_teacher": expected_calibration_error(teacher_logits, labels),
-        "per_class_acc_student": per_class_accuracy(student_logits, labels, classes),
-        "per_class_acc_teacher": per_class_accuracy(teacher_logits, labels, classes),
+        "student_test_acc": float(np.mean(s.argmax(1) == labels)),
+        "teacher_test_acc": float(np.mean(t.argmax(1) == labels)),
+        "top1_agreement": float(np.mean(s.argmax(1) == t.argmax(1))),
+        "kl_t1": kl_divergence(t, s, 1.0),
+        "kl_t4": kl_divergence(t, s, 4.0),
+        "ece_student": expected_calibration_error(s, labels),
+        "ece_teacher": expected_calibration_error(t, labels),
+        "per_class_acc_student": per_class_accuracy(s, labels, classes),
+        "per_class_acc_teacher": per_class_accuracy(t, labels, classes),
     }
 
 
-def evaluate_fidelity(
-    student_checkpoint: str | Path,
-    teacher_checkpoint: str | Path,
-    dataset_path: str | Path,
-    device: str = "auto",
-    labels: dict[str, Any] | None = None,
-    precision: str = "auto",
-    batch_size: int = 1000,
+def fidelity_from_stored(
+    student: TestLogits, teacher: TestLogits, classes: Sequence[str] | None = None, which: str = "best"
 ) -> dict[str, Any]:
-    """Load both checkpoints, run them on the test set and return the fidelity record.
+    """The fidelity measures of a student run against its teacher run, from their stored test logits: the
+    student's at ``which`` (``best``: the checkpoint its test@best comes from), the teacher's at ``best`` (the
+    checkpoint KD distils from). Both files must hold the same test labels (fingerprint). ``classes``: names
+    of the per-class accuracies (default: the class indices)."""
+    if student.labels_fingerprint != teacher.labels_fingerprint:
+        raise DataError("fidelity: the student's and the teacher's test labels differ (fingerprints)")
+    names = list(classes) if classes is not None else [str(k) for k in range(teacher.logits_best.shape[1])]
+    return fidelity_measures(student.logits(which), teacher.logits("best"), student.labels, names)
 
-    ``precision`` defaults to the engine's ``auto``, so that the student's accuracy here equals its
-    test@best in metrics.json; the metrics themselves are computed from float32 logits.
-    """
-    runtime = {**RUNTIME_DEFAULTS, "device": device, "precision": precision}
-    placement: Placement = make_placement(runtime)
-    data = load_dataset(dataset_path)
-    images = data.test_images.to(placement.device)
-    targets = data.test_labels.to(placement.device)
-    logits = {}
-    meta = {}
-    for role, path in (("student", student_checkpoint), ("teacher", teacher_checkpoint)):
-        model, info = load_model(path)
-        if info["num_classes"] != data.num_classes:
-            raise DataError(
-                f"{path}: the {role} has {info['num_classes']} outputs, "
-                f"but {dataset_path} has {data.num_classes} classes"
-            )
-        model.to(placement.device, memory_format=placement.memory_format)
-        logits[role] = predict_logits(model, images, placement, batch_size, data.normalisation)
-        meta[role] = {**{k: info[k] for k in ("arch", "width", "stem")}, "checkpoint": str(path)}
+
+def logits_file(run: str | Path) -> Path:
+    """A run's test-logits file, given the file itself or the run's folder."""
+    path = Path(run)
+    return path / TEST_LOGITS_FILE if path.is_dir() else path
+
+
+def _network(run_logits: Path) -> str | None:
+    """The network a run trained (its metrics.json's labels, else model.arch), None without a metrics.json."""
+    metrics = run_logits.parent / METRICS_FILE
+    if not metrics.is_file():
+        return None
+    data = json.loads(metrics.read_text(encoding="utf-8"))
+    labels = data.get("labels") or {}
+    return labels.get("student") or (data.get("model") or {}).get("arch")
+
+
+def fidelity_record(student_run: str | Path, teacher_run: str | Path, which: str = "best") -> dict[str, Any]:
+    """The fidelity record (what ``kdcore fidelity`` writes) of a student run against a teacher run, each given
+    as its folder or its test-logits file."""
+    student_path, teacher_path = logits_file(student_run), logits_file(teacher_run)
+    student, teacher = read_test_logits(student_path), read_test_logits(teacher_path)
+    meta = {
+        role: {"logits": str(path), "at": at, "arch": _network(path)}
+        for role, path, at in (("student", student_path, which), ("teacher", teacher_path, "best"))
+    }
     return {
         "schema_version": FIDELITY_SCHEMA_VERSION,
         "kind": "fidelity",
-        "student": meta["student"],
-        "teacher": meta["teacher"],
+        **meta,
         "teacher_arch": meta["teacher"]["arch"],
-        "data_fingerprint": data.fingerprint,
-        "labels": dict(labels or {}),
-        **fidelity_from_logits(logits["student"], logits["teacher"], targets, list(data.classes)),
+        "labels_fingerprint": student.labels_fingerprint,
+        "labels": {},
+        **fidelity_from_stored(student, teacher, which=which),
     }
 
 

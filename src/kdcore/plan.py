@@ -9,7 +9,7 @@ GPU-hours come from one of two cost models:
 
 * **measured** (``--bench bench.json``, the output of ``python -m kdcore.bench``): a job's training time is
   its images times the measured fast-path seconds per image of its (student, teacher, method) case. A
-  forward pass of a model (validation, test, fidelity) costs a third of its baseline case's seconds per
+  forward pass of a model (validation, test) costs a third of its baseline case's seconds per
   image. Jobs whose case the benchmark lacks (e.g. ImageNet-stem runs) fall back to FLOPs at the median
   TFLOP/s the benchmark achieved on its device (or at ``--throughput`` when given), and the output counts them.
 * **FLOPs** (otherwise): FLOPs per image of each built model (:func:`kdcore.models.count_flops_per_image`),
@@ -18,8 +18,8 @@ GPU-hours come from one of two cost models:
   convolutions only in the best case).
 
 Both add the evaluations a run makes: its validation set after every epoch and the test set twice (best
-and final weights). Fidelity evaluations (each final KD run, and each baseline against each teacher it is
-paired with) are one forward pass of student and teacher over the test set.
+and final weights). Fidelity to the teacher costs no GPU time: the analysis measures it from the test logits
+that every run stores (kdcore.fidelity).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from kdcore.errors import ConfigError
 from kdcore.labels import chain_network
-from kdcore.study import STAGES, FidelityCheck, Run, build_study
+from kdcore.study import STAGES, Run, build_study
 
 DEFAULT_THROUGHPUT_TFLOPS = 100.0
 #: Images of CIFAR-10's training and test sources.
@@ -83,8 +83,6 @@ class StudyPlan:
     width: int
     basis: str
     jobs: list[JobEstimate]
-    fidelity_evals: int
-    fidelity_gpu_hours: float
     flops_fallbacks: list[str] = field(default_factory=list)
 
     def stages(self) -> dict[str, dict[str, float]]:
@@ -107,10 +105,7 @@ class StudyPlan:
             "jobs": len(self.jobs),
             "model_epochs": sum(e.job.epochs for e in self.jobs),
             "images": sum(e.images for e in self.jobs),
-            "train_gpu_hours": train_hours,
-            "fidelity_evals": self.fidelity_evals,
-            "fidelity_gpu_hours": self.fidelity_gpu_hours,
-            "gpu_hours": train_hours + self.fidelity_gpu_hours,
+            "gpu_hours": train_hours,
         }
 
 
@@ -141,11 +136,6 @@ def job_of(run: Run) -> Job:
 def training_jobs(study: Mapping[str, Any]) -> list[Job]:
     """Every training job of a validated study config, in the study's order."""
     return [job_of(run) for run in build_study(study).runs]
-
-
-def fidelity_evals(study: Mapping[str, Any]) -> list[FidelityCheck]:
-    """The fidelity evaluations of the study (the workflow's fidelity_final and fidelity_baseline jobs)."""
-    return list(build_study(study).fidelity)
 
 
 # ----------------------------------------------------------------------------- cost models
@@ -287,7 +277,7 @@ def plan_study(
     bench_source: str = "benchmark",
     throughput_tflops: float | None = None,
 ) -> StudyPlan:
-    """The plan of a validated study config: every job's images and GPU-hours, fidelity evaluations.
+    """The plan of a validated study config: every training job's images and GPU-hours.
 
     ``throughput_tflops`` (None: 100, or with ``bench`` the benchmark's median achieved TFLOP/s) prices the
     FLOPs of every job without ``bench`` and of the jobs whose case ``bench`` lacks."""
@@ -301,16 +291,11 @@ def plan_study(
     cost: CostModel = flops if bench is None else BenchCost(bench, width, flops, bench_source)
     jobs = training_jobs(study)
     estimates = [estimate_job(job, data, cost) for job in jobs]
-    evals = fidelity_evals(study)
-    fidelity_seconds = sum(
-        data.test * (cost.forward_seconds_per_image(e.student) + cost.forward_seconds_per_image(e.teacher))
-        for e in evals
-    )
     basis = cost.basis
     fallbacks = [e.job.path for e in estimates if bench is not None and e.source == "flops"]
     if fallbacks:
         basis += f"; {len(fallbacks)} job(s) not in the benchmark from {flops.basis}"
-    return StudyPlan(data, width, basis, estimates, len(evals), fidelity_seconds / 3600, fallbacks)
+    return StudyPlan(data, width, basis, estimates, fallbacks)
 
 
 # ----------------------------------------------------------------------------- output
@@ -353,11 +338,9 @@ def render_text(plan: StudyPlan) -> str:
         )
     t = plan.totals()
     lines += [
-        f"{'training':<10}{t['jobs']:>6}{t['model_epochs']:>14,}{t['images'] / 1e6:>12.1f}{t['train_gpu_hours']:>9.2f}",
-        f"{'fidelity':<10}{t['fidelity_evals']:>6}{'':>14}{'':>12}{t['fidelity_gpu_hours']:>9.2f}",
         "",
-        f"total: {t['jobs']} training jobs, {t['model_epochs']:,} model-epochs, {t['fidelity_evals']} fidelity "
-        f"evaluations: {t['gpu_hours']:.1f} GPU-hours",
+        f"total: {t['jobs']} training jobs, {t['model_epochs']:,} model-epochs: {t['gpu_hours']:.1f} GPU-hours "
+        "(fidelity is measured from the runs' stored test logits, no GPU job)",
     ]
     return "\n".join(lines) + "\n"
 

@@ -13,7 +13,7 @@ a priori from a pilot's run-to-run SD:
   with 80 % power; and the seeds per group needed to detect ``analysis.min_effect_pp`` (at the SD's point
   estimate and at its upper limit), as :func:`kdcore.analysis.moderation.seeds_for_slope` computes them
   (paired design, equal SDs and seeds per cell);
-* the cost of those seeds: the config's baseline, final and fidelity work scales with its final seeds, the rest
+* the cost of those seeds: the config's baseline and final work scales with its final seeds, the rest
   (teachers, selection, ablations) does not; runs and GPU-hours come from :mod:`kdcore.plan`'s estimate.
 
 Parameter counts are those of the config's networks (built on the CPU, as :mod:`kdcore.plan` does for FLOPs).
@@ -186,7 +186,7 @@ def power_plan(study: Mapping[str, Any], runs: Any, plan: StudyPlan, min_effect_
         int(totals["jobs"]),
         len(per_seed) // seeds,
         float(totals["gpu_hours"]),
-        (sum(e.gpu_hours for e in per_seed) + plan.fidelity_gpu_hours) / seeds,
+        sum(e.gpu_hours for e in per_seed) / seeds,
     )
 
 

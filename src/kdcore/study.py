@@ -40,8 +40,6 @@ FOLDER_PATTERNS: dict[str, str] = {
 }
 #: The winner file of one (pair, method) of the selection, under ``results``.
 WINNER_PATTERN = "selection/{teacher}-{student}/{method}.json"
-#: The fidelity file of a final KD run and of a baseline's control against one teacher, in the run's folder.
-FIDELITY_FILES = {"final": "fidelity.json", "baseline": "fidelity-{teacher}.json"}
 
 
 def run_folder(stage: str, **wildcards: Any) -> str:
@@ -98,7 +96,9 @@ class Run:
 
 @dataclass(frozen=True)
 class FidelityCheck:
-    """One fidelity evaluation: the best.pt of run ``student_run`` against ``teacher`` on the test set."""
+    """One fidelity comparison on the test set: run ``student_run`` (a final KD run, or a baseline as the
+    control) against ``teacher``, whose run is ``teacher_run`` (folders under ``results/runs``). The analysis
+    measures it from the two runs' stored test logits (kdcore.fidelity), at the best-val checkpoints."""
 
     stage: str
     student_run: str
@@ -106,17 +106,13 @@ class FidelityCheck:
     teacher: str
     method: str
     seed: int
-
-    @property
-    def file(self) -> str:
-        """The fidelity file under ``results/runs``."""
-        return f"{self.student_run}/{FIDELITY_FILES[self.stage].format(teacher=self.teacher)}"
+    teacher_run: str
 
 
 @dataclass(frozen=True)
 class Study:
     """Every training run (no duplicates, in :data:`STAGES` order with each stem run followed by its CIFAR
-    arm), every fidelity evaluation and every selection (teacher, student, method) of a study."""
+    arm), every fidelity comparison and every selection (teacher, student, method) of a study."""
 
     runs: tuple[Run, ...]
     fidelity: tuple[FidelityCheck, ...]
@@ -222,14 +218,16 @@ def _fidelity_checks(config: Mapping[str, Any], runs: list[Run]) -> list[Fidelit
     checks = []
     if config["fidelity"]["final"]:
         checks += [
-            FidelityCheck("final", r.folder, r.network, str(r.teacher), r.method, r.seed)
+            FidelityCheck("final", r.folder, r.network, str(r.teacher), r.method, r.seed, str(r.teacher_run))
             for r in runs
             if r.stage == "final"
         ]
     if config["fidelity"]["baseline_controls"]:
         pairs = _pairs(config)
         checks += [
-            FidelityCheck("baseline", run_folder("baseline", student=s, seed=seed), s, t, "baseline", seed)
+            FidelityCheck(
+                "baseline", run_folder("baseline", student=s, seed=seed), s, t, "baseline", seed, teacher_run(t, config)
+            )
             for s in _unique([s for _, s in pairs])
             for t in _unique([t for t, s2 in pairs if s2 == s])
             for seed in config["final"]["seeds"]
@@ -238,7 +236,7 @@ def _fidelity_checks(config: Mapping[str, Any], runs: list[Run]) -> list[Fidelit
 
 
 def build_study(config: Mapping[str, Any]) -> Study:
-    """The runs, fidelity evaluations and selections of a validated (defaults filled) study config."""
+    """The runs, fidelity comparisons and selections of a validated (defaults filled) study config."""
     runs = _training_runs(config)
     selections = (
         [(t, s, m) for t, s in _pairs(config) for m in config["methods"]] if config["selection"]["enabled"] else []

@@ -1,7 +1,7 @@
 # Results stage: a run table per part of the study -> statistics tables -> figures / LaTeX tables, plus the
 # whole study's run table and summary.json and the paper-vs-reproduction comparison.
 # Each figure and LaTeX table reads only the tables it is drawn from (kdcore.analysis.outputs), so asking for
-# one plans only the runs behind it. Uses from common.smk: all_run_metrics(), all_fidelity_files(),
+# one plans only the runs behind it. Uses from common.smk: all_run_metrics(), fidelity_checks(),
 # code_digest(); from analysis_common.smk the output names, analysis_part_files(), analysis_reads(),
 # analysis_metric() and reference_zip(). Optional config keys (docs/design.md, "Analysis API"):
 # analysis.metric (test_best | test_final | val_acc, default test_best), analysis.reference_zip (path of the
@@ -17,10 +17,12 @@
 # reference) selects them from the imported runs' tables (kdcore.analysis.parts), so it plans no training.
 if not ANALYSIS_FROM_REFERENCE:
 
+    # Fidelity to the teacher comes from the runs' stored test logits (kdcore.fidelity): the comparisons are a
+    # param (a changed list reruns the table), the logits files they read are inputs.
     rule analysis_run_table:
         input:
             metrics=all_run_metrics,
-            fidelity=all_fidelity_files,
+            logits=lambda w: fidelity_logits(fidelity_checks()),
         output:
             runs=report(f"{ANALYSIS_TABLES}/runs.csv", caption="../report/runs.rst", category="Tables"),
             fidelity=f"{ANALYSIS_TABLES}/fidelity.csv",
@@ -33,6 +35,7 @@ if not ANALYSIS_FROM_REFERENCE:
             "../envs/analysis.yaml"
         params:
             methods=lambda w: method_catalog(),
+            fidelity=lambda w: json.dumps(fidelity_checks()),
             code=code_digest("kdcore.analysis.table", scripts=("analysis_table.py", "_common.py")),
         script:
             "../scripts/analysis_table.py"
@@ -40,7 +43,7 @@ if not ANALYSIS_FROM_REFERENCE:
     use rule analysis_run_table as analysis_part_table with:
         input:
             metrics=lambda w: analysis_part_files(w.part)["metrics"],
-            fidelity=lambda w: analysis_part_files(w.part)["fidelity"],
+            logits=lambda w: analysis_part_files(w.part)["logits"],
         output:
             runs=f"{ANALYSIS_PART_TABLES}/{{part}}/runs.csv",
             fidelity=f"{ANALYSIS_PART_TABLES}/{{part}}/fidelity.csv",
@@ -51,6 +54,10 @@ if not ANALYSIS_FROM_REFERENCE:
             f"{ANALYSIS_BENCHMARKS}/part-{{part}}.tsv"
         wildcard_constraints:
             part="|".join(ANALYSIS_PARTS),
+        params:
+            methods=lambda w: method_catalog(),
+            fidelity=lambda w: json.dumps(analysis_part_files(w.part)["checks"]),
+            code=code_digest("kdcore.analysis.table", scripts=("analysis_table.py", "_common.py")),
 
 else:
 

@@ -2,11 +2,13 @@
 # optional `analysis` config keys. Functions and constants only (Snakemake's linter wants rule files free of
 # function definitions). The output names and what each output reads come from kdcore.analysis.outputs.
 # Uses from common.smk: teacher_metrics(), baseline_metrics(), select_metrics(), final_metrics(),
-# stem_metrics(), clip_metrics(), clip_runs(), run_dir(), all_fidelity_files(); with analysis.runs_from:
+# stem_metrics(), clip_metrics(), clip_runs(), run_dir(), fidelity_checks(); with analysis.runs_from:
 # reference it replaces common.smk's study_targets() (default target) by analysis_targets().
 
 import json
 from pathlib import Path
+
+from kdcore.runfolder import TEST_LOGITS_FILE
 
 from kdcore.analysis.outputs import (
     FIGURES as ANALYSIS_FIGURE_READS,
@@ -72,19 +74,29 @@ def clip_final_metrics() -> list[str]:
     return [p for p in final_metrics() if prefixes and p.startswith(prefixes)]
 
 
-def analysis_part_files(part: str) -> dict[str, list[str]]:
-    """metrics.json files (``metrics``) and fidelity files (``fidelity``) of one part of the study
-    (kdcore.analysis.outputs.PARTS)."""
-    fidelity = all_fidelity_files() if part == "fidelity" else []
+def analysis_part_files(part: str) -> dict[str, list]:
+    """The inputs of one part's run tables (kdcore.analysis.outputs.PARTS): its metrics.json files
+    (``metrics``), and for the fidelity part the fidelity comparisons (``checks``, common.smk's
+    fidelity_checks()) with the test-logits files they read (``logits``)."""
+    checks = fidelity_checks() if part == "fidelity" else []
     metrics = {
         "teachers": teacher_metrics,
         "kd": lambda: baseline_metrics() + final_metrics(),
         "selection": lambda: select_metrics() + final_metrics(),
-        "fidelity": lambda: [str(Path(f).parent / "metrics.json") for f in fidelity],
+        "fidelity": lambda: [check["run"] for check in checks],
         "stem": stem_metrics,
         "clip": lambda: clip_metrics() + clip_final_metrics(),
     }[part]()
-    return {"metrics": list(dict.fromkeys(metrics)), "fidelity": fidelity}
+    return {"metrics": list(dict.fromkeys(metrics)), "checks": checks, "logits": fidelity_logits(checks)}
+
+
+def fidelity_logits(checks: list[dict[str, str]]) -> list[str]:
+    """The test-logits files that the fidelity comparisons ``checks`` read: each student run's and its teacher
+    run's (once each)."""
+    files = [
+        f for check in checks for f in (str(Path(check["run"]).parent / TEST_LOGITS_FILE), check["teacher_logits"])
+    ]
+    return list(dict.fromkeys(files))
 
 
 def analysis_parts() -> set[str]:
@@ -93,7 +105,7 @@ def analysis_parts() -> set[str]:
     refuses a zip that lacks any run of the paper's layout)."""
     if ANALYSIS_FROM_REFERENCE:
         return set(ANALYSIS_PARTS)
-    optional = {"selection": select_metrics, "fidelity": all_fidelity_files, "stem": stem_metrics, "clip": clip_metrics}
+    optional = {"selection": select_metrics, "fidelity": fidelity_checks, "stem": stem_metrics, "clip": clip_metrics}
     return {"teachers", "kd"} | {part for part, runs in optional.items() if runs()}
 
 
@@ -168,8 +180,8 @@ def analysis_targets(wildcards=None) -> list[str]:
     return out
 
 
-# An analysis-only study trains nothing: its default target is the analysis outputs alone, not the runs,
-# winners and fidelity files that study_targets() (common.smk) adds for a trained study.
+# An analysis-only study trains nothing: its default target is the analysis outputs alone, not the runs
+# and winners that study_targets() (common.smk) adds for a trained study.
 if ANALYSIS_FROM_REFERENCE:
     study_targets = analysis_targets
 

@@ -83,7 +83,7 @@ def check_before_jobs() -> None:
 # ----------------------------------------------------------------------------- the study's runs and paths
 @cache
 def study():
-    """The study's runs, fidelity evaluations and selections (kdcore.study.Study), built once."""
+    """The study's runs, fidelity comparisons and selections (kdcore.study.Study), built once."""
     return build_study(config)
 
 
@@ -98,7 +98,7 @@ def run_dir(stage: str, **w) -> str:
 
 
 def run_file(stage: str, name: str, **w) -> str:
-    """A file of one run folder, e.g. run_file("final", "fidelity.json", ...)."""
+    """A file of one run folder, e.g. run_file("final", "best.pt", ...)."""
     return f"{run_dir(stage, **w)}/{name}"
 
 
@@ -169,15 +169,24 @@ def winner_files() -> list[str]:
     return [winner_file(t, s, m) for t, s, m in study().selections]
 
 
-def all_fidelity_files(wildcards=None) -> list[str]:
-    """Every fidelity.json of the study (final KD runs, then baseline controls)."""
-    return [f"{RUNS}/{check.file}" for check in study().fidelity]
+def fidelity_checks() -> list[dict[str, str]]:
+    """The study's fidelity comparisons (final KD runs, then baseline controls), as the analysis reads them
+    from stored test logits (kdcore.analysis.table.fidelity_table_from_logits): the student run's
+    metrics.json, the teacher's label and the teacher run's test-logits file."""
+    return [
+        {
+            "run": f"{RUNS}/{check.student_run}/{METRICS_FILE}",
+            "teacher": check.teacher,
+            "teacher_logits": f"{RUNS}/{check.teacher_run}/{TEST_LOGITS_FILE}",
+        }
+        for check in study().fidelity
+    ]
 
 
 def study_targets(wildcards=None) -> list[str]:
-    """What `snakemake` with no target builds: every run, winner, fidelity file and analysis output."""
+    """What `snakemake` with no target builds: every run, winner and analysis output."""
     analysis = globals().get("analysis_targets")
-    return all_run_metrics() + winner_files() + all_fidelity_files() + (list(analysis()) if analysis else [])
+    return all_run_metrics() + winner_files() + (list(analysis()) if analysis else [])
 
 
 # ----------------------------------------------------------------------------- code digests
@@ -199,14 +208,6 @@ def training_code(method: str, *networks: str) -> str:
     return run_code_digest(method, SRC, archs=[network_arch(n) for n in networks], extra_files=scripts)
 
 
-def fidelity_code(*networks: str) -> str:
-    """Digest of what a fidelity job comparing ``networks`` (student, teacher) executes."""
-    from kdcore.models import architecture_module
-
-    families = sorted({architecture_module(network_arch(n)) for n in networks})
-    return code_digest("kdcore.fidelity", *families, scripts=("fidelity.py", "_common.py"))
-
-
 # ----------------------------------------------------------------------------- job params
 def stage_run_config(stage: str):
     """``params.run_config`` of the training jobs of ``stage``: a job's run config as canonical JSON."""
@@ -216,13 +217,6 @@ def stage_run_config(stage: str):
 teacher_run_config, baseline_run_config = stage_run_config("teacher"), stage_run_config("baseline")
 select_run_config, final_run_config = stage_run_config("select"), stage_run_config("final")
 stem_run_config, clip_run_config = stage_run_config("stem"), stage_run_config("clip")
-
-
-def fidelity_labels(stage: str, w) -> str:
-    """Labels of a fidelity record: the student run, its pair and method (baseline for controls), its seed."""
-    method, run_id = getattr(w, "method", "baseline"), run_folder(stage, **dict(w.items()))
-    labels = {"stage": stage, "run_id": run_id, "pair": f"{w.teacher}-{w.student}", "seed": w.seed}
-    return json.dumps({**labels, "teacher": w.teacher, "student": w.student, "method": method}, sort_keys=True)
 
 
 def winner_input(w) -> list[str]:

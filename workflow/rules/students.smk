@@ -1,5 +1,6 @@
-# Students: CE baselines, the selection grid and its winners, final KD runs, fidelity, and the ablations.
-# Training and fidelity rules take their shared part from the templates in gpu_jobs.smk.
+# Students: CE baselines, the selection grid and its winners, final KD runs and the ablations.
+# Training rules take their shared part from the templates in gpu_jobs.smk. Fidelity to the teacher is
+# measured by the analysis from the runs' stored test logits (analysis.smk), not by a job of its own.
 
 
 use rule training_job as train_baseline with:
@@ -78,38 +79,6 @@ use rule training_job as train_final with:
     params:
         run_config=final_run_config,
         code=lambda w: training_code(w.method, w.student, w.teacher),
-
-
-use rule fidelity_job as fidelity_final with:
-    input:
-        data=DATASET,
-        student=run_file("final", "best.pt", teacher="{teacher}", student="{student}", method="{method}", seed="{seed}"),
-        teacher=lambda w: teacher_checkpoint(w.teacher),
-    output:
-        run_file("final", "fidelity.json", teacher="{teacher}", student="{student}", method="{method}", seed="{seed}"),
-    log:
-        job_log(f"fidelity/{FOLDER_PATTERNS['final']}"),
-    benchmark:
-        job_benchmark(f"fidelity/{FOLDER_PATTERNS['final']}")
-    params:
-        labels=lambda w: fidelity_labels("final", w),
-        code=lambda w: fidelity_code(w.student, w.teacher),
-
-
-use rule fidelity_job as fidelity_baseline with:
-    input:
-        data=DATASET,
-        student=run_file("baseline", "best.pt", student="{student}", seed="{seed}"),
-        teacher=lambda w: teacher_checkpoint(w.teacher),
-    output:
-        run_file("baseline", "fidelity-{teacher}.json", student="{student}", seed="{seed}"),
-    log:
-        job_log(f"fidelity/{FOLDER_PATTERNS['baseline']}-{{teacher}}"),
-    benchmark:
-        job_benchmark(f"fidelity/{FOLDER_PATTERNS['baseline']}-{{teacher}}")
-    params:
-        labels=lambda w: fidelity_labels("baseline", w),
-        code=lambda w: fidelity_code(w.student, w.teacher),
 
 
 use rule training_job as train_stem with:

@@ -16,6 +16,8 @@ import pandas as pd
 
 from kdcore.analysis import methods as method_catalog
 from kdcore.errors import DataError
+from kdcore.fidelity import fidelity_from_stored
+from kdcore.predictions import TestLogits, read_test_logits
 from kdcore.runfolder import INTEGRITY_KEY, TEST_LOGITS_FILE, verify_run_record
 
 STAGES = ("teacher", "baseline", "select", "final", "stem", "clip")
@@ -331,18 +333,67 @@ def build_fidelity_table(fidelity_paths: Iterable[str | Path], runs: pd.DataFram
     return joined[FIDELITY_COLUMNS].sort_values(["pair", "control", "method", "seed"]).reset_index(drop=True)
 
 
-def build_run_table(
+#: One fidelity comparison of a trained study (kdcore.study.FidelityCheck as the workflow passes it): the
+#: student run's metrics.json (``run``), the teacher's label and the teacher run's test-logits file.
+FidelityCheck = Mapping[str, str]
+
+
+def _fidelity_row(run: pd.Series, check: FidelityCheck, store: dict[str, TestLogits]) -> dict[str, Any]:
+    """The fidelity row of ``check``, whose student run is ``run`` (a row of the run table)."""
+    if not run["logits"]:
+        raise DataError(f"{check['run']}: the run has no test-logits file ({TEST_LOGITS_FILE}) to measure fidelity")
+    for path in (run["logits"], check["teacher_logits"]):
+        if path not in store:
+            store[path] = read_test_logits(path)
+    f = fidelity_from_stored(store[run["logits"]], store[check["teacher_logits"]])
+    return {
+        **{c: run[c] for c in ("stage", "run_id", "student", "method", "seed", "source")},
+        "teacher": check["teacher"],
+        "pair": f"{check['teacher']}-{run['student']}",
+        "control": run["stage"] == "baseline",
+        "student_acc": 100 * f["student_test_acc"],
+        "teacher_acc": 100 * f["teacher_test_acc"],
+        "agreement": 100 * f["top1_agreement"],
+        **{k: f[k] for k in ("kl_t1", "kl_t4", "ece_student", "ece_teacher")},
+        "path": run["logits"],
+    }
+
+
+def fidelity_table_from_logits(runs: pd.DataFrame, checks: Iterable[FidelityCheck]) -> pd.DataFrame:
+    """The fidelity table (:data:`FIDELITY_COLUMNS`) of a trained study from its runs' stored test logits
+    (kdcore.fidelity): one row per check, the student run found in ``runs`` by its metrics.json path. A
+    baseline run's rows are the control (``control`` True)."""
+    by_path = runs.set_index("path")
+    store: dict[str, TestLogits] = {}
+    rows = []
+    for check in checks:
+        if check["run"] not in by_path.index:
+            raise DataError(f"fidelity: {check['run']} is not one of the run table's metrics files")
+        rows.append(_fidelity_row(by_path.loc[check["run"]], check, store))
+    table = _frame(rows, FIDELITY_COLUMNS)
+    if table.empty:
+        return table
+    dup = table.duplicated(["run_id", "teacher"])
+    if dup.any():
+        row = table[dup].iloc[0]
+        raise DataError(f"fidelity: run {row['run_id']!r} is compared with teacher {row['teacher']!r} twice")
+    return table.sort_values(["pair", "control", "method", "seed"]).reset_index(drop=True)
+
+
+def build_tables(
     metrics_paths: Iterable[str | Path],
     fidelity_paths: Iterable[str | Path] = (),
+    fidelity_checks: Iterable[FidelityCheck] = (),
     hyperparameters: Iterable[str] | None = None,
-) -> pd.DataFrame:
-    """The tidy run table (columns :func:`run_columns`), one row per metrics.json.
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The tidy run table (columns :func:`run_columns`, one row per metrics.json) and the fidelity table.
 
-    ``hyperparameters``: its hyper-parameter columns (default: those of the registered method catalog,
+    The fidelity rows come from fidelity.json files (``fidelity_paths``: imported runs) or, for a trained
+    study, from the stored test logits of each of ``fidelity_checks`` (:func:`fidelity_table_from_logits`).
+    KD runs get their fidelity measures (agreement %, KL at T=1 and T=4, ECE, teacher accuracy) in the run
+    table too; baseline controls stay in the fidelity table. ``hyperparameters``: the run table's
+    hyper-parameter columns (default: those of the registered method catalog,
     :func:`kdcore.analysis.methods.hyperparameter_columns`).
-
-    KD runs get their fidelity metrics (agreement %, KL at T=1 and T=4, ECE, teacher accuracy) from the
-    fidelity.json whose labels.run_id names them; baseline control fidelity files stay in the fidelity table.
     """
     hps = list(method_catalog.hyperparameter_columns() if hyperparameters is None else hyperparameters)
     records = [run_record(load_json(p, "train"), p, hps) for p in metrics_paths]
@@ -351,7 +402,13 @@ def build_run_table(
     if dup.any():
         row = runs[dup].iloc[0]
         raise DataError(f"{row['path']}: labels.run_id={row['run_id']!r} is already used by another metrics.json")
-    fid = build_fidelity_table(list(fidelity_paths), runs)
+    fidelity_paths, fidelity_checks = list(fidelity_paths), list(fidelity_checks)
+    if fidelity_paths and fidelity_checks:
+        raise DataError("run table: fidelity comes from fidelity files or from stored logits, not both")
+    if fidelity_checks:
+        fid = fidelity_table_from_logits(runs, fidelity_checks)
+    else:
+        fid = build_fidelity_table(fidelity_paths, runs)
     kd = fid[~fid["control"].astype(bool)]
     if not kd.empty:
         kd = kd.set_index("run_id")
@@ -368,7 +425,16 @@ def build_run_table(
     runs = runs.assign(_o=runs["stage"].map(order)).sort_values(
         ["_o", "pair", "student", "method", "stem", *hps, "seed", "run_id"]
     )
-    return runs.drop(columns="_o").reset_index(drop=True)
+    return runs.drop(columns="_o").reset_index(drop=True), fid
+
+
+def build_run_table(
+    metrics_paths: Iterable[str | Path],
+    fidelity_paths: Iterable[str | Path] = (),
+    hyperparameters: Iterable[str] | None = None,
+) -> pd.DataFrame:
+    """The tidy run table of :func:`build_tables` (fidelity measures from ``fidelity_paths``)."""
+    return build_tables(metrics_paths, fidelity_paths, hyperparameters=hyperparameters)[0]
 
 
 def build_history_table(metrics_paths: Iterable[str | Path]) -> pd.DataFrame:
@@ -455,19 +521,19 @@ RUN_TABLES = ("runs", "fidelity", "history")
 
 
 def write_run_tables(
-    metrics_paths: Iterable[str | Path], fidelity_paths: Iterable[str | Path], outputs: Mapping[str, str | Path]
+    metrics_paths: Iterable[str | Path],
+    fidelity_paths: Iterable[str | Path],
+    outputs: Mapping[str, str | Path],
+    fidelity_checks: Iterable[FidelityCheck] = (),
 ) -> dict[str, Path]:
-    """Build the run, fidelity and history tables and write each to ``outputs[name]`` (names: :data:`RUN_TABLES`)."""
+    """Build the run, fidelity and history tables (:func:`build_tables`) and write each to ``outputs[name]``
+    (names: :data:`RUN_TABLES`)."""
     missing = [name for name in RUN_TABLES if name not in outputs]
     if missing:
         raise DataError(f"write_run_tables: no output path for {', '.join(missing)}")
-    metrics_paths, fidelity_paths = list(metrics_paths), list(fidelity_paths)
-    runs = build_run_table(metrics_paths, fidelity_paths)
-    tables = {
-        "runs": runs,
-        "fidelity": build_fidelity_table(fidelity_paths, runs),
-        "history": build_history_table(metrics_paths),
-    }
+    metrics_paths = list(metrics_paths)
+    runs, fidelity = build_tables(metrics_paths, fidelity_paths, fidelity_checks)
+    tables = {"runs": runs, "fidelity": fidelity, "history": build_history_table(metrics_paths)}
     return {name: write_table(df, outputs[name]) for name, df in tables.items()}
 
 
