@@ -117,6 +117,26 @@ def test_significance_legend_names_correction_and_family_size():
     assert "no correction" in text and "Holm" in text and "over 8 " in text
 
 
+def test_a_comparison_whose_runs_mix_devices_or_precisions_gets_a_note(tmp_path):
+    from kdcore.analysis.summary import build_summary, mixed_compute_notes
+
+    m, f = make_study(tmp_path, seeds=(0, 1))
+    runs = build_run_table(m, f)
+    runs["compute"] = "cpu/float32"
+    assert mixed_compute_notes(runs) == []
+    one = runs.index[runs["run_id"] == "final/resnet50-resnet34/feature/seed1"]
+    runs.loc[one, "compute"] = "cuda/bfloat16"
+    notes = mixed_compute_notes(runs)
+    assert notes == [
+        "resnet50-resnet34 feature and its baselines mix devices or precisions (cpu/float32 3 runs, "
+        "cuda/bfloat16 1 runs): compare with care"
+    ]
+    assert notes[0] in build_summary(runs)["notes"]
+    runs.loc[runs["stage"] == "baseline", "compute"] = ""  # runs that record none (imported) are left out
+    runs.loc[runs["stage"] == "final", "compute"] = "cuda/bfloat16"
+    assert mixed_compute_notes(runs) == []
+
+
 def test_teacher_premise_warns_when_teacher_is_weaker(tmp_path):
     from _analysis_study import default_acc
 

@@ -184,3 +184,13 @@ def test_the_run_table_names_the_logits_files_of_the_run_and_of_its_teacher(runs
     assert teacher_logits_path(json.loads(teacher.read_text()), teacher) == ""
     unsealed = {k: v for k, v in data.items() if k != "integrity"}  # e.g. a run finished before runs kept logits
     assert logits_path(unsealed, metrics) == ""
+
+
+def test_the_run_table_records_where_and_how_each_run_computed(runs):
+    from kdcore.analysis.table import compute_kind
+
+    for role in ("teacher", "student"):  # runtime.precision fp32 on the CPU
+        environment = json.loads((runs[role] / "metrics.json").read_text())["environment"]
+        assert compute_kind(environment) == "cpu/float32"
+    assert compute_kind({"device": "cuda:1", "precision": "bfloat16"}) == "cuda/bfloat16"
+    assert compute_kind({"device": "cpu"}) == ""

@@ -45,6 +45,25 @@ from kdcore.atomic import atomic_write_json
 from kdcore.errors import ConfigError
 
 
+def mixed_compute_notes(runs: pd.DataFrame) -> list[str]:
+    """A note for each KD comparison (a pair and method's final runs against its student's baselines) whose
+    runs were computed on more than one kind of device or precision (the run table's ``compute``, e.g.
+    ``cuda/bfloat16`` and ``cpu/float32``): a difference between its arms may then come from the hardware
+    and the arithmetic, not from the method. Runs that record no compute kind (imported runs) are left out."""
+    if "compute" not in runs.columns:
+        return []
+    final, baselines = runs[runs["stage"] == "final"], runs[runs["stage"] == "baseline"]
+    notes = []
+    for (pair, method), cell in final.groupby(["pair", "method"], sort=True):
+        arms = pd.concat([cell, baselines[baselines["student"] == cell["student"].iloc[0]]])
+        kinds = arms["compute"].fillna("").astype(str)
+        counts = kinds[kinds != ""].value_counts().sort_index()
+        if len(counts) > 1:
+            mix = ", ".join(f"{kind} {n} runs" for kind, n in counts.items())
+            notes.append(f"{pair} {method} and its baselines mix devices or precisions ({mix}): compare with care")
+    return notes
+
+
 def build_summary(
     runs: pd.DataFrame,
     metric: str = "test_best",
@@ -57,7 +76,7 @@ def build_summary(
     t = tables or {}
     comp = t["comparisons"] if "comparisons" in t else kd_comparisons(runs, metric, min_effect_pp=min_effect_pp)
     premise = teacher_premise(runs, metric)
-    notes = premise_warnings(premise)
+    notes = premise_warnings(premise) + mixed_compute_notes(runs)
     if not comp.empty and comp["p_welch"].isna().any():
         notes.append(f"some KD cells have fewer than 2 seeds: their tests are null ({NOTE_FEW})")
     m = family_size(comp["p_welch"]) if not comp.empty else 0

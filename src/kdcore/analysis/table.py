@@ -49,6 +49,7 @@ RUN_VALUE_COLUMNS = [
     "epochs",
     "seconds",
     "device",
+    "compute",
     "params",
     "teacher_params",
     "source",
@@ -104,6 +105,7 @@ HISTORY_COLUMNS = [
     "audit_test_acc",
 ]
 _STRING_COLUMNS = (
+    "compute",
     "stage",
     "run_id",
     "teacher",
@@ -193,6 +195,13 @@ def teacher_logits_path(data: dict[str, Any], path: Path) -> str:
     return str(candidate) if candidate.is_file() else ""
 
 
+def compute_kind(environment: Mapping[str, Any]) -> str:
+    """Where and how a run computed: ``<device type>/<precision>`` from its metrics.json's environment, e.g.
+    ``cuda/bfloat16`` or ``cpu/float32`` ('' when the run does not record both, e.g. an imported run)."""
+    device, precision = str(environment.get("device") or ""), str(environment.get("precision") or "")
+    return f"{device.split(':')[0]}/{precision}" if device and precision else ""
+
+
 def run_record(
     data: dict[str, Any], path: str | Path, hyperparameters: Iterable[str] = method_catalog.PAPER_HYPERPARAMETERS
 ) -> dict[str, Any]:
@@ -249,6 +258,7 @@ def run_record(
         "epochs": int(results.get("epochs") or _get(data, "config.train.epochs", path, required=True)),
         "seconds": _num(results.get("train_seconds")),
         "device": _get(data, "environment.device_name", path) or _get(data, "environment.device", path, default=""),
+        "compute": compute_kind(data.get("environment") or {}),
         "params": _num(_get(data, "model.params", path)),
         "teacher_params": _num(_get(data, "teacher.params", path)),
         "source": str(labels.get("source", "")),
