@@ -53,7 +53,6 @@ def premise_note(cells: pd.DataFrame, pairs: list[str]) -> str:
 
 
 _NETWORK = re.compile(r"(?P<family>resnet|wrn_)(?P<depth>\d+)(?:_(?P<widen>\d+))?(?P<x4>x4)?(?:-w(?P<width>\d+))?")
-_PAIR = re.compile(r"(?P<teacher>.+?-?(?!w\d)[^-]*)-(?P<student>(?:resnet|wrn_).*)")
 
 
 def short(arch: str, arrow: str = "\u2192") -> str:

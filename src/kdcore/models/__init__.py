@@ -8,13 +8,20 @@ workflow's code digests). A new family is one new file.
 
 Families: ``resnet`` (torchvision ResNet-18/34/50/101, width and stem options), ``cifar_resnet``
 (resnet8..110, resnet8x4, resnet32x4) and ``wrn`` (wrn_16_1/16_2/40_1/40_2).
+
+Search path: family modules are found on this package's ``__path__``. A directory can be added with
+:func:`add_model_directory` (in-process) or listed in the environment variable ``KDCORE_MODEL_PATH``
+(``os.pathsep``-separated, read at import, so it reaches subprocesses such as workflow jobs), as for methods
+(kdcore.methods). A family outside src/ enters its runs' code digests by its file (kdcore.provenance).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,6 +33,17 @@ from kdcore.models.base import Family, check_num_classes
 
 #: Modules of this package that are not families.
 _NOT_FAMILIES = {"base"}
+MODEL_PATH_VARIABLE = "KDCORE_MODEL_PATH"
+
+
+def add_model_directory(directory: str | os.PathLike[str]) -> None:
+    """Search ``directory`` for family modules too (each ``<family>.py`` defining ``FAMILY``)."""
+    path = str(Path(directory).resolve())
+    if not Path(path).is_dir():
+        raise ConfigError(f"model directory {path} does not exist")
+    if path not in __path__:
+        __path__.append(path)
+        _family_of_arch.cache_clear()
 
 
 def available_families() -> list[str]:
@@ -50,6 +68,10 @@ def _family_of_arch() -> dict[str, str]:
                 raise ConfigError(f"architecture {arch!r} is defined by two families: {owner[arch]} and {module}")
             owner[arch] = module
     return owner
+
+
+for _directory in filter(None, os.environ.get(MODEL_PATH_VARIABLE, "").split(os.pathsep)):
+    add_model_directory(_directory)
 
 
 def available_architectures() -> list[str]:
