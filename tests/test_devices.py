@@ -149,8 +149,10 @@ def test_placement_follows_the_runtime_section() -> None:
     cpu = make_placement({"device": "cpu", "precision": "fp32", "channels_last": "auto"})
     assert (cpu.device.type, cpu.dtype, cpu.channels_last) == ("cpu", torch.float32, False)
     assert cpu.memory_format == torch.contiguous_format
-    bf16 = make_placement({"device": "cpu", "precision": "bf16", "channels_last": True})
-    assert bf16.dtype == torch.bfloat16 and bf16.memory_format == torch.channels_last
+    bf16 = make_placement({"device": "cpu", "precision": "bf16", "channels_last": False})
+    assert bf16.dtype == torch.bfloat16 and bf16.memory_format == torch.contiguous_format
+    with pytest.raises(ConfigError, match="runtime.channels_last: true on the CPU is refused"):
+        make_placement({"device": "cpu", "precision": "fp32", "channels_last": True})
     with autocast_context(bf16.device, bf16.dtype):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
     if not torch.cuda.is_available():

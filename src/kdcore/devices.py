@@ -334,12 +334,22 @@ class Placement:
 
 
 def make_placement(runtime: dict[str, Any]) -> Placement:
-    """The placement a resolved ``runtime`` section asks for (channels_last auto: on CUDA only)."""
+    """The placement a resolved ``runtime`` section asks for (channels_last auto: on CUDA only).
+
+    channels_last ``true`` on the CPU is a ConfigError: torch's CPU channels-last convolution backward corrupts
+    the heap for narrow layers (measured with torch 2.14.1: a ResNet-18 at width 4 or 2 aborts with "free():
+    invalid next size" or "double free", at one thread), and a corruption that does not abort could change
+    results silently."""
     device = resolve_device(runtime["device"])
     dtype = resolve_precision(runtime["precision"], device)
     channels_last = runtime["channels_last"]
     if channels_last == "auto":
         channels_last = device.type == "cuda"
+    if channels_last is True and device.type == "cpu":
+        raise ConfigError(
+            "runtime.channels_last: true on the CPU is refused (torch's CPU channels-last backward corrupts "
+            "memory for narrow convolutions, docs/performance.md); use auto (off on the CPU) or false"
+        )
     return Placement(device, dtype, bool(channels_last))
 
 
