@@ -6,12 +6,13 @@
 # OUTDIR receives results.json, results.md, bench.json and check.log (rewritten as each step ends).
 # ARCHIVE: the CIFAR-10 JPEG archive (default: data/cifar10-jpeg.tar.gz inside this working tree, a git-ignored
 # folder, so that it travels with the tree to the GPU machine).
-# --cpu: the same steps CPU-sized (about 1.5 minutes on 2 cores). Exit status 1 if any step failed, 2 on bad input
+# --cpu: the same steps CPU-sized (about a minute on 2 cores). Exit status 1 if any step failed, 2 on bad input
 # or a failed pre-flight (imports, data). The whole check ends within --total-s (default 480 s: 8 minutes; 1200
 # with --cpu): the check itself fits its steps into that less 25 s (cutting a step short, skipping what no longer
 # fits), and `timeout` here is the backstop: SIGTERM 10 s before the limit (the check writes what it measured),
 # SIGKILL at the limit.
-# Uses `python3` with kdcore from this repository's src/ (prepended to PYTHONPATH); installs nothing.
+# Runs tools/gpucheck.py with `python3` and kdcore from this repository's src/ (prepended to PYTHONPATH);
+# installs nothing.
 set -euo pipefail
 
 usage() {
@@ -65,4 +66,4 @@ fi
     exit 2
 }
 exec timeout --signal=TERM --kill-after=10 "$((TOTAL - 10))" \
-    python3 -m kdcore.gpucheck run "$OUTDIR" --data "$DATA" --total-s "$((TOTAL - 25))" "${CPU[@]}"
+    python3 "$REPO/tools/gpucheck.py" run "$OUTDIR" --data "$DATA" --total-s "$((TOTAL - 25))" "${CPU[@]}"

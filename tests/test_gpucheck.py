@@ -1,7 +1,8 @@
-"""The GPU check (scripts/gpu-check.sh, kdcore.gpucheck): its CPU-sized run end to end, and its error paths."""
+"""The GPU check (scripts/gpu-check.sh, tools/gpucheck.py): its CPU-sized run end to end, and its error paths."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -14,10 +15,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdcore import gpucheck
-
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "gpu-check.sh"
+TOOL = REPO / "tools" / "gpucheck.py"
+
+
+def load_tool():
+    """tools/gpucheck.py as a module (an operations tool outside the kdcore package, so not importable by name)."""
+    spec = importlib.util.spec_from_file_location("gpucheck", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+gpucheck = load_tool()
 
 
 def run_script(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -37,6 +49,7 @@ def test_cpu_check_passes_and_writes_flat_outputs(cpu_check):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert sorted(p.name for p in outdir.iterdir()) == ["bench.json", "check.log", "results.json", "results.md"]
     assert "gpu-check: all steps ok" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == "gpu-check: all steps ok"
 
 
 @pytest.mark.slow
@@ -67,6 +80,7 @@ def test_cpu_check_results_json(cpu_check):
 
     concurrency = steps["concurrency"]["rows"]
     assert [r["processes"] for r in concurrency] == [1, 2]
+    assert [r["threads_per_process"] for r in concurrency] == [1, 1]  # the CPU plan's one thread per process
     for row in concurrency:
         assert row["aggregate_images_per_s"] > 0
         assert len(row["per_process_images_per_s"]) == row["processes"]
@@ -186,6 +200,8 @@ def test_total_budget_is_enforced_and_partial_results_are_kept(tmp_path, monkeyp
     assert [steps[n]["status"] for n in ("smoke", "concurrency")] == ["skipped", "skipped"]
     assert "total budget of 2 s is spent" in steps["smoke"]["error"]
     assert "| smoke | skipped |" in (outdir / "results.md").read_text()
+    last = (outdir / "check.log").read_text().strip().splitlines()[-1]
+    assert last == "gpu-check: FAILED steps: r18 (timeout), smoke (skipped), concurrency (skipped)"
 
 
 @pytest.mark.slow
@@ -193,7 +209,7 @@ def test_sigterm_keeps_what_was_measured(tmp_path):
     """The script's `timeout` backstop sends SIGTERM: the check stops its step and writes its results."""
     outdir = tmp_path / "out"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    cmd = [sys.executable, "-m", "kdcore.gpucheck", "run", str(outdir), "--cpu", "--total-s", "300"]
+    cmd = [sys.executable, str(TOOL), "run", str(outdir), "--cpu", "--total-s", "300"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and "[bench] $" not in _read(outdir / "check.log"):
@@ -205,6 +221,10 @@ def test_sigterm_keeps_what_was_measured(tmp_path):
     assert results["interrupted"] == "stopped by SIGTERM"
     assert "preflight" in results and results["preflight"]["problems"] == []
     assert "gpu-check: FAILED steps" in out or results["steps"] == {}
+    unfinished = ", ".join(n for n in gpucheck.STEP_NAMES if n not in results["steps"])
+    last = out.strip().splitlines()[-1]
+    assert last.startswith(f"gpu-check: interrupted (stopped by SIGTERM); not finished: {unfinished}"), last
+    assert "all steps ok" not in out
 
 
 def _read(path: Path) -> str:
@@ -262,6 +282,43 @@ def test_failed_preflight_writes_results_and_exits_2_before_any_step(tmp_path, m
         "cannot import snakemake: ModuleNotFoundError: x",
         f"CIFAR-10 archive not found: {tmp_path / 'missing.tar.gz'} (put it in data/ or give it with --data)",
     ]
+
+
+def test_failed_preflight_says_so_in_its_last_line(tmp_path, monkeypatch, capsys):
+    """A module missing on the GPU machine: the check stops with exit status 2, and its last line says why."""
+    monkeypatch.setattr(
+        gpucheck,
+        "import_problems",
+        lambda modules, timeout: {
+            m: f"ModuleNotFoundError: No module named '{m}'" for m in modules if m == "jsonschema"
+        },
+    )
+    ran = []
+    monkeypatch.setitem(gpucheck.STEPS, "bench", lambda *args: ran.append("bench") or {})
+    outdir = tmp_path / "out"
+    assert gpucheck.run_check(outdir, None, cpu=True) == 2
+    assert ran == []
+    expected = "gpu-check: stopped at pre-flight, no step ran: cannot import jsonschema: ModuleNotFoundError: No module named 'jsonschema'"
+    printed = capsys.readouterr().out
+    assert printed.strip().splitlines()[-1] == expected
+    assert (outdir / "check.log").read_text().strip().splitlines()[-1] == expected
+    assert "all steps ok" not in printed
+
+
+def test_the_last_line_names_how_the_check_ended():
+    ok, failed = {"status": "ok"}, {"status": "failed"}
+    assert gpucheck.verdict({"steps": {n: ok for n in gpucheck.STEP_NAMES}}) == (0, "all steps ok")
+    assert gpucheck.verdict({"steps": {"bench": ok, "r18": failed}}) == (1, "FAILED steps: r18 (failed)")
+    stopped = {"steps": {"bench": failed}, "interrupted": "stopped by SIGTERM"}
+    assert gpucheck.verdict(stopped) == (
+        1,
+        "interrupted (stopped by SIGTERM); not finished: r18, smoke, concurrency; FAILED steps: bench (failed)",
+    )
+    preflight = {"steps": {}, "preflight": {"problems": ["cannot import snakemake: x", "archive not found"]}}
+    assert gpucheck.verdict(preflight) == (
+        2,
+        "stopped at pre-flight, no step ran: cannot import snakemake: x; archive not found",
+    )
 
 
 def test_smoke_step_runs_training_rules_only():

@@ -16,6 +16,8 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "kdcore"
+#: Operations tools of the repository (the GPU check): they may import kdcore, never the other way round.
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
 
 #: Modules at the bottom of the library and all they may import of it.
 FOUNDATION: dict[str, set[str]] = {
@@ -34,7 +36,7 @@ ANALYSIS_TORCH_FALLBACKS = {
     ("kdcore.analysis.moderation", "kdcore.models"),
 }
 #: Command-line entry points: no library module imports them (but ``python -m kdcore`` its CLI).
-ENTRY_POINTS = {"kdcore.cli": {"kdcore.__main__"}, "kdcore.gpucheck": set(), "kdcore.configdoc": set()}
+ENTRY_POINTS = {"kdcore.cli": {"kdcore.__main__"}, "kdcore.configdoc": set()}
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,25 @@ def test_foundation_modules_import_nothing_above_them():
 
 def test_the_library_never_imports_snakemake():
     found = [imp for m in module_files() for imp in imports_of(m) if imp.target.split(".")[0] == "snakemake"]
+    assert found == []
+
+
+def tool_module_names() -> set[str]:
+    """The names a library module could import a tool by: ``tools.<name>``, or ``<name>`` with tools/ on the path."""
+    stems = {path.stem for path in TOOLS.glob("*.py") if path.stem != "__init__"}
+    return {"tools", *(f"tools.{stem}" for stem in stems), *stems}
+
+
+def test_the_library_never_imports_the_tools():
+    names = tool_module_names()
+    assert {"tools.gpucheck", "gpucheck"} <= names
+    assert not any(module.split(".")[-1] == "gpucheck" for module in module_files())  # the check left the library
+    found = [
+        f"{imp.source}:{imp.line} imports {imp.target}"
+        for module in module_files()
+        for imp in imports_of(module)
+        if imp.target in names or imp.target.startswith("tools.")
+    ]
     assert found == []
 
 

@@ -1,7 +1,7 @@
 """An eight-minute check of kdcore on one GPU (or, CPU-sized, on any machine): speed, full-scale accuracy, workflow.
 
-    python -m kdcore.gpucheck run OUTDIR [--data ARCHIVE] [--cpu]      (what scripts/gpu-check.sh calls)
-    python -m kdcore.gpucheck concurrency --procs 1 2 4 [--steps N] [--width W] [--device D]
+    python3 tools/gpucheck.py run OUTDIR [--data ARCHIVE] [--cpu]      (what scripts/gpu-check.sh calls)
+    python3 tools/gpucheck.py concurrency --procs 1 2 4 [--steps N] [--width W] [--device D]
 
 ``run`` checks first that every module the steps import imports and that the data archive is readable (a
 problem ends it with exit status 2), then executes the steps, each in its own subprocess with its own time
@@ -16,8 +16,12 @@ budget, cut to what is left of the check's total (``--total-s``; steps with noth
 5. results: ``results.json`` (everything) and ``results.md`` (tables) in OUTDIR, rewritten after each step.
 
 A failed or timed-out step is recorded with its error text and the check goes on; the exit status is 1 when
-any step failed. ``--cpu`` runs the same steps CPU-sized (quick bench, synthetic data, width 8, a few
-Snakemake training jobs, 1 and 2 processes) in about a minute and a half on 2 cores.
+any step failed. The last line printed says how the check ended: ``all steps ok``, the steps that are not ok,
+the pre-flight's problems, or the signal that stopped it. ``--cpu`` runs the same steps CPU-sized (quick bench,
+synthetic data, width 8, a few Snakemake training jobs, 1 and 2 processes) in about a minute on 2 cores.
+
+An operations tool, not part of the library: it imports kdcore (this repository's src/, which every
+subprocess gets first on PYTHONPATH), and no kdcore module imports it (tests/test_import_contract.py).
 """
 
 from __future__ import annotations
@@ -43,7 +47,9 @@ from typing import Any
 
 from kdcore.atomic import atomic_write_json, atomic_write_text
 
-REPO = Path(__file__).resolve().parents[2]
+#: This file: the concurrency step and its workers run it as ``python3 tools/gpucheck.py ...``.
+SELF = Path(__file__).resolve()
+REPO = SELF.parents[1]
 WORKFLOW_PARTS = ("Snakefile", "config.yaml", "config", "workflow", "src", "profiles")
 STEP_NAMES = ("bench", "r18", "smoke", "concurrency")
 
@@ -64,6 +70,8 @@ class CheckPlan:
     concurrency_width: int
     total_s: float  # the whole check, pre-flight to results; enforced (steps are cut short or skipped)
     batch_size: int = 128
+    threads: int | None = None  # torch CPU threads per process of the bench, R18 and concurrency steps (None: default)
+    concurrency_warmup: int = 5  # untimed steps of each concurrency process before the common start
     deadline: float | None = None  # time.monotonic() by which everything must end (set by run_check)
 
     @property
@@ -120,6 +128,10 @@ def cpu_plan() -> CheckPlan:
         concurrency_width=8,
         total_s=1175.0,
         batch_size=32,
+        # one thread per process: with two, a bench, R18 run or lone concurrency process of these tiny models could
+        # take several times longer on a busy 2-core machine (a parallel test suite); with one, about as long as idle
+        threads=1,
+        concurrency_warmup=1,  # as the quick bench: on the CPU the first step is the only slow one
     )
 
 
@@ -200,10 +212,16 @@ def kdcore_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", *args]
 
 
+def self_cmd(*args: str) -> list[str]:
+    """A subcommand of this tool in a fresh Python process."""
+    return [sys.executable, str(SELF), *args]
+
+
 # ----------------------------------------------------------------------------- step 1: bench
 def step_bench(plan: CheckPlan, outdir: Path, tmp: Path, console: Console, results: dict) -> dict[str, Any]:
     out = outdir / "bench.json"
     cmd = kdcore_cmd("kdcore.bench", *plan.bench_args, "--out", str(out))
+    cmd += ["--threads", str(plan.threads)] if plan.threads else []
     try:
         run_logged(cmd, plan.time_for("bench"), console, "bench")
     except StepTimeout as exc:  # bench.json is written at the end: keep the rows it printed
@@ -219,6 +237,8 @@ def step_bench(plan: CheckPlan, outdir: Path, tmp: Path, console: Console, resul
         for row in bench["rows"]
     ]
     result = {"file": out.name, "device_name": bench["device_name"], "width": bench["width"], "rows": rows}
+    if plan.cpu:  # `kdcore plan` refuses epoch times measured at another width than the study's, as the quick bench's
+        return result | {"study_estimate_error": f"not run: the CPU-sized bench measures width {bench['width']}"}
     return result | study_estimate(out, console, min(PLAN_S, plan.remaining() - RESULTS_MARGIN_S))
 
 
@@ -228,7 +248,7 @@ PLAN_S = 30.0
 
 def study_estimate(bench_file: Path, console: Console, timeout: float = PLAN_S) -> dict[str, Any]:
     """GPU-hours of the paper's whole study (config.yaml) from the bench's measured epoch times (kdcore plan)."""
-    config = Path(__file__).resolve().parents[2] / "config.yaml"
+    config = REPO / "config.yaml"
     if not config.is_file():
         return {}
     if timeout <= 1:
@@ -309,7 +329,7 @@ def step_r18(plan: CheckPlan, outdir: Path, tmp: Path, console: Console, results
         "model": {"arch": "resnet18", "width": plan.r18_width},
         "method": {"name": "baseline"},
         "train": {"epochs": epochs, "seed": 0, "batch_size": plan.batch_size},
-        "runtime": {"device": plan.device, "threads": os.cpu_count() if plan.cpu else None},
+        "runtime": {"device": plan.device, "threads": plan.threads},
     }
     (tmp / "r18.yaml").write_text(json.dumps(run_config), encoding="utf-8")
     run_dir = tmp / "r18"
@@ -413,9 +433,11 @@ def step_smoke(plan: CheckPlan, outdir: Path, tmp: Path, console: Console, resul
 # ----------------------------------------------------------------------------- step 4: concurrency
 def step_concurrency(plan: CheckPlan, outdir: Path, tmp: Path, console: Console, results: dict) -> dict[str, Any]:
     out = tmp / "concurrency.json"
-    cmd = kdcore_cmd("kdcore.gpucheck", "concurrency", "--device", plan.device, "--out", str(out))
+    cmd = self_cmd("concurrency", "--device", plan.device, "--out", str(out))
     cmd += ["--procs", *map(str, plan.concurrency_procs), "--steps", str(plan.concurrency_steps)]
     cmd += ["--width", str(plan.concurrency_width), "--batch-size", str(plan.batch_size)]
+    cmd += ["--warmup", str(plan.concurrency_warmup)]
+    cmd += ["--threads", str(plan.threads)] if plan.threads else []
     try:
         run_logged(cmd, plan.time_for("concurrency"), console, "concurrency")
     except StepTimeout as exc:
@@ -477,15 +499,20 @@ def write_outputs(outdir: Path, results: dict) -> None:
 
 #: Modules the check's steps import (bench, training, the smoke study's training rules through Snakemake).
 NEEDED_MODULES = ("torch", "torchvision", "numpy", "PIL", "yaml", "jsonschema", "snakemake", "kdcore.engine")
-#: Modules only the smoke study's analysis rules import: not needed, since the smoke step runs training only.
+#: Modules only the smoke study's analysis rules import: not needed, since the smoke step runs training only (the
+#: pre-flight notes those not installed, without importing them).
 ANALYSIS_MODULES = ("pandas", "scipy", "statsmodels", "matplotlib", "seaborn")
 IMPORT_PROBE = """
-import importlib, json, sys
+import importlib, importlib.util, json, sys
 found = {}
-for name in sys.argv[1:]:
+for arg in sys.argv[1:]:
+    name = arg.removeprefix("?")
     try:
-        importlib.import_module(name)
-        found[name] = None
+        if arg.startswith("?"):
+            found[name] = None if importlib.util.find_spec(name) else "not installed"
+        else:
+            importlib.import_module(name)
+            found[name] = None
     except Exception as exc:
         found[name] = f"{type(exc).__name__}: {exc}".splitlines()[0]
 print(json.dumps(found))
@@ -493,7 +520,8 @@ print(json.dumps(found))
 
 
 def import_problems(modules: tuple[str, ...], timeout: float) -> dict[str, str]:
-    """``{module: error}`` for the modules that a fresh subprocess (the steps' environment) cannot import."""
+    """``{module: error}`` for the modules that a fresh subprocess (the steps' environment) cannot import; a name
+    written ``?name`` is only looked for (installed or not, without the seconds that importing it takes)."""
     cmd = [sys.executable, "-c", IMPORT_PROBE, *modules]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), timeout=timeout, check=False)
@@ -526,7 +554,7 @@ def archive_problem(archive: Path | None) -> str | None:
 
 def preflight(plan: CheckPlan, archive: Path | None) -> dict[str, Any]:
     """Imports and data, checked before any step: ``{"problems": [...], "analysis_modules_missing": [...]}``."""
-    failed = import_problems(NEEDED_MODULES + ANALYSIS_MODULES, plan.time_for("preflight"))
+    failed = import_problems(NEEDED_MODULES + tuple(f"?{m}" for m in ANALYSIS_MODULES), plan.time_for("preflight"))
     problems = [f"cannot import {name}: {error}" for name, error in failed.items() if name not in ANALYSIS_MODULES]
     if not plan.cpu:
         problem = archive_problem(archive)
@@ -545,14 +573,29 @@ def raise_on_sigterm(signum: int, _frame: Any) -> None:
     raise CheckInterrupted(f"stopped by {signal.Signals(signum).name}")
 
 
+def verdict(results: dict) -> tuple[int, str]:
+    """The exit status and the last line of a check: 2 when the pre-flight stopped it (no step ran), 1 when it
+    was interrupted or a step failed, timed out or was skipped, 0 when every step ran and is ok."""
+    problems = (results.get("preflight") or {}).get("problems") or []
+    if problems:
+        return 2, "stopped at pre-flight, no step ran: " + "; ".join(problems)
+    not_ok = [f"{name} ({step['status']})" for name, step in results["steps"].items() if step["status"] != "ok"]
+    failed = f"FAILED steps: {', '.join(not_ok)}" if not_ok else ""
+    if "interrupted" in results:
+        unfinished = [name for name in STEP_NAMES if name not in results["steps"]]
+        parts = [f"interrupted ({results['interrupted']})", f"not finished: {', '.join(unfinished) or 'none'}"]
+        return 1, "; ".join([*parts, failed] if failed else parts)
+    return (1, failed) if not_ok else (0, "all steps ok")
+
+
 def finish(outdir: Path, console: Console, results: dict, started: float) -> int:
-    """Write the results (whatever they hold), print them, return the exit status (1 if any step is not ok)."""
+    """Write the results (whatever they hold), print them and the verdict; return the exit status."""
     results["wall_s"] = time.perf_counter() - started
     write_outputs(outdir, results)
     console.say((outdir / "results.md").read_text(encoding="utf-8"))
-    failed = [n for n, s in results["steps"].items() if s["status"] != "ok"]
-    console.say(f"gpu-check: {'FAILED steps: ' + ', '.join(failed) if failed else 'all steps ok'}")
-    return 1 if failed else 0
+    status, line = verdict(results)
+    console.say(f"gpu-check: {line}")
+    return status
 
 
 def run_steps(plan: CheckPlan, outdir: Path, console: Console, results: dict) -> None:
@@ -598,17 +641,14 @@ def run_check(outdir: Path, archive: Path | None, cpu: bool, total_s: float | No
     if checked["problems"]:
         for problem in checked["problems"]:
             console.say(f"[preflight] {problem}")
-        finish(outdir, console, results, started)
-        console.say("gpu-check: pre-flight failed; no step ran")
-        return 2
+        return finish(outdir, console, results, started)  # 2, and the last line names the problems
     previous = signal.signal(signal.SIGTERM, raise_on_sigterm)
     try:
         run_steps(plan, outdir, console, results)
     except (CheckInterrupted, KeyboardInterrupt) as exc:
         results["interrupted"] = str(exc) or type(exc).__name__
         console.say(f"gpu-check: {results['interrupted']}; keeping the results so far")
-        finish(outdir, console, results, started)
-        return 1
+        return finish(outdir, console, results, started)  # 1
     finally:
         signal.signal(signal.SIGTERM, previous)
     return finish(outdir, console, results, started)
@@ -680,8 +720,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def worker_cmd(args: argparse.Namespace, folder: Path, index: int, threads: int) -> list[str]:
-    return kdcore_cmd(
-        "kdcore.gpucheck", "worker", "--device", args.device, "--width", str(args.width),
+    return self_cmd(
+        "worker", "--device", args.device, "--width", str(args.width),
         "--batch-size", str(args.batch_size), "--steps", str(args.steps), "--warmup", str(args.warmup),
         "--threads", str(threads), "--seed", str(index), "--ready", str(folder / f"ready{index}"),
         "--go", str(folder / "go"), "--out", str(folder / f"worker{index}.json"),
@@ -691,7 +731,7 @@ def worker_cmd(args: argparse.Namespace, folder: Path, index: int, threads: int)
 def run_concurrent(args: argparse.Namespace, n_procs: int, folder: Path) -> dict[str, Any]:
     """Start ``n_procs`` workers, release them together once all are warm, aggregate their throughput."""
     folder.mkdir(parents=True)
-    threads = max(1, (os.cpu_count() or 1) // n_procs)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // n_procs)
     procs = [subprocess.Popen(worker_cmd(args, folder, i, threads), env=child_env()) for i in range(n_procs)]
     try:
         deadline = time.monotonic() + 300
@@ -753,6 +793,7 @@ def add_concurrency_arguments(sub: Any) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=100, help="timed steps per process")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per process first")
+    p.add_argument("--threads", type=int, help="torch CPU threads per process (default: CPUs / processes)")
     p.add_argument("--out", type=Path, help="JSON file to write")
     p.set_defaults(func=cmd_concurrency)
     p = sub.add_parser("worker", help="(internal) one process of `concurrency`")
@@ -871,7 +912,7 @@ def results_markdown(results: dict[str, Any]) -> str:
 
 # ----------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kdcore.gpucheck", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python3 tools/gpucheck.py", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="the whole check")
     p.add_argument("outdir", type=Path)
