@@ -49,7 +49,7 @@ def test_prepare_train_fidelity_end_to_end(tmp_path):
 @pytest.mark.parametrize(
     ("run", "message"),
     [
-        ({"data": "data.pt", "model": {"arch": "vgg11"}}, "'model.arch': 'vgg11' is not allowed"),
+        ({"data": "data.pt", "model": {"arch": "vgg11"}}, "'model.arch': unknown architecture 'vgg11'"),
         ({"data": "missing.pt", "model": {"arch": "resnet18", "width": 4}}, "prepared dataset not found: missing.pt"),
         (
             {"data": "data.pt", "model": {"arch": "resnet18"}, "method": {"name": "logit", "alpha": 0.5}},
