@@ -131,7 +131,7 @@ def test_deleting_one_final_run_reruns_only_it_and_dependents(smoke: SmokeStudy,
         root / "results/runs/baselines/resnet18/seed1/test_logits.npz",
     ]
     before = {p: p.stat().st_mtime_ns for p in untouched}
-    # the run's own jobs only (a rerun of the analysis jobs is run by tests/test_workflow_module.py)
+    # the run's own jobs only (tests/test_workflow_module.py reruns the run table and the statistics after one)
     run = "results/runs/final/resnet34-resnet18/feature/seed1"
     snakemake(root, *CONFIGS, "--cores", "2", f"{run}/metrics.json", timeout=600)
     assert (root / run / "metrics.json").is_file()
