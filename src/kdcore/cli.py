@@ -25,13 +25,6 @@ from pathlib import Path
 from kdcore.errors import KDCoreError
 
 
-def _set_threads(threads: int | None) -> None:
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
 def cmd_prepare_data(args: argparse.Namespace) -> int:
     from kdcore.atomic import claim_outputs
     from kdcore.config import load_config_file
