@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 from _workflow_tools import snakemake
 from filelock import FileLock
 
@@ -327,6 +328,7 @@ def stem_metrics():
     return stem + arms
 def code_digest(*modules, scripts=()): return "test"
 config["analysis"] = {analysis!r}
+config["methods"] = {methods!r}
 report: {workflow_rst!r}
 include: {rules_common!r}
 include: {rules!r}
@@ -341,6 +343,10 @@ OPTIONAL_FOLDERS = {"selection": "select", "stem": "stem", "clip": "clip"}
 
 #: The ``analysis`` config of the hand-made studies: a smallest effect of interest other than the default.
 ANALYSIS_CONFIG = {"min_effect_pp": 0.5}
+#: Their ``methods``: the paper study's, from which the workflow hands each analysis job its method catalog
+#: (labels and hyper-parameter columns, kdcore.analysis.methods), so that the jobs run without torch as a
+#: study's do.
+STUDY_METHODS = yaml.safe_load((REPO / "config.yaml").read_text(encoding="utf-8"))["methods"]
 
 
 def write_analysis_snakefile(
@@ -359,6 +365,7 @@ def write_analysis_snakefile(
             fidelity=fidelity_checks(work / "runs", fidelity),
             runs=str(work / "runs"),
             analysis=ANALYSIS_CONFIG,
+            methods=STUDY_METHODS,
             workflow_rst=str(REPO / "workflow/report/workflow.rst"),
             rules=str(REPO / "workflow/rules/analysis.smk"),
             rules_common=str(REPO / "workflow/rules/analysis_common.smk"),

@@ -4,8 +4,9 @@ and forks a fresh child for every ``snakemake`` command of a test (no tests here
 Starting ``python -m snakemake`` costs about 6 s of imports on a 2-core machine before the workflow is
 parsed (torch and torchvision through kdcore's registries, Snakemake and its plugins), and the suite runs
 Snakemake well over a hundred times. Each command here runs in a child forked from this single-threaded
-process: it starts with those modules imported and nothing else (kdcore is not imported here, so the child
-imports the kdcore of the workflow copy it runs, as ``python -m snakemake`` would), in its own process
+process: it starts with those modules imported, and the others that a dry run of the study imports
+(:func:`warm_up`, about 1 s less per command), but no code of this repository (kdcore is not imported
+here, so the child imports the kdcore of the workflow copy it runs, as ``python -m snakemake`` would), in its own process
 group, in the command's folder, with the command's environment, writing stdout and stderr to the files
 named in the request.
 
@@ -16,14 +17,20 @@ that signal). Used by tests/_workflow_tools.py.
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
 import os
 import sys
+import tempfile
+from pathlib import Path
 
 import snakemake.api
 import snakemake.cli
 import torch  # noqa: F401
 import torchvision.models.resnet  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run_child(request: dict) -> None:
@@ -51,6 +58,47 @@ def run_child(request: dict) -> None:
         os._exit(code)
 
 
+def modules_of_a_dry_run(report_fd: int) -> None:
+    """In a forked child: dry-run the study of config.yaml in an empty folder, write the names of the modules
+    it imported from outside this repository (one JSON list) to ``report_fd``, and exit."""
+    before = set(sys.modules)
+    with tempfile.TemporaryDirectory(prefix="snakemake-warm-up-") as folder:
+        os.chdir(folder)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+        args = ["--snakefile", str(REPO / "Snakefile"), "--configfile", str(REPO / "config.yaml"), "-n", "--quiet"]
+        sys.argv = [sys.executable, *args]
+        with contextlib.suppress(SystemExit):
+            snakemake.cli.main()
+    imported = [name for name in list(sys.modules) if name not in before]
+    outside = [n for n in imported if not str(getattr(sys.modules[n], "__file__", "") or "").startswith(str(REPO))]
+    with os.fdopen(report_fd, "w") as report:
+        json.dump(outside, report)
+    os._exit(0)
+
+
+def warm_up() -> None:
+    """Import here what a dry run of the study imports beyond the modules above (Snakemake's plugins, its
+    storage and report libraries, jsonschema, ...), except this repository's code (kdcore): every command
+    then starts with them imported. The names come from one dry run in a forked child; a module that does
+    not import on its own is left to the commands."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        modules_of_a_dry_run(write_fd)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as report:
+        text = report.read()
+    os.waitpid(pid, 0)
+    for name in json.loads(text or "[]"):
+        try:
+            importlib.import_module(name)
+        except Exception:  # a module that needs its importer's context: the commands import it
+            continue
+
+
 def serve() -> None:
     """Answer requests until stdin closes."""
     reply = sys.stdout
@@ -69,4 +117,5 @@ def serve() -> None:
 
 
 if __name__ == "__main__":
+    warm_up()
     serve()

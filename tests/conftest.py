@@ -91,11 +91,37 @@ def _xdist_group(item: pytest.Item) -> str | None:
     return None
 
 
+def _start_order(items: list[pytest.Item]) -> dict[str, int]:
+    """Where each test starts, by what it waits for (lower first). pytest-xdist hands the tests out in this
+    order (``--no-loadscope-reorder``), so the long, parallel parts begin at once and no worker sits on a
+    study's file lock: 0 the first user of each shared study (it builds the study), 1 the cluster tests
+    (their study waits on SLURM's status checks, which the other worker's work fills), 2 the other tests of a
+    module-scoped study (each builds its own, in minutes), 3 the rest of the slow tests (many read a shared
+    study, finished by then), 4 the quick tests, which fill the gaps at the end."""
+    order: dict[str, int] = {}
+    builders: set[str] = set()
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        shared = [name for name in SHARED_STUDIES if name in names]
+        if item.get_closest_marker("slow") is None:
+            order[item.nodeid] = 4
+        elif any(name not in builders for name in shared):
+            builders.update(shared)
+            order[item.nodeid] = 0
+        elif item.get_closest_marker("slurm") is not None and _uses_module_fixture(item):
+            order[item.nodeid] = 1
+        elif _uses_module_fixture(item) and not shared:
+            order[item.nodeid] = 2
+        else:
+            order[item.nodeid] = 3
+    return order
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Tests that run Snakemake or read a shared study are ``slow`` (``-m "not slow"`` is the inner loop). Slow
-    tests first (pytest-xdist then starts the long studies at once, and the quick tests fill the gaps), a
-    module-scoped study's tests in one xdist group (``--dist loadgroup``); the order of the rest is kept."""
+    """Tests that run Snakemake or read a shared study are ``slow`` (``-m "not slow"`` is the inner loop), a
+    module-scoped study's tests share one xdist group (``--dist loadgroup``), and the tests start in the order
+    of :func:`_start_order` (the order of the rest is kept)."""
     for item in items:
         uses_a_study = any(name in getattr(item, "fixturenames", ()) for name in SHARED_STUDIES)
         if item.get_closest_marker("slow") is None and (_runs_snakemake(item) or uses_a_study):
@@ -103,4 +129,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         group = _xdist_group(item)
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    order = _start_order(items)
+    items.sort(key=lambda item: order[item.nodeid])

@@ -34,6 +34,22 @@ def module_path(module: str, src_root: str | os.PathLike[str]) -> Path | None:
     return None
 
 
+def source_index(src_root: str | os.PathLike[str]) -> dict[str, Path]:
+    """Every module of the source tree by name, as :func:`module_path` finds it (``a/b.py`` before
+    ``a/b/__init__.py``). One walk of the tree: a digest looks up thousands of names, a walk costs
+    milliseconds."""
+    root = Path(src_root)
+    packages: dict[str, Path] = {}
+    modules: dict[str, Path] = {}
+    for path in root.rglob("*.py"):
+        parts = path.relative_to(root).with_suffix("").parts
+        if parts[-1] == "__init__":
+            packages[".".join(parts[:-1])] = path
+        else:
+            modules[".".join(parts)] = path
+    return {**packages, **modules}
+
+
 @cache
 def _parse(text: str, filename: str) -> ast.Module:
     """Parse Python source (cached by content)."""
@@ -87,17 +103,19 @@ def _resolve_relative(current: str, is_package: bool, level: int, target: str | 
 
 def direct_imports(module: str, src_root: str | os.PathLike[str]) -> list[str]:
     """Modules of the source tree that ``module`` imports statically (anywhere in its body), sorted."""
-    root = Path(src_root)
-    path = module_path(module, root)
+    return _direct_imports(module, source_index(src_root), Path(src_root))
+
+
+def _direct_imports(module: str, index: dict[str, Path], root: Path) -> list[str]:
+    """:func:`direct_imports` with the tree's :func:`source_index`."""
+    path = index.get(module)
     if path is None:
         raise KDCoreError(f"module {module!r} not found under {root}")
     is_package = path.name == "__init__.py"
     found: set[str] = set()
 
     def add(name: str) -> None:
-        for candidate in _with_parents(name):
-            if module_path(candidate, root) is not None:
-                found.add(candidate)
+        found.update(candidate for candidate in _with_parents(name) if candidate in index)
 
     for source, level, names in _import_statements(path.read_text(encoding="utf-8"), str(path)):
         if source is None and not level:  # import a.b, c
@@ -109,27 +127,29 @@ def direct_imports(module: str, src_root: str | os.PathLike[str]) -> list[str]:
             continue
         add(base)
         for name in names:
-            if name != "*":
-                submodule = f"{base}.{name}"
-                if module_path(submodule, root) is not None:
-                    add(submodule)
+            if name != "*" and f"{base}.{name}" in index:
+                add(f"{base}.{name}")
     found.discard(module)
     return sorted(found)
 
 
 def module_closure(module: str, src_root: str | os.PathLike[str]) -> list[str]:
     """Sorted names of ``module``, its parent packages and every source-tree module it imports, recursively."""
-    root = Path(src_root)
-    if module_path(module, root) is None:
+    return _module_closure(module, source_index(src_root), Path(src_root))
+
+
+def _module_closure(module: str, index: dict[str, Path], root: Path) -> list[str]:
+    """:func:`module_closure` with the tree's :func:`source_index`."""
+    if module not in index:
         raise KDCoreError(f"module {module!r} not found under {root}")
     seen: set[str] = set()
-    todo = [m for m in _with_parents(module) if module_path(m, root) is not None]
+    todo = [m for m in _with_parents(module) if m in index]
     while todo:
         current = todo.pop()
         if current in seen:
             continue
         seen.add(current)
-        todo.extend(m for m in direct_imports(current, root) if m not in seen)
+        todo.extend(m for m in _direct_imports(current, index, root) if m not in seen)
     return sorted(seen)
 
 
@@ -152,13 +172,13 @@ def code_digest(
     tree elsewhere has the same digest. ``extra_files`` (e.g. the rule's script) are keyed by file name.
     """
     root = Path(src_root)
+    index = source_index(root)
     closure: set[str] = set()
     for module in modules:
-        closure.update(module_closure(module, root))
+        closure.update(_module_closure(module, index, root))
     digest = hashlib.sha256()
     for name in sorted(closure):
-        path = module_path(name, root)
-        assert path is not None
+        path = index[name]
         digest.update(f"module {name}\n".encode())
         digest.update(normalised_source(path).encode())
         digest.update(b"\n")
