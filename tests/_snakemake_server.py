@@ -24,6 +24,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from types import ModuleType
 
 import snakemake.api
 import snakemake.cli
@@ -60,22 +61,29 @@ def run_child(request: dict) -> None:
 
 def modules_of_a_dry_run(report_fd: int) -> None:
     """In a forked child: dry-run the study of config.yaml in an empty folder, write the names of the modules
-    it imported from outside this repository (one JSON list) to ``report_fd``, and exit."""
-    before = set(sys.modules)
-    with tempfile.TemporaryDirectory(prefix="snakemake-warm-up-") as folder:
-        os.chdir(folder)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
-        args = ["--snakefile", str(REPO / "Snakefile"), "--configfile", str(REPO / "config.yaml"), "-n", "--quiet"]
-        sys.argv = [sys.executable, *args]
-        with contextlib.suppress(SystemExit):
-            snakemake.cli.main()
-    imported = [name for name in list(sys.modules) if name not in before]
-    outside = [n for n in imported if not str(getattr(sys.modules[n], "__file__", "") or "").startswith(str(REPO))]
-    with os.fdopen(report_fd, "w") as report:
-        json.dump(outside, report)
-    os._exit(0)
+    it imported that are not this repository's code (one JSON list) to ``report_fd``, and exit."""
+    try:
+        before = set(sys.modules)
+        with tempfile.TemporaryDirectory(prefix="snakemake-warm-up-") as folder:
+            os.chdir(folder)
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)
+            os.dup2(devnull, 2)
+            config = str(REPO / "config.yaml")
+            sys.argv = [sys.executable, "--snakefile", str(REPO / "Snakefile"), "--configfile", config, "-n", "-q"]
+            with contextlib.suppress(SystemExit):
+                snakemake.cli.main()
+        imported = [sys.modules[name] for name in list(sys.modules) if name not in before]
+        with os.fdopen(report_fd, "w") as report:
+            json.dump([module.__name__ for module in imported if not is_repository_code(module)], report)
+    finally:
+        os._exit(0)
+
+
+def is_repository_code(module: ModuleType) -> bool:
+    """Whether ``module`` is kdcore or lies in this repository (the commands import the copy they run)."""
+    file = str(getattr(module, "__file__", "") or "")
+    return module.__name__.split(".")[0] == "kdcore" or file.startswith(str(REPO))
 
 
 def warm_up() -> None:
