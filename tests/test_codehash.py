@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kdcore.codehash import code_digest, direct_imports, module_closure
+from kdcore.codehash import code_digest, direct_imports, module_closure, module_path, source_index
 from kdcore.errors import KDCoreError
 
 
@@ -107,3 +107,13 @@ def test_digest_is_independent_of_location_and_covers_extra_files(tree: Path, tm
     assert code_digest(["pkg.engine"], tree, extra_files=[script]) != digest
     with pytest.raises(KDCoreError, match="missing.py"):
         code_digest(["pkg.engine"], tree, extra_files=[tmp_path / "missing.py"])
+
+
+def test_source_index_finds_each_module_as_module_path_does(tree: Path) -> None:
+    write(tree, "pkg/both.py", "Y = 1\n")
+    write(tree, "pkg/both/__init__.py", "Y = 2\n")  # a module file and a package of the same name
+    index = source_index(tree)
+    assert index["pkg"] == tree / "pkg/__init__.py" and index["pkg.sub.deep"] == tree / "pkg/sub/deep.py"
+    for name, path in index.items():
+        assert module_path(name, tree) == path, name
+    assert "pkg.nothing" not in index and module_path("pkg.nothing", tree) is None
