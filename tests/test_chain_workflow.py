@@ -1,6 +1,7 @@
 """A distillation chain end to end: config/smoke-chain.yaml (ResNet-101 -> ResNet-50 (logit) -> ResNet-18, next to
-ResNet-101 -> ResNet-18) runs in a copy of the workflow, from data to tables and figures; the chain's runs
-distil from the final run they name, and the analysis reports the chain teacher by that run's accuracy."""
+ResNet-101 -> ResNet-18) runs in a copy of the workflow, from data to tables and figures (its data and ResNet-18
+baselines taken from the shared smoke study); the chain's runs distil from the final run they name, and the
+analysis reports the chain teacher by that run's accuracy."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from _smoke_study import SmokeStudy
 from _workflow_tools import copy_workflow, dry_run, snakemake
 
 pytestmark = pytest.mark.slow
@@ -37,9 +39,13 @@ def read_json(path: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def study(tmp_path_factory: pytest.TempPathFactory, smoke_study: SmokeStudy) -> Path:
     root = copy_workflow(tmp_path_factory.mktemp("chain") / "wf")
     (root / "fixed.yaml").write_text(FIXED, encoding="utf-8")
+    # the smoke study's data and ResNet-18 baselines have this study's settings and code: found, not retrained
+    smoke_study.seed(root)
+    plan = dry_run(root, *TARGETS, *CONFIGS)
+    assert "prepare_data" not in plan.counts and plan.counts["train_baseline"] == 2  # the two ResNet-50 ones
     snakemake(root, *TARGETS, "--cores", "2", *CONFIGS, timeout=1200)
     return root
 

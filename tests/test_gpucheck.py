@@ -87,6 +87,23 @@ def test_cpu_check_results_json(cpu_check):
 
 
 @pytest.mark.slow
+def test_cpu_check_bench_is_the_quick_bench_with_parsable_rows(cpu_check):
+    """The check's bench step is `python -m kdcore.bench --quick` (CPU-sized): its bench.json holds the quick
+    cases, each with both recipes' throughput and their ratio, and its printed table reached the log."""
+    _, outdir = cpu_check
+    bench = json.loads((outdir / "bench.json").read_text())
+    assert [r["case"] for r in bench["rows"]] == ["resnet18", "resnet50", "resnet50->resnet34 feature"]
+    for row in bench["rows"]:
+        assert row["fast_images_per_s"] > 0 and row["standard_images_per_s"] > 0
+        assert row["speedup"] == pytest.approx(row["fast_images_per_s"] / row["standard_images_per_s"])
+        assert row["step_gflops"] > 0
+        assert row["precision"] in ("bf16", "fp32") and row["standard_precision"] == "fp32"
+        assert row["host_sync_in_steps"] is None  # checked on CUDA only
+    log = (outdir / "check.log").read_text()
+    assert "[bench] " in log and "ratio" in log and "resnet50->resnet34 feature" in log
+
+
+@pytest.mark.slow
 def test_cpu_check_markdown_matches_json(cpu_check):
     proc, outdir = cpu_check
     markdown = (outdir / "results.md").read_text()

@@ -162,7 +162,7 @@ def test_dataset_made_from_this_config_is_kept(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("change", "named"),
     [
-        ({"val_size": 200}, "split.val_size: recorded 50, config 200"),
+        ({"val_size": 60}, "split.val_size: recorded 50, config 60"),
         ({"split_seed": 7}, "split.seed: recorded 1234, config 7"),
         ({"subset": {"train": 300, "val": None, "test": None, "seed": 0}}, "subset: recorded None"),
     ],

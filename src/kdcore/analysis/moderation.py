@@ -33,6 +33,8 @@ regressed on log2(student parameters); the slope is the change of the gain per d
   (statsmodels ``TTestPower`` with these df). The SD estimate has few df, so the seeds are given at the SD's
   point estimate and at its one-sided 95 % upper confidence limit sd sqrt(df / chi2_{0.05, df})
   (``sd_upper``, ``seeds_for_min_effect_upper``).
+
+scipy and statsmodels are imported by the functions that use them, as in kdcore.analysis.stats.
 """
 
 from __future__ import annotations
@@ -42,8 +44,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, stats
-from statsmodels.stats.power import TTestPower
 
 from kdcore.analysis.stats import (
     ALPHA,
@@ -189,6 +189,8 @@ def gain_cells(runs: pd.DataFrame, metric: str = "test_best", design: str = "aut
 
     The 95% t-interval of a cell assumes independent seeds and normal runs (paired: normal per-seed differences;
     unpaired: Welch, no equal variances, Welch-Satterthwaite df)."""
+    from scipy import stats
+
     check_metric(metric)
     if design not in ("auto", "paired", "unpaired"):
         raise DataError(f"moderation design {design!r} is not one of auto, paired, unpaired")
@@ -250,6 +252,8 @@ def slope_contrast(
     Returns arrays: slope, se, df (Welch-Satterthwaite), ci_low, ci_high, p (two-sided t), intercept,
     se_intercept, cov_intercept_slope and lack_of_fit (residual SS over its expectation; NaN for C < 3).
     """
+    from scipy import stats
+
     x = np.asarray(x, dtype=float)
     design = np.column_stack([np.ones_like(x), x])
     pinv = np.linalg.pinv(design)  # rows: intercept and slope coefficients of the cells
@@ -306,6 +310,8 @@ def tost(estimate: float, se: float, df: float, bound: float) -> float:
     """Two one-sided t-tests (TOST) of |true value| < ``bound`` for a normal estimate with standard error
     ``se`` on ``df`` degrees of freedom: the larger of the two one-sided p-values (assumes the estimate is
     t-distributed as in its own test). Equivalent to the (1 - 2 alpha) CI lying inside (-bound, bound)."""
+    from scipy import stats
+
     if not (np.isfinite(estimate) and np.isfinite(se) and np.isfinite(df)) or se <= 0 or bound <= 0:
         return math.nan
     t = stats.t(df)
@@ -336,6 +342,9 @@ def slope_power(slope: float, sd: float, log2_params: Any, n: int, alpha: float 
     and the capacities are ``log2_params`` (statsmodels ``TTestPower``). ``paired``: ``sd`` is the SD of the
     per-seed gains, SE sd / sqrt(n Sxx), C (n - 1) df; unpaired: ``sd`` is that of single runs, SE
     sd sqrt(2 / (n Sxx)), 2 C (n - 1) df. Assumes equal SDs and seeds in every cell."""
+    from scipy import stats
+    from statsmodels.stats.power import TTestPower
+
     x = np.unique(np.asarray(log2_params, dtype=float))
     k = 1 if paired else 2
     unit_se = sd * math.sqrt(k / float(((x - x.mean()) ** 2).sum()))  # SE of the slope with 1 seed per group
@@ -351,6 +360,8 @@ def detectable_slope(
 ) -> float:
     """The smallest slope (pp per doubling) the test detects with ``power`` at ``n`` seeds per group
     (:func:`slope_power`, same assumptions)."""
+    from scipy import optimize
+
     if not (np.isfinite(sd) and sd > 0 and n >= 2 and len(np.unique(log2_params)) >= 2):
         return math.nan
 
@@ -436,6 +447,8 @@ def _design_figures(
 
 def _family_row(runs: pd.DataFrame, fam: pd.DataFrame, metric: str, min_effect_pp: float) -> dict[str, Any]:
     """One row of :func:`moderation_table` (all columns but p_holm, holm_m, conclusion)."""
+    from scipy import stats
+
     fit = fit_slope(fam)
     span = float(fam["log2_params"].max() - fam["log2_params"].min())
     half90 = stats.t.ppf(1 - ALPHA, fit["df"]) * fit["se"] * span if np.isfinite(fit["df"]) else math.nan

@@ -17,6 +17,9 @@ docstring.
 
 Whatever needs more seeds than a cell has yields ``None`` (NaN in tables) plus a note saying why, so
 that a one-seed study still renders.
+
+scipy and statsmodels are imported by the functions that use them: a job that needs only this module's labels
+and table helpers (most LaTeX tables, the figures' run selection) starts without their second of imports.
 """
 
 from __future__ import annotations
@@ -28,9 +31,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
-from statsmodels.stats.multitest import multipletests
-from statsmodels.stats.power import TTestIndPower, TTestPower
 
 from kdcore.analysis.table import hyperparameter_columns, stem_arms
 from kdcore.errors import DataError
@@ -74,6 +74,8 @@ def check_metric(metric: str) -> str:
 def describe(values: Any) -> dict[str, Any]:
     """n, mean, sample std (ddof=1), SEM, min, max of a sample; std/SEM NaN when n < 2. The SEM assumes
     independent values."""
+    from scipy import stats
+
     x = np.asarray(values, dtype=float)
     x = x[~np.isnan(x)]
     n = int(x.size)
@@ -93,6 +95,8 @@ def describe(values: Any) -> dict[str, Any]:
 def holm(pvalues: Any) -> np.ndarray:
     """Holm (1979) step-down adjusted p-values (statsmodels ``multipletests``); NaN entries stay NaN and do
     not count in the family. Controls the family-wise error rate under any dependence of the tests."""
+    from statsmodels.stats.multitest import multipletests
+
     p = np.asarray(pvalues, dtype=float)
     out = np.full(p.shape, np.nan)
     finite = ~np.isnan(p)
@@ -138,6 +142,8 @@ def seeds_to_detect(
     Assumes equal SDs and seeds in both arms (the pooled t-test; Welch's test needs about as many)."""
     if not (np.isfinite(effect_pp) and np.isfinite(sd_pp)) or effect_pp == 0 or sd_pp <= 0:
         return None
+    from statsmodels.stats.power import TTestIndPower
+
     d = abs(effect_pp) / sd_pp
     return smallest_n(lambda n: TTestIndPower().power(d, n, alpha), power, max_n)
 
@@ -150,6 +156,8 @@ def pairs_to_detect(
     None when undefined or above ``max_n``. Assumes independent, normal per-seed differences."""
     if not (np.isfinite(effect_pp) and np.isfinite(sd_diff_pp)) or effect_pp == 0 or sd_diff_pp <= 0:
         return None
+    from statsmodels.stats.power import TTestPower
+
     d = abs(effect_pp) / sd_diff_pp
     return smallest_n(lambda n: TTestPower().power(d, n, alpha), power, max_n)
 
@@ -157,6 +165,8 @@ def pairs_to_detect(
 def sd_upper_limit(sd: float, df: float, confidence: float = SD_UPPER_CONFIDENCE) -> float:
     """One-sided upper confidence limit of an SD estimated on ``df`` degrees of freedom:
     sd sqrt(df / chi2_{1-confidence}(df)). Assumes normal data, so that df s^2 / sigma^2 is chi-square."""
+    from scipy import stats
+
     if not (np.isfinite(sd) and np.isfinite(df) and df > 0):
         return math.nan
     return float(sd * math.sqrt(df / stats.chi2.ppf(1 - confidence, df)))
@@ -189,6 +199,8 @@ def compare_arms(
     the two arms share what the seed fixes, the differences are independent and normal. BCa: the samples
     represent their populations (not true at 5 seeds). Cohen's d / Hedges' g: pooled SD.
     """
+    from scipy import stats
+
     x = treated.dropna().astype(float)
     y = control.dropna().astype(float)
     dx, dy = describe(x), describe(y)
