@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import inspect
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import pytest
 from _analysis_study import build_analysis_study
 from _smoke_study import SmokeStudy, build_smoke_study
 
+from kdcore.codehash import CACHE_ENV as CODEHASH_CACHE_ENV
 from kdcore.data import prepare_dataset
 
 #: The spec behind ``synthetic_dataset``: 500 synthetic training images (400 train + 100 val) and 100 test.
@@ -42,6 +44,21 @@ def _shared_temp(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The temporary folder of this pytest run that every pytest-xdist worker sees (above the workers' own)."""
     base = tmp_path_factory.getbasetemp()
     return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+@pytest.fixture(scope="session", autouse=True)
+def codehash_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The code digests' parse cache (kdcore.codehash, KDCORE_CODEHASH_CACHE) in a folder that every pytest-xdist
+    worker and every process they start shares: the workflow copies hash the same sources in hundreds of
+    Snakemake processes and training jobs; each text is parsed once per run instead."""
+    folder = _shared_temp(tmp_path_factory) / "codehash-cache"
+    previous = os.environ.get(CODEHASH_CACHE_ENV)
+    os.environ[CODEHASH_CACHE_ENV] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop(CODEHASH_CACHE_ENV, None)
+    else:
+        os.environ[CODEHASH_CACHE_ENV] = previous
 
 
 @pytest.fixture(scope="session")

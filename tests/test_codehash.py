@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from kdcore import codehash
 from kdcore.codehash import code_digest, direct_imports, module_closure, module_path, source_index
 from kdcore.errors import KDCoreError
 
@@ -53,6 +55,39 @@ def tree(tmp_path: Path) -> Path:
 def test_direct_imports_follow_absolute_from_and_relative(tree: Path) -> None:
     assert direct_imports("pkg.engine", tree) == ["pkg", "pkg.lazy", "pkg.sub", "pkg.sub.deep", "pkg.util"]
     assert direct_imports("pkg.sub", tree) == ["pkg", "pkg.other"]
+
+
+def test_imports_inside_compound_statements_are_found(tree: Path) -> None:
+    write(
+        tree,
+        "pkg/nested.py",
+        """\
+        try:
+            import pkg.util
+        except ImportError:
+            from pkg import other
+        else:
+            from pkg.sub import deep
+        finally:
+            pass
+        if True:
+            with open(__file__):
+                from pkg import lazy
+        class C:
+            def m(self):
+                for _ in ():
+                    while False:
+                        from pkg.methods import logit
+        match 1:
+            case 1:
+                from pkg.methods import feature
+        f = lambda: __import__("pkg.figures")  # by name at run time: not followed
+        """,
+    )
+    assert direct_imports("pkg.nested", tree) == [
+        "pkg", "pkg.lazy", "pkg.methods", "pkg.methods.feature", "pkg.methods.logit", "pkg.other", "pkg.sub",
+        "pkg.sub.deep", "pkg.util",
+    ]  # fmt: skip
 
 
 def test_closure_is_recursive_and_skips_importlib_and_third_party(tree: Path) -> None:
@@ -117,3 +152,47 @@ def test_source_index_finds_each_module_as_module_path_does(tree: Path) -> None:
     for name, path in index.items():
         assert module_path(name, tree) == path, name
     assert "pkg.nothing" not in index and module_path("pkg.nothing", tree) is None
+
+
+@pytest.fixture()
+def parse_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The parse cache (KDCORE_CODEHASH_CACHE) in a fresh folder, and this process's own cache emptied."""
+    folder = tmp_path / "codehash-cache"
+    monkeypatch.setenv(codehash.CACHE_ENV, str(folder))
+    codehash._facts_of_text.cache_clear()
+    yield folder
+    codehash._facts_of_text.cache_clear()
+
+
+def test_parse_cache_gives_the_same_digest_and_is_read_back_without_parsing(
+    tree: Path, parse_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as m:
+        m.delenv(codehash.CACHE_ENV)
+        codehash._facts_of_text.cache_clear()
+        uncached = code_digest(["pkg.engine"], tree)
+    codehash._facts_of_text.cache_clear()
+    assert code_digest(["pkg.engine"], tree) == uncached
+    entries = sorted(parse_cache.rglob("*.json"))
+    assert len(entries) == len(module_closure("pkg.engine", tree))  # one per source text
+    codehash._facts_of_text.cache_clear()  # as a new process: nothing parsed yet
+
+    def no_parsing(*args, **kwargs):
+        raise AssertionError("parsed although the cache holds the text")
+
+    monkeypatch.setattr(codehash.ast, "parse", no_parsing)
+    assert code_digest(["pkg.engine"], tree) == uncached
+
+
+def test_a_damaged_cache_entry_is_parsed_again_and_an_edit_is_a_new_entry(tree: Path, parse_cache: Path) -> None:
+    before = code_digest(["pkg.engine"], tree)
+    for entry in parse_cache.rglob("*.json"):
+        entry.write_text('{"normalised_sha256": "0", "imports": []}')  # reads back, but is no digest
+    codehash._facts_of_text.cache_clear()
+    assert code_digest(["pkg.engine"], tree) == before
+    assert all(len(json.loads(e.read_text())["normalised_sha256"]) == 64 for e in parse_cache.rglob("*.json"))
+    n_entries = len(list(parse_cache.rglob("*.json")))
+    write(tree, "pkg/util.py", "X = 2\n")
+    codehash._facts_of_text.cache_clear()
+    assert code_digest(["pkg.engine"], tree) != before
+    assert len(list(parse_cache.rglob("*.json"))) == n_entries + 1

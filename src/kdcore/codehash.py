@@ -7,22 +7,41 @@ reached by ``import pkg.x``, ``from pkg.x import y`` or a relative import, recur
 by name at run time (``importlib.import_module``) are NOT followed; that is deliberate, so that e.g. the
 training engine does not depend on every distillation method.
 
-Each module is hashed as ``ast.dump`` of its parse tree, so comments and formatting do not change the
-digest, while any change to code (docstrings included) does.
+Each module enters the digest as the sha256 of ``ast.dump`` of its parse tree, so comments and formatting do
+not change the digest, while any change to code (docstrings included) does.
+
+Parsing is most of a digest's cost (about 0.4 s for the whole package, paid by every Snakemake process and
+every training run). With ``KDCORE_CODEHASH_CACHE`` set to a folder, what a digest learns of a source text (the
+sha256 of its ``ast.dump`` and its imports) is kept there under the sha256 of the text and the Python version,
+and read back by later processes instead of parsing again. The key is the content itself, so an edited file is
+a new key and can never be served what its old text gave; an entry that does not read back as one is parsed
+again and rewritten. The test suite sets it; unset, nothing is kept between processes.
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
+import json
 import os
-from collections.abc import Iterable
+import sys
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 from kdcore.errors import KDCoreError
 
 DIGEST_LENGTH = 16
+#: Environment variable: the folder of the parse cache (module docstring); unset, no cache.
+CACHE_ENV = "KDCORE_CODEHASH_CACHE"
+#: Layout version of a cache entry (part of its folder's name, with the Python version: ``ast.dump`` may
+#: differ between Python versions).
+CACHE_FORMAT = 1
+
+#: One import statement: (``from`` module or None for ``import``, relative level, imported names).
+ImportStatement = tuple[str | None, int, tuple[str, ...]]
 
 
 def module_path(module: str, src_root: str | os.PathLike[str]) -> Path | None:
@@ -50,37 +69,89 @@ def source_index(src_root: str | os.PathLike[str]) -> dict[str, Path]:
     return {**packages, **modules}
 
 
-@cache
-def _parse(text: str, filename: str) -> ast.Module:
-    """Parse Python source (cached by content)."""
-    try:
-        return ast.parse(text, filename=filename)
-    except SyntaxError as exc:
-        raise KDCoreError(f"cannot hash {filename}: syntax error at line {exc.lineno}: {exc.msg}") from exc
+@dataclass(frozen=True)
+class SourceFacts:
+    """What a digest needs of one Python source text: the sha256 of ``ast.dump`` of its parse tree, and its
+    import statements, anywhere in its body, in source order."""
+
+    normalised_sha256: str
+    imports: tuple[ImportStatement, ...]
 
 
-def _tree(path: Path) -> ast.Module:
-    """The parse tree of the Python file ``path``."""
-    return _parse(path.read_text(encoding="utf-8"), str(path))
+def _statements(node: ast.AST) -> Iterator[ast.stmt]:
+    """Every statement under ``node``, at any depth. Expressions are not entered: no statement (so no import)
+    can stand inside one, and they are most of a tree's nodes."""
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.expr):
+            continue
+        if isinstance(child, ast.stmt):
+            yield child
+        yield from _statements(child)
 
 
-@cache
-def _dump(text: str, filename: str) -> str:
-    """``ast.dump`` of Python source (cached by content: a workflow hashes the same modules for many rules)."""
-    return ast.dump(_parse(text, filename))
-
-
-@cache
-def _import_statements(text: str, filename: str) -> tuple[tuple[str | None, int, tuple[str, ...]], ...]:
-    """Every import of Python source, anywhere in its body, as (``from`` module or None for ``import``, level,
-    names); cached by content."""
-    found = []
-    for node in ast.walk(_parse(text, filename)):
+def _imports_of(tree: ast.Module) -> tuple[ImportStatement, ...]:
+    found: list[ImportStatement] = []
+    for node in _statements(tree):
         if isinstance(node, ast.Import):
             found.append((None, 0, tuple(alias.name for alias in node.names)))
         elif isinstance(node, ast.ImportFrom):
             found.append((node.module, node.level, tuple(alias.name for alias in node.names)))
     return tuple(found)
+
+
+def _cache_entry(text: str) -> Path | None:
+    """Where the parse cache keeps the facts of ``text``, or None when no cache is set."""
+    folder = os.environ.get(CACHE_ENV)
+    if not folder:
+        return None
+    version = f"v{CACHE_FORMAT}-py{sys.version_info.major}.{sys.version_info.minor}"
+    return Path(folder) / version / f"{hashlib.sha256(text.encode()).hexdigest()}.json"
+
+
+def _read_entry(entry: Path) -> SourceFacts | None:
+    """The facts kept in ``entry``; None when it is missing or does not read back as facts."""
+    try:
+        data = json.loads(entry.read_text(encoding="utf-8"))
+        imports = tuple((src, int(level), tuple(names)) for src, level, names in data["imports"])
+        facts = SourceFacts(str(data["normalised_sha256"]), imports)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return facts if len(facts.normalised_sha256) == 64 else None
+
+
+def _write_entry(entry: Path, facts: SourceFacts) -> None:
+    """Keep ``facts`` in ``entry`` (a temporary name, then a rename: a reader sees a whole entry or none);
+    a cache that cannot be written is left alone."""
+    data = {"normalised_sha256": facts.normalised_sha256, "imports": [list(i) for i in facts.imports]}
+    tmp = entry.with_name(f".{entry.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        entry.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        os.replace(tmp, entry)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+
+
+@cache
+def _facts_of_text(text: str) -> SourceFacts:
+    """:class:`SourceFacts` of Python source (cached by content in this process and, with the parse cache set,
+    across processes). Raises SyntaxError."""
+    entry = _cache_entry(text)
+    if entry is not None and (kept := _read_entry(entry)) is not None:
+        return kept
+    tree = ast.parse(text)
+    facts = SourceFacts(hashlib.sha256(ast.dump(tree).encode()).hexdigest(), _imports_of(tree))
+    if entry is not None:
+        _write_entry(entry, facts)
+    return facts
+
+
+def source_facts(text: str, filename: str) -> SourceFacts:
+    """:class:`SourceFacts` of the Python source ``text`` read from ``filename`` (named in a syntax error)."""
+    try:
+        return _facts_of_text(text)
+    except SyntaxError as exc:
+        raise KDCoreError(f"cannot hash {filename}: syntax error at line {exc.lineno}: {exc.msg}") from None
 
 
 def _with_parents(module: str) -> list[str]:
@@ -117,7 +188,7 @@ def _direct_imports(module: str, index: dict[str, Path], root: Path) -> list[str
     def add(name: str) -> None:
         found.update(candidate for candidate in _with_parents(name) if candidate in index)
 
-    for source, level, names in _import_statements(path.read_text(encoding="utf-8"), str(path)):
+    for source, level, names in source_facts(path.read_text(encoding="utf-8"), str(path)).imports:
         if source is None and not level:  # import a.b, c
             for name in names:
                 add(name)
@@ -154,10 +225,11 @@ def _module_closure(module: str, index: dict[str, Path], root: Path) -> list[str
 
 
 def normalised_source(path: str | os.PathLike[str]) -> str:
-    """What a file contributes to a digest: ``ast.dump`` for Python files, the raw text otherwise."""
+    """What a file contributes to a digest: the sha256 of ``ast.dump`` of its parse tree for a Python file,
+    the raw text otherwise."""
     path = Path(path)
     if path.suffix == ".py":
-        return _dump(path.read_text(encoding="utf-8"), str(path))
+        return source_facts(path.read_text(encoding="utf-8"), str(path)).normalised_sha256
     return path.read_bytes().decode("utf-8", errors="replace")
 
 
