@@ -90,6 +90,16 @@ def test_cached_logits_equal_the_live_teachers_fp32() -> None:
     assert diff_all <= 1e-5 and max(diffs) <= 1e-5
 
 
+def test_a_build_batches_by_device_and_the_batch_does_not_change_the_table() -> None:
+    from kdcore.teacher_cache import build_batch_size
+
+    assert build_batch_size(torch.device("cpu")) == 128 and build_batch_size(torch.device("cuda", 0)) == 1024
+    teacher, images = tiny_teacher(), _images(3)
+    small = compute_view_logits(teacher, images, precision="fp32", batch_size=build_batch_size(images.device))
+    large = compute_view_logits(teacher, images, precision="fp32", batch_size=1024)
+    assert torch.allclose(small, large, atol=1e-5, rtol=0)
+
+
 def test_bf16_cache_matches_live_bf16_autocast() -> None:
     teacher = tiny_teacher()
     images = _images(3)
