@@ -11,11 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 from _analysis_study import build_analysis_study
 from _smoke_study import SmokeStudy, build_smoke_study
 
 from kdcore.codehash import CACHE_ENV as CODEHASH_CACHE_ENV
 from kdcore.data import prepare_dataset
+
+# One torch thread in each pytest(-xdist) process: the workers and the jobs they start already keep every core
+# busy, and a second thread per worker only contends with them (the training runs set their own threads).
+torch.set_num_threads(1)
 
 #: The spec behind ``synthetic_dataset``: 500 synthetic training images (400 train + 100 val) and 100 test.
 SYNTHETIC_SPEC: dict[str, Any] = {

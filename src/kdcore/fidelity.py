@@ -7,7 +7,8 @@ epoch, so no model is loaded and no GPU is needed: the study's fidelity table is
 
 The values equal those computed from the checkpoints' float32 logits up to the float16 rounding of the
 logits: accuracies and agreement exactly (float16 storage keeps every row's top class), KL and ECE to within
-that rounding (tests/test_test_logits.py measures it). NumPy and SciPy only (the analysis runs without torch).
+that rounding (tests/test_test_logits.py measures it). NumPy and SciPy only (the analysis runs without torch);
+SciPy is imported by the functions that use it, so the analysis jobs that only import the run tables skip it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy.special import log_softmax
 
 from kdcore.atomic import atomic_write_json
 from kdcore.errors import DataError
@@ -31,6 +31,8 @@ ECE_BINS = 15
 
 def kl_divergence(teacher_logits: np.ndarray, student_logits: np.ndarray, temperature: float) -> float:
     """Mean over images of KL(softmax(t/T) || softmax(s/T))."""
+    from scipy.special import log_softmax
+
     log_p_t = log_softmax(np.asarray(teacher_logits, np.float64) / temperature, axis=1)
     log_p_s = log_softmax(np.asarray(student_logits, np.float64) / temperature, axis=1)
     return float(np.mean(np.sum(np.exp(log_p_t) * (log_p_t - log_p_s), axis=1)))
@@ -39,6 +41,8 @@ def kl_divergence(teacher_logits: np.ndarray, student_logits: np.ndarray, temper
 def expected_calibration_error(logits: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
     """ECE with ``bins`` equal-width confidence bins (b holds confidences in (edge_b, edge_b+1]):
     sum_b |B|/n * |acc(B) - conf(B)|."""
+    from scipy.special import log_softmax
+
     probs = np.exp(log_softmax(np.asarray(logits, np.float64), axis=1))
     confidence, predicted = probs.max(axis=1), probs.argmax(axis=1)
     correct = (predicted == labels).astype(np.float64)
