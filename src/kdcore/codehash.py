@@ -10,7 +10,7 @@ training engine does not depend on every distillation method.
 Each module enters the digest as the sha256 of ``ast.dump`` of its parse tree, so comments and formatting do
 not change the digest, while any change to code (docstrings included) does.
 
-Parsing is most of a digest's cost (about 0.4 s for the whole package, paid by every Snakemake process and
+Parsing is most of a digest's cost (about 0.3 s for the whole package, paid by every Snakemake process and
 every training run). With ``KDCORE_CODEHASH_CACHE`` set to a folder, what a digest learns of a source text (the
 sha256 of its ``ast.dump`` and its imports) is kept there under the sha256 of the text and the Python version,
 and read back by later processes instead of parsing again. The key is the content itself, so an edited file is
