@@ -8,7 +8,8 @@ process: it starts with those modules imported, and the others that a dry run of
 (:func:`warm_up`, about 1 s less per command), but no code of this repository (kdcore is not imported
 here, so the child imports the kdcore of the workflow copy it runs, as ``python -m snakemake`` would), in its own process
 group, in the command's folder, with the command's environment, writing stdout and stderr to the files
-named in the request.
+named in the request. The jobs of those commands run as forks of a second warm process (tests/_job_server.py):
+``sys.executable`` of each command is that server's client.
 
 Protocol (one JSON object per line): a request ``{"cwd", "args", "env", "stdout", "stderr"}`` on stdin; the
 replies ``{"pid": ...}`` when the child started and ``{"rc": ...}`` when it ended (a negative rc: killed by
@@ -21,17 +22,22 @@ import contextlib
 import importlib
 import json
 import os
+import shutil
+import signal
 import sys
 import tempfile
 from pathlib import Path
 from types import ModuleType
 
+import _job_server
 import snakemake.api
 import snakemake.cli
 import torch  # noqa: F401
 import torchvision.models.resnet  # noqa: F401
 
 REPO = Path(__file__).resolve().parents[1]
+#: The job server's socket and the ``sys.executable`` shim of its clients, once started (:func:`main`).
+JOB_SERVER: dict[str, str] = {}
 
 
 def run_child(request: dict) -> None:
@@ -42,6 +48,9 @@ def run_child(request: dict) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        if JOB_SERVER:  # the command's jobs: forks of the job server
+            os.environ[_job_server.SOCKET_ENV] = JOB_SERVER["socket"]
+            sys.executable = JOB_SERVER["python"]
         sys.dont_write_bytecode = os.environ.get("PYTHONDONTWRITEBYTECODE", "") != ""
         for fd, name in ((1, request["stdout"]), (2, request["stderr"])):
             target = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -124,6 +133,20 @@ def serve() -> None:
         reply.flush()
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """Warm up, start the job server, serve; stop the job server when stdin closes."""
     warm_up()
-    serve()
+    folder = Path(tempfile.mkdtemp(prefix="kdcore-jobs-"))
+    job_server, socket_path, shim = _job_server.start(folder)
+    JOB_SERVER.update(socket=str(socket_path), python=str(shim))
+    try:
+        serve()
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(job_server, signal.SIGTERM)
+        os.waitpid(job_server, 0)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

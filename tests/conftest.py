@@ -83,7 +83,14 @@ def analysis_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
 #: The session fixtures that build a study (minutes, once per run): their users are slow tests.
 SHARED_STUDIES = ("smoke_study", "analysis_study")
 #: What a test's own code calls to run Snakemake (a dry run or a study): such a test takes seconds to minutes.
-SNAKEMAKE_CALLS = ("dry_run(", "snakemake(", "snakemake_cmd(", "dry_run_with_profile(", '"-m", "snakemake"')
+SNAKEMAKE_CALLS = (
+    "dry_run(",
+    "snakemake(",
+    "snakemake_cmd(",
+    "dry_run_with_profile(",
+    "LAUNCHER.run(",
+    '"-m", "snakemake"',
+)
 
 
 def _runs_snakemake(item: pytest.Item) -> bool:

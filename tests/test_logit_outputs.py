@@ -4,12 +4,12 @@ checkpoints themselves within float16 rounding; the audit table is planned only 
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from _workflow_tools import snakemake
 
 from kdcore import engine
 from kdcore.analysis.logit_outputs import write_logit_table
@@ -87,9 +87,7 @@ def test_the_audit_table_is_planned_only_with_the_audit_flag(smoke_study, tmp_pa
     root = smoke_study.copy(tmp_path / "wf")
     (root / "config" / "audit-on.yaml").write_text("audit: {test_every_epoch: true}\n", encoding="utf-8")
     configs = ["--configfile", *smoke_study_configs(), "config/audit-on.yaml"]
-    plan = subprocess.run(
-        ["snakemake", "-n", *configs], cwd=root, capture_output=True, text=True, timeout=300, check=True
-    ).stdout
+    plan = snakemake(root, "-n", *configs, timeout=300).stdout
     assert "analysis_audit" in plan and "train_" not in plan  # the flag alone retrains nothing
 
 

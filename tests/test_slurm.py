@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _workflow_tools import LAUNCHER
 
 from kdcore.predictions import read_test_logits
 
@@ -121,10 +122,8 @@ def parse_dry_run_jobs(text: str) -> list[tuple[str, dict[str, str]]]:
 
 
 def dry_run_with_profile(tmp_path: Path, env: dict[str, str]) -> list[tuple[str, dict[str, str]]]:
-    proc = subprocess.run(
-        snakemake_cmd(tmp_path, [REPO / "config.yaml", SMOKE], "--profile", str(PROFILE), "-n"),
-        check=False, capture_output=True, text=True, env=env, timeout=180, cwd=REPO,
-    )  # fmt: skip
+    command = snakemake_cmd(tmp_path, [REPO / "config.yaml", SMOKE], "--profile", str(PROFILE), "-n")
+    proc = LAUNCHER.run(REPO, command[3:], env, timeout=180)  # without `python -m snakemake`
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     jobs = parse_dry_run_jobs(proc.stdout + proc.stderr)
     assert jobs, "the dry run listed no jobs"
@@ -167,14 +166,7 @@ def test_profile_names_only_rules_of_the_workflow() -> None:
     import yaml
 
     profile = yaml.safe_load((PROFILE / "config.yaml").read_text(encoding="utf-8"))
-    proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "--list-rules"],
-        check=False,
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=120,
-    )
+    proc = LAUNCHER.run(REPO, ["--list-rules"], dict(os.environ), timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     workflow_rules = set(proc.stdout.split())
     named = set(profile.get("set-resources", {})) | set(profile.get("groups", {}))
@@ -232,11 +224,15 @@ def study_runs(tmp_path_factory: pytest.TempPathFactory) -> StudyRuns:
     configs = [REPO / "config.yaml", SMOKE, overlay]
     runs = StudyRuns(local=base / "local", slurm=base / "slurm", slurm_log="", seconds=0.0)
     start = time.monotonic()
-    local_log = open(base / "local.log", "w", encoding="utf-8")  # noqa: SIM115 - closed below
-    local = subprocess.Popen(
-        snakemake_cmd(runs.local, configs, "--cores", "1", *TARGETS),
-        stdout=local_log, stderr=subprocess.STDOUT, env=base_env(), cwd=REPO,
-    )  # fmt: skip
+    # the local comparator through the tests' Snakemake launcher (its jobs forked from a warm process), in a
+    # thread beside the SLURM run, whose jobs SLURM starts as processes of their own
+    local_command = snakemake_cmd(runs.local, configs, "--cores", "1", *TARGETS)[3:]  # without python -m snakemake
+    local_done: dict[str, subprocess.CompletedProcess] = {}
+    local = threading.Thread(
+        target=lambda: local_done.update(proc=LAUNCHER.run(REPO, local_command, base_env(), RUN_TIMEOUT_S)),
+        daemon=True,
+    )
+    local.start()
     stop = threading.Event()
     watcher = threading.Thread(
         target=cancel_after_first_epoch,
@@ -261,15 +257,15 @@ def study_runs(tmp_path_factory: pytest.TempPathFactory) -> StudyRuns:
     finally:
         stop.set()
         watcher.join(timeout=5)
-        try:
-            local.wait(timeout=RUN_TIMEOUT_S)
-        finally:
-            local_log.close()
+        local.join(timeout=RUN_TIMEOUT_S)
     runs.seconds = time.monotonic() - start
     runs.slurm_log = slurm.stdout + slurm.stderr
     (base / "slurm.log").write_text(runs.slurm_log, encoding="utf-8")
     assert slurm.returncode == 0, "SLURM run failed:\n" + runs.slurm_log[-6000:]
-    assert local.returncode == 0, "local run failed:\n" + (base / "local.log").read_text(encoding="utf-8")[-6000:]
+    local_run = local_done.get("proc")
+    assert local_run is not None, "the local run did not end in time"
+    (base / "local.log").write_text(local_run.stdout + local_run.stderr, encoding="utf-8")
+    assert local_run.returncode == 0, "local run failed:\n" + (local_run.stdout + local_run.stderr)[-6000:]
     for jobid, logfile in re.findall(r"submitted with SLURM jobid (\d+) \(log: ([^)]+)\)", runs.slurm_log):
         part = next(part for part in Path(logfile).parts if part.startswith(("rule_", "group_")))
         runs.submitted[jobid] = part[len("rule_") :] if part.startswith("rule_") else "group:" + part[len("group_") :]
