@@ -43,7 +43,8 @@ SERVER = Path(__file__).resolve().parent / "_snakemake_server.py"
 class SnakemakeLauncher:
     """Runs ``python -m snakemake`` commands as children of one tests/_snakemake_server.py process (started on
     first use, one per pytest worker), which saves each command the seconds of importing torch, torchvision
-    and Snakemake. ``KDCORE_TEST_FORK=0`` in the environment runs every command as its own process instead."""
+    and Snakemake; their jobs run as forks of tests/_job_server.py. ``KDCORE_TEST_FORK=0`` in the environment
+    runs every command, and every job, as its own process instead."""
 
     def __init__(self) -> None:
         self.server: subprocess.Popen | None = None
