@@ -18,6 +18,7 @@ that signal). Used by tests/_workflow_tools.py.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
 import json
@@ -48,6 +49,7 @@ def run_child(request: dict) -> None:
         os.chdir(request["cwd"])
         os.environ.clear()
         os.environ.update(request["env"])
+        sys.argv = [sys.executable, *request["args"]]
         if JOB_SERVER:  # the command's jobs: forks of the job server
             os.environ[_job_server.SOCKET_ENV] = JOB_SERVER["socket"]
             sys.executable = JOB_SERVER["python"]
@@ -56,13 +58,15 @@ def run_child(request: dict) -> None:
             target = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
             os.dup2(target, fd)
             os.close(target)
-        sys.argv = [sys.executable, *request["args"]]
         try:
             snakemake.cli.main()
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     finally:
+        # what the interpreter does at exit, which os._exit skips: e.g. Snakemake's runtime source cache, a
+        # TemporaryDirectory under ~/.cache/snakemake, is removed then
+        atexit._run_exitfuncs()
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
@@ -86,6 +90,7 @@ def modules_of_a_dry_run(report_fd: int) -> None:
         with os.fdopen(report_fd, "w") as report:
             json.dump([module.__name__ for module in imported if not is_repository_code(module)], report)
     finally:
+        atexit._run_exitfuncs()  # as in run_child
         os._exit(0)
 
 
