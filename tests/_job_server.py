@@ -30,6 +30,7 @@ import select
 import signal
 import socket
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 #: The variable that tells a client where its server listens.
@@ -107,13 +108,19 @@ def _base_search_path() -> list[str]:
 
 
 def _warm_up(modules: tuple[str, ...]) -> None:
-    import importlib
-
     if "matplotlib" in modules:
         import matplotlib
 
         matplotlib.use("Agg")  # what kdcore.analysis.figures selects; no display here
-    for name in modules:
+    import_each(modules)
+
+
+def import_each(names: Iterable[str]) -> None:
+    """Import each of ``names``, skipping one that does not import on its own (it needs its importer's
+    context: the commands or jobs import it themselves)."""
+    import importlib
+
+    for name in names:
         try:
             importlib.import_module(name)
         except Exception:

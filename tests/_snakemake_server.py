@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import importlib
 import json
 import os
 import shutil
@@ -114,11 +113,7 @@ def warm_up() -> None:
     with os.fdopen(read_fd) as report:
         text = report.read()
     os.waitpid(pid, 0)
-    for name in json.loads(text or "[]"):
-        try:
-            importlib.import_module(name)
-        except Exception:  # a module that needs its importer's context: the commands import it
-            continue
+    _job_server.import_each(json.loads(text or "[]"))
 
 
 def serve() -> None:
